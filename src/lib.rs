@@ -1,14 +1,17 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Baton: an outbound record-sharing server.
+//!
+//! Dialers attach calling-list records to calls; the telephony link reports what happens to those
+//! calls; Baton decides, at every moment, which agent may do what to which record and tells every
+//! desktop at once. The crate is layered so that each layer can be tested on its own:
+//!
+//! - [`codec`] cuts TCP bytes into frames, [`messages`] turns frames into typed requests and back;
+//! - [`engine`] is the pure state machine holding agents, DNs, calls, records and access;
+//! - [`server`] is the thin I/O shell (connections, queues, timers, shutdown) around the engine;
+//! - [`client`] is a typed client used by the tests and tools; [`config`] holds every limit.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod engine;
+pub mod messages;
+pub mod server;

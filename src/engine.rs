@@ -1,0 +1,2260 @@
+//! The engine: who may do what to which record, as a pure state machine.
+//!
+//! Everything Baton knows about agents, DNs, calls, records and access lives here, and nothing here
+//! does I/O: the shell ([`crate::server`]) feeds in decoded requests, connection changes and clock
+//! ticks with the current time, and carries out the [`Output`]s (frames to send, connections to
+//! close, audit entries to keep). Given the same inputs the engine produces the same outputs, which
+//! is what lets the sharing rules be tested by the thousand and decided in one well-defined order:
+//! when several desktops race, the first request the engine sees wins, never the fastest socket.
+//!
+//! Access only ever changes through [`Engine::set_access`], which pushes `AccessChanged`, writes the
+//! audit entry and keeps the orphan clock, so no rule can forget one of the three.
+
+use crate::messages::*;
+use rand::{rngs::StdRng, RngCore, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// Identifies one client connection; assigned by the shell, never reused while the server runs.
+pub type ConnId = u64;
+
+/// Limits and timers the engine needs (a subset of [`crate::config::Config`]).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub resume_grace_ms: u64,
+    pub orphan_timeout_ms: u64,
+    pub max_frame_bytes: usize,
+    /// Audit entries kept in memory for `AuditTail`.
+    pub audit_memory_entries: usize,
+}
+
+impl EngineConfig {
+    pub fn from_config(c: &crate::config::Config) -> EngineConfig {
+        EngineConfig {
+            resume_grace_ms: c.resume_grace_ms,
+            orphan_timeout_ms: c.orphan_timeout_ms,
+            max_frame_bytes: c.max_frame_bytes,
+            audit_memory_entries: 65536,
+        }
+    }
+}
+
+/// Something that happened, for the engine to apply.
+// Requests dominate the traffic, so boxing them would cost an allocation on the common path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A connection finished its `Hello` as `role`.
+    Connected { conn: ConnId, role: Role },
+    /// A decoded request from a connection that said `Hello`.
+    Request {
+        conn: ConnId,
+        r#ref: Option<u64>,
+        request: Request,
+    },
+    /// The connection is gone (closed, reset, silent or dropped for not reading).
+    Disconnected { conn: ConnId },
+    /// Time passed: run the timers (resume grace, orphan timeout).
+    Tick,
+    /// The server is stopping: tell desktops and close every connection.
+    Shutdown,
+}
+
+/// What the engine wants done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Send { conn: ConnId, env: Envelope },
+    /// Close the connection once what was sent before is written.
+    Close { conn: ConnId },
+    /// A new access-audit entry, to be kept.
+    Audit(AuditEntry),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartyState {
+    Alerting,
+    Established,
+}
+
+#[derive(Debug, Clone)]
+struct Call {
+    parties: BTreeMap<String, PartyState>,
+    ani: Option<String>,
+    /// The call this one is a consultation of.
+    consult_of: Option<String>,
+    /// Set once a consultation has ended (released, transferred or conferenced): it grants nothing more.
+    consult_over: bool,
+    /// Creation order, to prefer the most recent call when linking by ANI.
+    order: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Agent {
+    dn: String,
+    conn: Option<ConnId>,
+    session: String,
+    /// When the desktop dropped; `None` while connected.
+    away_since: Option<u64>,
+    logout_pending: bool,
+    /// Records revoked while the desktop was away, with the access they had, for the resume replay.
+    lost_while_away: BTreeMap<String, Access>,
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    call: String,
+    campaign: String,
+    chain_n: u32,
+    phone: Option<String>,
+    data: Object,
+    chain: Vec<ChainEntry>,
+    context: Context,
+    version: u64,
+    final_: Option<FinalInfo>,
+    holders: BTreeMap<String, Access>,
+    orphaned_since: Option<u64>,
+}
+
+impl Record {
+    fn has_live_holder(&self) -> bool {
+        self.holders.values().any(|a| a.is_granted())
+    }
+    fn live_holders(&self) -> Vec<Holder> {
+        self.holders
+            .iter()
+            .filter(|(_, a)| a.is_granted())
+            .map(|(agent, access)| Holder {
+                agent: agent.clone(),
+                access: *access,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ConnState {
+    role: Role,
+    agent: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct TailSub {
+    r#ref: Option<u64>,
+    record: Option<String>,
+    agent: Option<String>,
+}
+
+impl TailSub {
+    fn matches(&self, e: &AuditEntry) -> bool {
+        self.record.as_ref().is_none_or(|r| e.record.as_ref() == Some(r))
+            && self.agent.as_ref().is_none_or(|a| e.agent.as_ref() == Some(a))
+    }
+}
+
+/// Counters for `Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub agents: u64,
+    pub dns: u64,
+    pub calls: u64,
+    pub records_live: u64,
+    pub records_final: u64,
+    pub connections: u64,
+    pub ignored_events: u64,
+    pub audit_last_seq: u64,
+}
+
+/// The state machine. See the module documentation.
+pub struct Engine {
+    cfg: EngineConfig,
+    rng: StdRng,
+    started_ms: u64,
+    conns: HashMap<ConnId, ConnState>,
+    switches: BTreeSet<ConnId>,
+    dialers: BTreeSet<ConnId>,
+    tails: HashMap<ConnId, TailSub>,
+    agents: HashMap<String, Agent>,
+    /// DN -> agent logged in on it. Exactly the monitored DNs.
+    dn_agent: BTreeMap<String, String>,
+    calls: HashMap<String, Call>,
+    /// DN -> live calls with a party on it.
+    dn_calls: HashMap<String, BTreeSet<String>>,
+    /// Effective ANI (the call's, or its record's phone) -> calls, for linking consultations.
+    ani_calls: HashMap<String, BTreeSet<String>>,
+    records: HashMap<String, Record>,
+    /// Call -> the live record attached to it.
+    call_record: HashMap<String, String>,
+    /// Agent -> records it holds with `full` or `read_only`.
+    agent_records: HashMap<String, BTreeSet<String>>,
+    grace_deadlines: BTreeSet<(u64, String)>,
+    orphan_deadlines: BTreeSet<(u64, String)>,
+    audit_seq: u64,
+    audit_recent: VecDeque<AuditEntry>,
+    ignored_events: u64,
+    call_order: u64,
+    now: u64,
+}
+
+impl Engine {
+    /// A new, empty engine. `seed` feeds the generator of session tokens; the shell passes OS
+    /// randomness, tests a fixed seed to stay deterministic.
+    pub fn new(cfg: EngineConfig, seed: [u8; 32], now_ms: u64) -> Engine {
+        Engine {
+            cfg,
+            rng: StdRng::from_seed(seed),
+            started_ms: now_ms,
+            conns: HashMap::new(),
+            switches: BTreeSet::new(),
+            dialers: BTreeSet::new(),
+            tails: HashMap::new(),
+            agents: HashMap::new(),
+            dn_agent: BTreeMap::new(),
+            calls: HashMap::new(),
+            dn_calls: HashMap::new(),
+            ani_calls: HashMap::new(),
+            records: HashMap::new(),
+            call_record: HashMap::new(),
+            agent_records: HashMap::new(),
+            grace_deadlines: BTreeSet::new(),
+            orphan_deadlines: BTreeSet::new(),
+            audit_seq: 0,
+            audit_recent: VecDeque::new(),
+            ignored_events: 0,
+            call_order: 0,
+            now: now_ms,
+        }
+    }
+
+    /// Applies one input at time `now_ms` (milliseconds since the Unix epoch), appending what must
+    /// be done to `out`.
+    pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Vec<Output>) {
+        // Time never goes backwards inside the engine, even if the wall clock does.
+        self.now = self.now.max(now_ms);
+        match input {
+            Input::Connected { conn, role } => self.on_connected(conn, role, out),
+            Input::Request {
+                conn,
+                r#ref,
+                request,
+            } => self.on_request(conn, r#ref, request, out),
+            Input::Disconnected { conn } => self.on_disconnected(conn),
+            Input::Tick => self.on_tick(out),
+            Input::Shutdown => self.on_shutdown(out),
+        }
+        self.finish_pending_logouts(out);
+    }
+
+    /// Counts for `Status` (and for tests).
+    pub fn counts(&self) -> Counts {
+        let finals = self
+            .records
+            .values()
+            .filter(|r| r.final_.is_some())
+            .count() as u64;
+        Counts {
+            agents: self.agents.len() as u64,
+            dns: self.dn_agent.len() as u64,
+            calls: self.calls.len() as u64,
+            records_live: self.records.len() as u64 - finals,
+            records_final: finals,
+            connections: self.conns.len() as u64,
+            ignored_events: self.ignored_events,
+            audit_last_seq: self.audit_seq,
+        }
+    }
+
+    /// The DNs the telephony link must monitor, sorted.
+    pub fn monitored_dns(&self) -> Vec<String> {
+        self.dn_agent.keys().cloned().collect()
+    }
+
+    /// The access `agent` has to `record`, if it ever held it.
+    pub fn access_of(&self, record: &str, agent: &str) -> Option<Access> {
+        self.records.get(record)?.holders.get(agent).copied()
+    }
+
+    /// The final outcome of `record`, if it has one.
+    pub fn final_of(&self, record: &str) -> Option<FinalInfo> {
+        self.records.get(record)?.final_.clone()
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Small helpers
+    // -----------------------------------------------------------------------------------------
+
+    fn send(out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, msg: ServerMsg) {
+        out.push(Output::Send {
+            conn,
+            env: Envelope { r#ref, msg },
+        });
+    }
+
+    /// Pushes `msg` to the agent's desktop if it is connected; otherwise the resume replay covers it.
+    fn push_agent(&self, out: &mut Vec<Output>, agent: &str, msg: ServerMsg) {
+        if let Some(conn) = self.agents.get(agent).and_then(|a| a.conn) {
+            Self::send(out, conn, None, msg);
+        }
+    }
+
+    fn push_dn(&self, out: &mut Vec<Output>, dn: &str, msg: ServerMsg) {
+        if let Some(agent) = self.dn_agent.get(dn) {
+            self.push_agent(out, agent, msg);
+        }
+    }
+
+    fn agent_on(&self, dn: &str) -> Option<String> {
+        self.dn_agent.get(dn).cloned()
+    }
+
+    fn new_session_token(&mut self) -> String {
+        let mut bytes = [0u8; 16];
+        self.rng.fill_bytes(&mut bytes);
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn audit(&mut self, out: &mut Vec<Output>, kind: AuditKind, fill: impl FnOnce(&mut AuditEntry)) {
+        self.audit_seq += 1;
+        let mut entry = AuditEntry {
+            seq: self.audit_seq,
+            ts: rfc3339(self.now),
+            kind,
+            record: None,
+            agent: None,
+            dn: None,
+            call: None,
+            access: None,
+            previous: None,
+            request: None,
+            code: None,
+            cause: None,
+        };
+        fill(&mut entry);
+        for (conn, sub) in &self.tails {
+            if sub.matches(&entry) {
+                Self::send(out, *conn, sub.r#ref, ServerMsg::Audit(entry.clone()));
+            }
+        }
+        if self.audit_recent.len() >= self.cfg.audit_memory_entries.max(1) {
+            self.audit_recent.pop_front();
+        }
+        self.audit_recent.push_back(entry.clone());
+        out.push(Output::Audit(entry));
+    }
+
+    fn broadcast_monitor(&self, out: &mut Vec<Output>) {
+        let dns = self.monitored_dns();
+        for conn in &self.switches {
+            Self::send(out, *conn, None, ServerMsg::Monitor { dns: dns.clone() });
+        }
+    }
+
+    fn tell_switches(&self, out: &mut Vec<Output>, msg: ServerMsg) {
+        for conn in &self.switches {
+            Self::send(out, *conn, None, msg.clone());
+        }
+    }
+
+    /// The record a call carries, directly or (for a consultation) through the call it consults.
+    fn record_of_call(&self, call: &str) -> Option<(String, bool)> {
+        if let Some(r) = self.call_record.get(call) {
+            return Some((r.clone(), false));
+        }
+        let c = self.calls.get(call)?;
+        let original = c.consult_of.as_ref()?;
+        self.call_record.get(original).map(|r| (r.clone(), true))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Access: the one place it changes
+    // -----------------------------------------------------------------------------------------
+
+    /// Sets `agent`'s access to `record`, pushing `AccessChanged` (with data and context on a
+    /// grant), auditing the change and keeping the orphan clock. No-op when nothing changes.
+    fn set_access(
+        &mut self,
+        out: &mut Vec<Output>,
+        record: &str,
+        agent: &str,
+        access: Access,
+        cause: AccessCause,
+    ) {
+        let Some(rec) = self.records.get_mut(record) else {
+            return;
+        };
+        let previous = rec.holders.get(agent).copied();
+        if previous == Some(access) || (previous.is_none() && access == Access::Revoked) {
+            return;
+        }
+        debug_assert!(
+            rec.final_.is_none() || access == Access::Revoked,
+            "a final record is never granted"
+        );
+        rec.holders.insert(agent.to_owned(), access);
+        let had_live = previous.is_some_and(Access::is_granted);
+        let call = rec.call.clone();
+        let (data, context) = if access.is_granted() {
+            (Some(rec.data.clone()), Some(rec.context.clone()))
+        } else {
+            (None, None)
+        };
+        let now_orphan = rec.final_.is_none() && !rec.has_live_holder();
+        let previous = previous.unwrap_or(Access::Revoked);
+        if access.is_granted() {
+            rec.orphaned_since = None;
+            self.agent_records
+                .entry(agent.to_owned())
+                .or_default()
+                .insert(record.to_owned());
+        } else if let Some(set) = self.agent_records.get_mut(agent) {
+            set.remove(record);
+            if set.is_empty() {
+                self.agent_records.remove(agent);
+            }
+        }
+        if let Some(a) = self.agents.get_mut(agent) {
+            if a.conn.is_none() {
+                if access == Access::Revoked {
+                    a.lost_while_away.insert(record.to_owned(), previous);
+                } else {
+                    a.lost_while_away.remove(record);
+                }
+            }
+        }
+        self.push_agent(
+            out,
+            agent,
+            ServerMsg::AccessChanged {
+                record: record.to_owned(),
+                access,
+                previous,
+                cause,
+                call: Some(call.clone()),
+                data,
+                context,
+            },
+        );
+        let kind = if access > previous {
+            AuditKind::Granted
+        } else if access == Access::Revoked {
+            AuditKind::Revoked
+        } else {
+            AuditKind::Downgraded
+        };
+        let dn = self.agents.get(agent).map(|a| a.dn.clone());
+        self.audit(out, kind, |e| {
+            e.record = Some(record.to_owned());
+            e.agent = Some(agent.to_owned());
+            e.dn = dn;
+            e.call = Some(call.clone());
+            e.access = Some(access);
+            e.previous = Some(previous);
+            e.cause = Some(cause.as_str().to_owned());
+        });
+        if had_live && now_orphan {
+            self.orphan(out, record, &call);
+        }
+    }
+
+    fn orphan(&mut self, out: &mut Vec<Output>, record: &str, call: &str) {
+        let now = self.now;
+        let Some(rec) = self.records.get_mut(record) else {
+            return;
+        };
+        if rec.final_.is_some() || rec.has_live_holder() || rec.orphaned_since.is_some() {
+            return;
+        }
+        rec.orphaned_since = Some(now);
+        self.orphan_deadlines
+            .insert((now + self.cfg.orphan_timeout_ms, record.to_owned()));
+        let call = call.to_owned();
+        self.audit(out, AuditKind::Orphaned, |e| {
+            e.record = Some(record.to_owned());
+            e.call = Some(call);
+        });
+    }
+
+    /// Makes the record final: every holder is revoked (told by `RecordFinalized`, except
+    /// `requester`, who gets the ack instead), and every dialer learns the outcome.
+    fn finalize(
+        &mut self,
+        out: &mut Vec<Output>,
+        record: &str,
+        outcome: Outcome,
+        by: Option<String>,
+        requester: Option<&str>,
+        extra: FinalExtra,
+    ) {
+        let now = self.now;
+        let Some(rec) = self.records.get_mut(record) else {
+            return;
+        };
+        debug_assert!(rec.final_.is_none(), "one final outcome per record");
+        rec.final_ = Some(FinalInfo {
+            outcome,
+            by: by.clone(),
+            at: rfc3339(now),
+        });
+        rec.orphaned_since = None;
+        let call = rec.call.clone();
+        let context = rec.context.clone();
+        let holders: Vec<(String, Access)> = rec
+            .holders
+            .iter()
+            .filter(|(_, a)| a.is_granted())
+            .map(|(h, a)| (h.clone(), *a))
+            .collect();
+        for (h, _) in &holders {
+            rec.holders.insert(h.clone(), Access::Revoked);
+        }
+        if self.call_record.get(&call).map(String::as_str) == Some(record) {
+            self.call_record.remove(&call);
+        }
+        let by_name = by.clone().unwrap_or_else(|| "server".to_owned());
+        self.audit(out, AuditKind::Finalized, |e| {
+            e.record = Some(record.to_owned());
+            e.agent = by.clone();
+            e.call = Some(call.clone());
+            e.cause = Some(outcome.as_str().to_owned());
+        });
+        for (h, previous) in holders {
+            if let Some(set) = self.agent_records.get_mut(&h) {
+                set.remove(record);
+                if set.is_empty() {
+                    self.agent_records.remove(&h);
+                }
+            }
+            if let Some(a) = self.agents.get_mut(&h) {
+                if a.conn.is_none() {
+                    a.lost_while_away.insert(record.to_owned(), previous);
+                }
+            }
+            if requester != Some(h.as_str()) {
+                self.push_agent(
+                    out,
+                    &h,
+                    ServerMsg::RecordFinalized {
+                        record: record.to_owned(),
+                        by: by_name.clone(),
+                        outcome,
+                    },
+                );
+            }
+            let dn = self.agents.get(&h).map(|a| a.dn.clone());
+            self.audit(out, AuditKind::Revoked, |e| {
+                e.record = Some(record.to_owned());
+                e.agent = Some(h.clone());
+                e.dn = dn;
+                e.call = Some(call.clone());
+                e.access = Some(Access::Revoked);
+                e.previous = Some(previous);
+                e.cause = Some(outcome.as_str().to_owned());
+            });
+        }
+        let msg = ServerMsg::RecordOutcome {
+            record: record.to_owned(),
+            outcome,
+            call_result: context.call_result,
+            fields: (!context.fields.is_empty()).then_some(context.fields),
+            by,
+            at: rfc3339(now),
+            scope: extra.scope,
+            callback_at: extra.callback_at,
+            callback: extra.callback,
+        };
+        for conn in &self.dialers {
+            Self::send(out, *conn, None, msg.clone());
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Connections
+    // -----------------------------------------------------------------------------------------
+
+    fn on_connected(&mut self, conn: ConnId, role: Role, out: &mut Vec<Output>) {
+        self.conns.insert(conn, ConnState { role, agent: None });
+        match role {
+            Role::Switch => {
+                self.switches.insert(conn);
+                Self::send(
+                    out,
+                    conn,
+                    None,
+                    ServerMsg::Monitor {
+                        dns: self.monitored_dns(),
+                    },
+                );
+            }
+            Role::Dialer => {
+                self.dialers.insert(conn);
+            }
+            Role::Desktop | Role::Admin => {}
+        }
+    }
+
+    fn on_disconnected(&mut self, conn: ConnId) {
+        let Some(state) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.switches.remove(&conn);
+        self.dialers.remove(&conn);
+        self.tails.remove(&conn);
+        if let Some(agent) = state.agent {
+            if let Some(a) = self.agents.get_mut(&agent) {
+                if a.conn == Some(conn) {
+                    a.conn = None;
+                    a.away_since = Some(self.now);
+                    a.lost_while_away.clear();
+                    self.grace_deadlines
+                        .insert((self.now + self.cfg.resume_grace_ms, agent));
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self, out: &mut Vec<Output>) {
+        let now = self.now;
+        while let Some((deadline, agent)) = self.grace_deadlines.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.grace_deadlines.pop_first();
+            let expired = self.agents.get(&agent).is_some_and(|a| {
+                a.conn.is_none()
+                    && a.away_since.map(|t| t + self.cfg.resume_grace_ms) == Some(deadline)
+            });
+            if expired {
+                self.end_agent(out, &agent, None, true, "grace_expired");
+            }
+        }
+        while let Some((deadline, record)) = self.orphan_deadlines.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.orphan_deadlines.pop_first();
+            let stale = self.records.get(&record).is_some_and(|r| {
+                r.final_.is_none()
+                    && r.orphaned_since.map(|t| t + self.cfg.orphan_timeout_ms) == Some(deadline)
+            });
+            if stale {
+                self.finalize(
+                    out,
+                    &record,
+                    Outcome::Stale,
+                    None,
+                    None,
+                    FinalExtra::default(),
+                );
+            }
+        }
+    }
+
+    fn on_shutdown(&mut self, out: &mut Vec<Output>) {
+        let conns: Vec<(ConnId, ConnState)> =
+            self.conns.iter().map(|(c, s)| (*c, s.clone())).collect();
+        for (conn, state) in conns {
+            if state.agent.is_some() {
+                Self::send(
+                    out,
+                    conn,
+                    None,
+                    ServerMsg::LoggedOut {
+                        cause: LogoutCause::Server,
+                    },
+                );
+            }
+            out.push(Output::Close { conn });
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Requests
+    // -----------------------------------------------------------------------------------------
+
+    fn on_request(
+        &mut self,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        request: Request,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(state) = self.conns.get(&conn) else {
+            return;
+        };
+        if let Some(role) = request.role() {
+            // The shell checks roles too; this keeps the engine safe on its own.
+            if role != state.role {
+                Self::send(
+                    out,
+                    conn,
+                    r#ref,
+                    ServerMsg::error(
+                        ErrorCode::WrongRole,
+                        format!("`{}` is for role `{role}`", request.type_name()),
+                    ),
+                );
+                return;
+            }
+        }
+        match request {
+            Request::Hello(_) => Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(ErrorCode::BadRequest, "Hello was already received"),
+            ),
+            Request::Ping => Self::send(out, conn, r#ref, ServerMsg::Pong),
+            Request::Pong => {}
+            Request::Login(l) => self.login(out, conn, r#ref, l),
+            Request::Logout(l) => self.logout_request(out, conn, r#ref, l),
+            Request::GetRecord(_)
+            | Request::UpdateRecord(_)
+            | Request::RecordProcessed(_)
+            | Request::ChainedRecords(_)
+            | Request::RecordReject(_)
+            | Request::RecordCancel(_)
+            | Request::DoNotCall(_)
+            | Request::Reschedule(_) => self.record_request(out, conn, r#ref, request),
+            Request::AttachRecord(a) => self.attach(out, conn, r#ref, a),
+            Request::CancelRecord(c) => self.dialer_cancel(out, conn, r#ref, c),
+            Request::Ringing(e) => {
+                self.ringing(out, e);
+                Self::send(out, conn, r#ref, ServerMsg::Ack);
+            }
+            Request::Established(e) => {
+                self.established(out, e);
+                Self::send(out, conn, r#ref, ServerMsg::Ack);
+            }
+            Request::Released(e) => {
+                self.released(out, e);
+                Self::send(out, conn, r#ref, ServerMsg::Ack);
+            }
+            Request::Transferred(e) => {
+                self.transferred(out, e);
+                Self::send(out, conn, r#ref, ServerMsg::Ack);
+            }
+            Request::Conferenced(e) => {
+                self.conferenced(out, e);
+                Self::send(out, conn, r#ref, ServerMsg::Ack);
+            }
+            Request::AgentLogin(e) => {
+                self.phone_login(out, e);
+                Self::send(out, conn, r#ref, ServerMsg::Ack);
+            }
+            Request::AgentLogout(e) => {
+                self.phone_logout(out, e);
+                Self::send(out, conn, r#ref, ServerMsg::Ack);
+            }
+            Request::AuditTail(t) => self.audit_tail(out, conn, r#ref, t),
+            Request::Status => {
+                let c = self.counts();
+                Self::send(
+                    out,
+                    conn,
+                    r#ref,
+                    ServerMsg::StatusReport {
+                        agents: c.agents,
+                        dns: c.dns,
+                        calls: c.calls,
+                        records_live: c.records_live,
+                        records_final: c.records_final,
+                        connections: c.connections,
+                        ignored_events: c.ignored_events,
+                        audit_last_seq: c.audit_last_seq,
+                        uptime_s: self.now.saturating_sub(self.started_ms) / 1000,
+                    },
+                );
+            }
+            Request::RecordInfo(r) => self.record_info(out, conn, r#ref, r),
+            Request::ReleaseRecord(r) => self.release_record(out, conn, r#ref, r),
+        }
+    }
+
+    // ----- desktop sessions -----
+
+    fn login(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, l: Login) {
+        if l.agent.is_empty() || l.dn.is_empty() {
+            let field = if l.agent.is_empty() { "agent" } else { "dn" };
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(
+                    ErrorCode::BadRequest,
+                    format!("Login: field `{field}` must not be empty"),
+                ),
+            );
+            return;
+        }
+        if let Some(current) = self.conns.get(&conn).and_then(|c| c.agent.clone()) {
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(
+                    ErrorCode::BadRequest,
+                    format!("this connection is already logged in as agent {current}; Logout first"),
+                ),
+            );
+            return;
+        }
+        if let Some(other) = self.dn_agent.get(&l.dn) {
+            if *other != l.agent {
+                let msg = format!("DN {} is in use by agent {other}", l.dn);
+                Self::send(
+                    out,
+                    conn,
+                    r#ref,
+                    ServerMsg::error(ErrorCode::DnInUse, msg),
+                );
+                return;
+            }
+        }
+        if let Some(existing) = self.agents.get(&l.agent).cloned() {
+            if existing.dn != l.dn {
+                // The agent moves to another DN: the old session ends as replaced, then a fresh one.
+                if let Some(old) = existing.conn {
+                    Self::send(
+                        out,
+                        old,
+                        None,
+                        ServerMsg::LoggedOut {
+                            cause: LogoutCause::Replaced,
+                        },
+                    );
+                    if let Some(c) = self.conns.get_mut(&old) {
+                        c.agent = None;
+                    }
+                    if let Some(a) = self.agents.get_mut(&l.agent) {
+                        a.conn = None;
+                    }
+                }
+                self.end_agent(out, &l.agent, None, true, "replaced");
+            } else {
+                self.take_over(out, conn, r#ref, &l, existing);
+                return;
+            }
+        }
+        self.fresh_login(out, conn, r#ref, &l);
+    }
+
+    /// The agent is already logged in on this DN (connected elsewhere, or away): this connection
+    /// takes the session over, resumed if the token matches, and gets the present state.
+    fn take_over(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        l: &Login,
+        existing: Agent,
+    ) {
+        let resumed = l.resume.as_deref() == Some(existing.session.as_str());
+        if let Some(old) = existing.conn {
+            Self::send(
+                out,
+                old,
+                None,
+                ServerMsg::LoggedOut {
+                    cause: LogoutCause::Replaced,
+                },
+            );
+            if let Some(c) = self.conns.get_mut(&old) {
+                c.agent = None;
+            }
+        }
+        let session = self.new_session_token();
+        let lost = if resumed {
+            existing.lost_while_away.clone()
+        } else {
+            BTreeMap::new()
+        };
+        if let Some(a) = self.agents.get_mut(&l.agent) {
+            a.conn = Some(conn);
+            a.away_since = None;
+            a.session = session.clone();
+            a.lost_while_away.clear();
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.agent = Some(l.agent.clone());
+        }
+        Self::send(
+            out,
+            conn,
+            r#ref,
+            ServerMsg::LoggedIn {
+                agent: l.agent.clone(),
+                dn: l.dn.clone(),
+                session,
+                resumed,
+            },
+        );
+        let cause = if resumed { "resume" } else { "replaced" };
+        let (agent, dn) = (l.agent.clone(), l.dn.clone());
+        self.audit(out, AuditKind::Login, |e| {
+            e.agent = Some(agent);
+            e.dn = Some(dn);
+            e.cause = Some(cause.to_owned());
+        });
+        self.replay(out, conn, &l.agent, &l.dn, lost);
+    }
+
+    /// Pushes the agent's present state: its calls, then the records it holds, then what it lost.
+    fn replay(
+        &self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        agent: &str,
+        dn: &str,
+        lost: BTreeMap<String, Access>,
+    ) {
+        self.push_calls_on_dn(out, conn, dn);
+        if let Some(held) = self.agent_records.get(agent) {
+            for record in held {
+                let Some(rec) = self.records.get(record) else {
+                    continue;
+                };
+                let Some(access) = rec.holders.get(agent).copied() else {
+                    continue;
+                };
+                Self::send(
+                    out,
+                    conn,
+                    None,
+                    ServerMsg::AccessChanged {
+                        record: record.clone(),
+                        access,
+                        previous: access,
+                        cause: AccessCause::Resume,
+                        call: Some(rec.call.clone()),
+                        data: Some(rec.data.clone()),
+                        context: Some(rec.context.clone()),
+                    },
+                );
+            }
+        }
+        for (record, previous) in lost {
+            let call = self.records.get(&record).map(|r| r.call.clone());
+            Self::send(
+                out,
+                conn,
+                None,
+                ServerMsg::AccessChanged {
+                    record,
+                    access: Access::Revoked,
+                    previous,
+                    cause: AccessCause::Resume,
+                    call,
+                    data: None,
+                    context: None,
+                },
+            );
+        }
+    }
+
+    fn push_calls_on_dn(&self, out: &mut Vec<Output>, conn: ConnId, dn: &str) {
+        let Some(calls) = self.dn_calls.get(dn) else {
+            return;
+        };
+        let mut ordered: Vec<(&String, &Call)> = calls
+            .iter()
+            .filter_map(|id| self.calls.get(id).map(|c| (id, c)))
+            .collect();
+        ordered.sort_by_key(|(_, c)| c.order);
+        for (id, call) in ordered {
+            match call.parties.get(dn) {
+                Some(PartyState::Alerting) => Self::send(
+                    out,
+                    conn,
+                    None,
+                    ServerMsg::CallAlerting {
+                        call: id.clone(),
+                        dn: dn.to_owned(),
+                        record: self.record_of_call(id).map(|(r, _)| r),
+                        consult_of: call.consult_of.clone(),
+                    },
+                ),
+                Some(PartyState::Established) => Self::send(
+                    out,
+                    conn,
+                    None,
+                    ServerMsg::CallEstablished {
+                        call: id.clone(),
+                        dn: dn.to_owned(),
+                    },
+                ),
+                None => {}
+            }
+        }
+    }
+
+    fn fresh_login(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, l: &Login) {
+        let session = self.new_session_token();
+        self.agents.insert(
+            l.agent.clone(),
+            Agent {
+                dn: l.dn.clone(),
+                conn: Some(conn),
+                session: session.clone(),
+                away_since: None,
+                logout_pending: false,
+                lost_while_away: BTreeMap::new(),
+            },
+        );
+        self.dn_agent.insert(l.dn.clone(), l.agent.clone());
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.agent = Some(l.agent.clone());
+        }
+        Self::send(
+            out,
+            conn,
+            r#ref,
+            ServerMsg::LoggedIn {
+                agent: l.agent.clone(),
+                dn: l.dn.clone(),
+                session,
+                resumed: false,
+            },
+        );
+        let (agent, dn) = (l.agent.clone(), l.dn.clone());
+        self.audit(out, AuditKind::Login, |e| {
+            e.agent = Some(agent);
+            e.dn = Some(dn);
+            e.cause = Some("desktop".to_owned());
+        });
+        self.tell_switches(
+            out,
+            ServerMsg::AgentLogin {
+                dn: l.dn.clone(),
+                agent: l.agent.clone(),
+            },
+        );
+        self.broadcast_monitor(out);
+        // Calls already on the DN: show them, and take what nobody holds (rule 9).
+        self.push_calls_on_dn(out, conn, &l.dn);
+        let calls: Vec<String> = self
+            .dn_calls
+            .get(&l.dn)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for call in calls {
+            let established = self
+                .calls
+                .get(&call)
+                .and_then(|c| c.parties.get(&l.dn))
+                .is_some_and(|p| *p == PartyState::Established);
+            if established {
+                self.grant_for_party(out, &call, &l.agent, true);
+            }
+        }
+    }
+
+    /// Gives `agent`, established on `call`, the access the call entitles it to: `full` on the
+    /// call's own record, `read_only` on the record of the call a live consultation consults.
+    /// With `only_unheld`, a direct record is taken only if nobody holds it (a login finding the call).
+    fn grant_for_party(&mut self, out: &mut Vec<Output>, call: &str, agent: &str, only_unheld: bool) {
+        let Some((record, via_consult)) = self.record_of_call(call) else {
+            return;
+        };
+        let Some(rec) = self.records.get(&record) else {
+            return;
+        };
+        if rec.final_.is_some() {
+            return;
+        }
+        let current = rec.holders.get(agent).copied().unwrap_or(Access::Revoked);
+        if via_consult {
+            let over = self.calls.get(call).is_none_or(|c| c.consult_over);
+            if !over && current == Access::Revoked {
+                self.set_access(out, &record, agent, Access::ReadOnly, AccessCause::Consultation);
+            }
+        } else if current != Access::Full {
+            if only_unheld && rec.holders.values().any(|a| *a == Access::Full) {
+                return;
+            }
+            self.set_access(out, &record, agent, Access::Full, AccessCause::Established);
+        }
+    }
+
+    /// Ends an agent's session: its DN is no longer monitored, its records are revoked (orphaned
+    /// when nobody else holds them). `cause` goes to a connected desktop as `LoggedOut`.
+    fn end_agent(
+        &mut self,
+        out: &mut Vec<Output>,
+        agent: &str,
+        cause: Option<LogoutCause>,
+        tell_switch: bool,
+        audit_cause: &str,
+    ) {
+        let Some(a) = self.agents.get(agent).cloned() else {
+            return;
+        };
+        if let Some(cause) = cause {
+            self.push_agent(out, agent, ServerMsg::LoggedOut { cause });
+        }
+        let held: Vec<String> = self
+            .agent_records
+            .get(agent)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for record in held {
+            self.set_access(out, &record, agent, Access::Revoked, AccessCause::Logout);
+        }
+        self.agents.remove(agent);
+        if self.dn_agent.get(&a.dn).map(String::as_str) == Some(agent) {
+            self.dn_agent.remove(&a.dn);
+        }
+        if let Some(conn) = a.conn {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.agent = None;
+            }
+        }
+        let (agent_s, dn) = (agent.to_owned(), a.dn.clone());
+        let cause_s = audit_cause.to_owned();
+        self.audit(out, AuditKind::Logout, |e| {
+            e.agent = Some(agent_s);
+            e.dn = Some(dn);
+            e.cause = Some(cause_s);
+        });
+        if tell_switch {
+            self.tell_switches(
+                out,
+                ServerMsg::AgentLogout {
+                    dn: a.dn.clone(),
+                    agent: agent.to_owned(),
+                },
+            );
+        }
+        self.broadcast_monitor(out);
+    }
+
+    fn full_live_records(&self, agent: &str) -> Vec<String> {
+        self.agent_records
+            .get(agent)
+            .map(|set| {
+                set.iter()
+                    .filter(|r| {
+                        self.records.get(*r).is_some_and(|rec| {
+                            rec.final_.is_none() && rec.holders.get(agent) == Some(&Access::Full)
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn logout_request(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, l: Logout) {
+        let Some(agent) = self.conns.get(&conn).and_then(|c| c.agent.clone()) else {
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(ErrorCode::NotLoggedIn, "Logout needs a logged-in agent"),
+            );
+            return;
+        };
+        let held = self.full_live_records(&agent);
+        if !held.is_empty() && !l.force {
+            if let Some(a) = self.agents.get_mut(&agent) {
+                a.logout_pending = true;
+            }
+            Self::send(out, conn, r#ref, ServerMsg::LogoutPending { records: held });
+            return;
+        }
+        for record in &held {
+            self.finalize(
+                out,
+                record,
+                Outcome::Returned,
+                Some(agent.clone()),
+                Some(&agent),
+                FinalExtra::default(),
+            );
+        }
+        Self::send(
+            out,
+            conn,
+            r#ref,
+            ServerMsg::LoggedOut {
+                cause: LogoutCause::Desktop,
+            },
+        );
+        let cause = if l.force { "desktop_force" } else { "desktop" };
+        self.end_agent(out, &agent, None, true, cause);
+    }
+
+    /// Smart logout: an agent waiting to log out goes once its last `full` record is final.
+    fn finish_pending_logouts(&mut self, out: &mut Vec<Output>) {
+        let pending: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.logout_pending)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for agent in pending {
+            if self.full_live_records(&agent).is_empty() {
+                self.end_agent(out, &agent, Some(LogoutCause::Desktop), true, "desktop");
+            }
+        }
+    }
+
+    // ----- desktop record requests -----
+
+    fn record_request(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        request: Request,
+    ) {
+        let type_name = request.type_name();
+        let Some(agent) = self.conns.get(&conn).and_then(|c| c.agent.clone()) else {
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(
+                    ErrorCode::NotLoggedIn,
+                    format!("{type_name} needs a logged-in agent; send Login first"),
+                ),
+            );
+            return;
+        };
+        let (record, needs_full) = match &request {
+            Request::GetRecord(r) | Request::ChainedRecords(r) => (r.record.clone(), false),
+            Request::UpdateRecord(r) | Request::RecordProcessed(r) => (r.record.clone(), true),
+            Request::RecordReject(r) | Request::RecordCancel(r) => (r.record.clone(), true),
+            Request::DoNotCall(r) => (r.record.clone(), true),
+            Request::Reschedule(r) => (r.record.clone(), true),
+            _ => unreachable!("record_request only gets record requests"),
+        };
+        let access = match self.check_access(&record, &agent, needs_full) {
+            Ok(access) => access,
+            Err(error) => {
+                self.deny(out, conn, r#ref, &agent, &record, type_name, error);
+                return;
+            }
+        };
+        // Request-specific validation, after the access checks so that those come in contract order.
+        let reply = match request {
+            Request::GetRecord(_) => {
+                let rec = &self.records[&record];
+                ServerMsg::Record {
+                    record: record.clone(),
+                    access,
+                    data: rec.data.clone(),
+                    context: rec.context.clone(),
+                    final_: rec.final_.clone(),
+                }
+            }
+            Request::ChainedRecords(_) => {
+                let rec = &self.records[&record];
+                let mut count = 0u32;
+                for entry in rec.chain.iter().filter(|e| e.record != record) {
+                    count += 1;
+                    Self::send(
+                        out,
+                        conn,
+                        r#ref,
+                        ServerMsg::ChainedRecord {
+                            record: entry.record.clone(),
+                            chain_n: entry.chain_n,
+                            data: entry.data.clone(),
+                            access,
+                        },
+                    );
+                }
+                ServerMsg::ChainedRecordsEnd {
+                    record: record.clone(),
+                    count,
+                }
+            }
+            Request::UpdateRecord(change) => {
+                if let Err(error) = self.check_size(&record, &change) {
+                    self.deny(out, conn, r#ref, &agent, &record, type_name, error);
+                    return;
+                }
+                let version = self.apply_change(&record, &change);
+                let others: Vec<String> = self.records[&record]
+                    .holders
+                    .iter()
+                    .filter(|(h, a)| a.is_granted() && h.as_str() != agent)
+                    .map(|(h, _)| h.clone())
+                    .collect();
+                for h in others {
+                    self.push_agent(
+                        out,
+                        &h,
+                        ServerMsg::RecordChanged {
+                            record: record.clone(),
+                            version,
+                            call_result: change.call_result.clone(),
+                            fields: change.fields.clone(),
+                            by: agent.clone(),
+                        },
+                    );
+                }
+                ServerMsg::RecordUpdated {
+                    record: record.clone(),
+                    version,
+                }
+            }
+            Request::RecordProcessed(change) => {
+                if let Err(error) = self.check_size(&record, &change) {
+                    self.deny(out, conn, r#ref, &agent, &record, type_name, error);
+                    return;
+                }
+                self.apply_change(&record, &change);
+                self.accept(out, &agent, &record, type_name);
+                self.finalize(
+                    out,
+                    &record,
+                    Outcome::Processed,
+                    Some(agent.clone()),
+                    Some(&agent),
+                    FinalExtra::default(),
+                );
+                Self::send(out, conn, r#ref, ServerMsg::RecordProcessedAck { record });
+                return;
+            }
+            Request::RecordReject(_) => {
+                self.accept(out, &agent, &record, type_name);
+                self.finalize(
+                    out,
+                    &record,
+                    Outcome::Rejected,
+                    Some(agent.clone()),
+                    Some(&agent),
+                    FinalExtra::default(),
+                );
+                Self::send(out, conn, r#ref, ServerMsg::RecordRejected { record });
+                return;
+            }
+            Request::RecordCancel(_) => {
+                self.accept(out, &agent, &record, type_name);
+                self.finalize(
+                    out,
+                    &record,
+                    Outcome::Cancelled,
+                    Some(agent.clone()),
+                    Some(&agent),
+                    FinalExtra::default(),
+                );
+                Self::send(out, conn, r#ref, ServerMsg::RecordCancelled { record });
+                return;
+            }
+            Request::DoNotCall(d) => {
+                self.accept(out, &agent, &record, type_name);
+                let extra = FinalExtra {
+                    scope: Some(d.scope),
+                    ..FinalExtra::default()
+                };
+                self.finalize(
+                    out,
+                    &record,
+                    Outcome::DoNotCall,
+                    Some(agent.clone()),
+                    Some(&agent),
+                    extra,
+                );
+                Self::send(
+                    out,
+                    conn,
+                    r#ref,
+                    ServerMsg::DoNotCallAck {
+                        record,
+                        scope: d.scope,
+                    },
+                );
+                return;
+            }
+            Request::Reschedule(s) => {
+                let when = match parse_rfc3339(&s.at) {
+                    Some(ms) if ms > self.now => ms,
+                    Some(_) => {
+                        let e = ServerMsg::error(
+                            ErrorCode::BadRequest,
+                            format!("Reschedule: field `at` ({}) must be in the future", s.at),
+                        );
+                        self.deny(out, conn, r#ref, &agent, &record, type_name, e);
+                        return;
+                    }
+                    None => {
+                        let e = ServerMsg::error(
+                            ErrorCode::BadRequest,
+                            format!("Reschedule: field `at` ({}) is not an RFC 3339 time", s.at),
+                        );
+                        self.deny(out, conn, r#ref, &agent, &record, type_name, e);
+                        return;
+                    }
+                };
+                let at = rfc3339(when);
+                self.accept(out, &agent, &record, type_name);
+                let extra = FinalExtra {
+                    scope: None,
+                    callback_at: Some(at.clone()),
+                    callback: Some(s.callback),
+                };
+                self.finalize(
+                    out,
+                    &record,
+                    Outcome::Rescheduled,
+                    Some(agent.clone()),
+                    Some(&agent),
+                    extra,
+                );
+                Self::send(
+                    out,
+                    conn,
+                    r#ref,
+                    ServerMsg::Rescheduled {
+                        record,
+                        at,
+                        callback: s.callback,
+                    },
+                );
+                return;
+            }
+            _ => unreachable!(),
+        };
+        self.accept(out, &agent, &record, type_name);
+        Self::send(out, conn, r#ref, reply);
+    }
+
+    /// The contract's check order: no_such_record, access_denied (never held), already_final,
+    /// access_denied (revoked), read_only.
+    #[allow(clippy::result_large_err)] // the error is the reply frame itself, built once
+    fn check_access(&self, record: &str, agent: &str, needs_full: bool) -> Result<Access, ServerMsg> {
+        let Some(rec) = self.records.get(record) else {
+            return Err(ServerMsg::error(
+                ErrorCode::NoSuchRecord,
+                format!("no record {record}"),
+            ));
+        };
+        let denied = |access: Access, why: String| ServerMsg::Error {
+            code: ErrorCode::AccessDenied,
+            message: why,
+            access: Some(access),
+            holders: Some(rec.live_holders()),
+            outcome: None,
+            by: None,
+        };
+        let Some(access) = rec.holders.get(agent).copied() else {
+            return Err(denied(
+                Access::Revoked,
+                format!("agent {agent} never held record {record}"),
+            ));
+        };
+        if let Some(f) = &rec.final_ {
+            return Err(ServerMsg::Error {
+                code: ErrorCode::AlreadyFinal,
+                message: format!(
+                    "record {record} is already final ({} by {})",
+                    f.outcome.as_str(),
+                    f.by.as_deref().unwrap_or("server")
+                ),
+                access: None,
+                holders: None,
+                outcome: Some(f.outcome),
+                by: Some(f.by.clone().unwrap_or_else(|| "server".into())),
+            });
+        }
+        match access {
+            Access::Revoked => Err(denied(
+                Access::Revoked,
+                format!("agent {agent}'s access to record {record} was revoked"),
+            )),
+            Access::ReadOnly if needs_full => Err(ServerMsg::error(
+                ErrorCode::ReadOnly,
+                format!("agent {agent} holds record {record} read-only (consultation)"),
+            )),
+            a => Ok(a),
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn check_size(&self, record: &str, change: &RecordChange) -> Result<(), ServerMsg> {
+        let rec = &self.records[record];
+        let mut context = rec.context.clone();
+        merge_change(&mut context, change);
+        let size = serde_json::to_vec(&rec.data).map_or(0, |v| v.len())
+            + serde_json::to_vec(&context).map_or(0, |v| v.len());
+        // Leave room for the envelope of an AccessChanged that carries both.
+        let limit = self.cfg.max_frame_bytes.saturating_sub(1024);
+        if size > limit {
+            return Err(ServerMsg::error(
+                ErrorCode::BadRequest,
+                format!(
+                    "record {record} would hold {size} bytes of data and context, over the limit of {limit}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn apply_change(&mut self, record: &str, change: &RecordChange) -> u64 {
+        let rec = self.records.get_mut(record).expect("checked record");
+        merge_change(&mut rec.context, change);
+        rec.version += 1;
+        rec.version
+    }
+
+    fn accept(&mut self, out: &mut Vec<Output>, agent: &str, record: &str, request: &str) {
+        let dn = self.agents.get(agent).map(|a| a.dn.clone());
+        let call = self.records.get(record).map(|r| r.call.clone());
+        let access = self.access_of(record, agent);
+        self.audit(out, AuditKind::Accepted, |e| {
+            e.record = Some(record.to_owned());
+            e.agent = Some(agent.to_owned());
+            e.dn = dn;
+            e.call = call;
+            e.access = access;
+            e.request = Some(request.to_owned());
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deny(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        agent: &str,
+        record: &str,
+        request: &str,
+        error: ServerMsg,
+    ) {
+        let code = match &error {
+            ServerMsg::Error { code, .. } => *code,
+            _ => ErrorCode::BadRequest,
+        };
+        let message = match &error {
+            ServerMsg::Error { message, .. } => message.clone(),
+            _ => String::new(),
+        };
+        let dn = self.agents.get(agent).map(|a| a.dn.clone());
+        let call = self.records.get(record).map(|r| r.call.clone());
+        let access = self.access_of(record, agent);
+        self.audit(out, AuditKind::Denied, |e| {
+            e.record = Some(record.to_owned());
+            e.agent = Some(agent.to_owned());
+            e.dn = dn;
+            e.call = call;
+            e.access = access;
+            e.request = Some(request.to_owned());
+            e.code = Some(code);
+            e.cause = Some(message);
+        });
+        Self::send(out, conn, r#ref, error);
+    }
+
+    // ----- dialer -----
+
+    fn attach(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, a: AttachRecord) {
+        if a.record.is_empty() || a.call.is_empty() {
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(
+                    ErrorCode::BadRequest,
+                    "AttachRecord: fields `record` and `call` must not be empty",
+                ),
+            );
+            return;
+        }
+        if let Some(rec) = self.records.get(&a.record) {
+            if rec.final_.is_none() {
+                if rec.call == a.call {
+                    Self::send(
+                        out,
+                        conn,
+                        r#ref,
+                        ServerMsg::RecordAttached {
+                            record: a.record,
+                            call: a.call,
+                        },
+                    );
+                } else {
+                    let msg = format!(
+                        "record {} is live on call {}; it can be attached to call {} once it is final",
+                        a.record, rec.call, a.call
+                    );
+                    Self::send(
+                        out,
+                        conn,
+                        r#ref,
+                        ServerMsg::error(ErrorCode::RecordBusy, msg),
+                    );
+                }
+                return;
+            }
+        }
+        if let Some(other) = self.call_record.get(&a.call) {
+            let msg = format!("call {} already carries live record {other}", a.call);
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(ErrorCode::RecordBusy, msg),
+            );
+            return;
+        }
+        let record = Record {
+            call: a.call.clone(),
+            campaign: a.campaign,
+            chain_n: a.chain_n.unwrap_or(0),
+            phone: a.phone.clone(),
+            data: a.data,
+            chain: a.chain,
+            context: Context::default(),
+            version: 0,
+            final_: None,
+            holders: BTreeMap::new(),
+            orphaned_since: None,
+        };
+        let campaign = record.campaign.clone();
+        let chain_n = record.chain_n;
+        self.records.insert(a.record.clone(), record);
+        self.call_record.insert(a.call.clone(), a.record.clone());
+        let (rid, cid) = (a.record.clone(), a.call.clone());
+        self.audit(out, AuditKind::Attached, |e| {
+            e.record = Some(rid);
+            e.call = Some(cid);
+            e.cause = Some(format!("campaign {campaign}, chain_n {chain_n}"));
+        });
+        Self::send(
+            out,
+            conn,
+            r#ref,
+            ServerMsg::RecordAttached {
+                record: a.record.clone(),
+                call: a.call.clone(),
+            },
+        );
+        if self.calls.contains_key(&a.call) {
+            if let Some(phone) = a.phone {
+                self.index_ani(&a.call, &phone);
+            }
+            // The call may already be answered on an agent's DN: grant at once (rule 1).
+            let established: Vec<String> = self.calls[&a.call]
+                .parties
+                .iter()
+                .filter(|(_, p)| **p == PartyState::Established)
+                .map(|(dn, _)| dn.clone())
+                .collect();
+            for dn in established {
+                if let Some(agent) = self.agent_on(&dn) {
+                    self.grant_for_party(out, &a.call, &agent, false);
+                }
+            }
+        }
+    }
+
+    fn dialer_cancel(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, c: RecordRef) {
+        let Some(rec) = self.records.get(&c.record) else {
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {}", c.record)),
+            );
+            return;
+        };
+        if let Some(f) = &rec.final_ {
+            Self::send(out, conn, r#ref, already_final_error(&c.record, f));
+            return;
+        }
+        self.finalize(
+            out,
+            &c.record,
+            Outcome::Cancelled,
+            Some("dialer".to_owned()),
+            None,
+            FinalExtra::default(),
+        );
+        Self::send(
+            out,
+            conn,
+            r#ref,
+            ServerMsg::RecordCancelled { record: c.record },
+        );
+    }
+
+    // ----- admin -----
+
+    fn record_info(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, r: RecordRef) {
+        let Some(rec) = self.records.get(&r.record) else {
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {}", r.record)),
+            );
+            return;
+        };
+        let state = if rec.final_.is_some() {
+            "final"
+        } else if rec.has_live_holder() {
+            "held"
+        } else if rec.orphaned_since.is_some() {
+            "orphaned"
+        } else {
+            "waiting"
+        };
+        let holders = rec
+            .holders
+            .iter()
+            .map(|(agent, access)| Holder {
+                agent: agent.clone(),
+                access: *access,
+            })
+            .collect();
+        Self::send(
+            out,
+            conn,
+            r#ref,
+            ServerMsg::RecordReport {
+                record: r.record,
+                state: state.to_owned(),
+                holders,
+                call: Some(rec.call.clone()),
+                final_: rec.final_.clone(),
+            },
+        );
+    }
+
+    fn release_record(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        r: ReleaseRecord,
+    ) {
+        let Some(rec) = self.records.get(&r.record) else {
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {}", r.record)),
+            );
+            return;
+        };
+        if let Some(f) = &rec.final_ {
+            Self::send(out, conn, r#ref, already_final_error(&r.record, f));
+            return;
+        }
+        self.finalize(
+            out,
+            &r.record,
+            Outcome::Returned,
+            Some("admin".to_owned()),
+            None,
+            FinalExtra::default(),
+        );
+        let (record, reason) = (r.record.clone(), r.reason.clone());
+        self.audit(out, AuditKind::Accepted, |e| {
+            e.record = Some(record);
+            e.request = Some("ReleaseRecord".to_owned());
+            e.cause = Some(format!("admin: {reason}"));
+        });
+        Self::send(
+            out,
+            conn,
+            r#ref,
+            ServerMsg::RecordReleased { record: r.record },
+        );
+    }
+
+    fn audit_tail(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, t: AuditTail) {
+        let sub = TailSub {
+            r#ref,
+            record: t.record.clone(),
+            agent: t.agent.clone(),
+        };
+        let from = t.from_seq.unwrap_or(self.audit_seq + 1);
+        for entry in self.audit_recent.iter().filter(|e| e.seq >= from) {
+            if sub.matches(entry) {
+                Self::send(out, conn, r#ref, ServerMsg::Audit(entry.clone()));
+            }
+        }
+        if t.follow {
+            self.tails.insert(conn, sub);
+        } else {
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::AuditEnd {
+                    last_seq: self.audit_seq,
+                },
+            );
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Telephony events
+    // -----------------------------------------------------------------------------------------
+
+    fn monitored(&self, dn: &str) -> bool {
+        self.dn_agent.contains_key(dn)
+    }
+
+    /// An event is ours if it names a call we know (or one carrying a record) or a monitored DN.
+    fn relevant(&mut self, call: &str, dns: &[&str]) -> bool {
+        let ours = self.calls.contains_key(call)
+            || self.call_record.contains_key(call)
+            || dns.iter().any(|dn| self.monitored(dn));
+        if !ours {
+            self.ignored_events += 1;
+        }
+        ours
+    }
+
+    fn call_entry(&mut self, call: &str) -> &mut Call {
+        if !self.calls.contains_key(call) {
+            self.call_order += 1;
+            let order = self.call_order;
+            self.calls.insert(
+                call.to_owned(),
+                Call {
+                    parties: BTreeMap::new(),
+                    ani: None,
+                    consult_of: None,
+                    consult_over: false,
+                    order,
+                },
+            );
+            if let Some(phone) = self
+                .call_record
+                .get(call)
+                .and_then(|r| self.records.get(r))
+                .and_then(|r| r.phone.clone())
+            {
+                self.index_ani(call, &phone);
+            }
+        }
+        self.calls.get_mut(call).expect("inserted above")
+    }
+
+    fn index_ani(&mut self, call: &str, ani: &str) {
+        if ani.is_empty() {
+            return;
+        }
+        self.ani_calls
+            .entry(ani.to_owned())
+            .or_default()
+            .insert(call.to_owned());
+    }
+
+    fn add_party(&mut self, call: &str, dn: &str, state: PartyState) {
+        let c = self.call_entry(call);
+        let entry = c.parties.entry(dn.to_owned()).or_insert(state);
+        if state == PartyState::Established {
+            *entry = PartyState::Established;
+        }
+        self.dn_calls
+            .entry(dn.to_owned())
+            .or_default()
+            .insert(call.to_owned());
+    }
+
+    fn remove_party(&mut self, call: &str, dn: &str) -> Option<PartyState> {
+        let state = self.calls.get_mut(call)?.parties.remove(dn);
+        if let Some(set) = self.dn_calls.get_mut(dn) {
+            set.remove(call);
+            if set.is_empty() {
+                self.dn_calls.remove(dn);
+            }
+        }
+        state
+    }
+
+    /// Removes a call with no parties left. A record it carried that nobody ever held starts its
+    /// orphan clock, so that no record waits forever.
+    fn end_call_if_empty(&mut self, out: &mut Vec<Output>, call: &str) {
+        if !self.calls.get(call).is_some_and(|c| c.parties.is_empty()) {
+            return;
+        }
+        self.drop_call(call);
+        if let Some(record) = self.call_record.get(call).cloned() {
+            if self
+                .records
+                .get(&record)
+                .is_some_and(|r| r.final_.is_none() && !r.has_live_holder())
+            {
+                self.orphan(out, &record, call);
+            }
+        }
+    }
+
+    fn drop_call(&mut self, call: &str) {
+        let Some(c) = self.calls.remove(call) else {
+            return;
+        };
+        for dn in c.parties.keys() {
+            if let Some(set) = self.dn_calls.get_mut(dn) {
+                set.remove(call);
+                if set.is_empty() {
+                    self.dn_calls.remove(dn);
+                }
+            }
+        }
+        self.ani_calls.retain(|_, set| {
+            set.remove(call);
+            !set.is_empty()
+        });
+    }
+
+    /// The live call a consultation without `consult_of` belongs to: same customer ANI, carrying a
+    /// record, not itself a consultation; one with `from_dn` as a party first, else the most recent.
+    fn link_by_ani(&self, call: &str, ani: &str, from_dn: Option<&str>) -> Option<String> {
+        let candidates = self.ani_calls.get(ani)?;
+        let mut best: Option<(bool, u64, String)> = None;
+        for id in candidates {
+            if id == call {
+                continue;
+            }
+            let Some(c) = self.calls.get(id) else {
+                continue;
+            };
+            if c.consult_of.is_some() || !self.call_record.contains_key(id) {
+                continue;
+            }
+            let has_from = from_dn.is_some_and(|d| c.parties.contains_key(d));
+            let key = (has_from, c.order, id.clone());
+            if best.as_ref().is_none_or(|b| (key.0, key.1) > (b.0, b.1)) {
+                best = Some(key);
+            }
+        }
+        best.map(|b| b.2)
+    }
+
+    fn ringing(&mut self, out: &mut Vec<Output>, e: Ringing) {
+        let mut dns = vec![e.dn.as_str()];
+        if let Some(f) = &e.from_dn {
+            dns.push(f);
+        }
+        if !self.relevant(&e.call, &dns) {
+            return;
+        }
+        self.add_party(&e.call, &e.dn, PartyState::Alerting);
+        if let Some(ani) = &e.ani {
+            if self.calls[&e.call].ani.is_none() {
+                self.calls.get_mut(&e.call).expect("exists").ani = Some(ani.clone());
+                self.index_ani(&e.call, ani);
+            }
+        }
+        let unlinked = self.calls[&e.call].consult_of.is_none() && !self.call_record.contains_key(&e.call);
+        if unlinked {
+            let link = match &e.consult_of {
+                Some(c1) if *c1 != e.call => Some(c1.clone()),
+                Some(_) => None,
+                None => e
+                    .ani
+                    .as_deref()
+                    .and_then(|ani| self.link_by_ani(&e.call, ani, e.from_dn.as_deref())),
+            };
+            if let Some(c1) = link {
+                self.calls.get_mut(&e.call).expect("exists").consult_of = Some(c1);
+            }
+        }
+        let c = &self.calls[&e.call];
+        if c.parties.get(&e.dn) == Some(&PartyState::Alerting) {
+            let msg = ServerMsg::CallAlerting {
+                call: e.call.clone(),
+                dn: e.dn.clone(),
+                record: self.record_of_call(&e.call).map(|(r, _)| r),
+                consult_of: c.consult_of.clone(),
+            };
+            self.push_dn(out, &e.dn, msg);
+        }
+    }
+
+    fn established(&mut self, out: &mut Vec<Output>, e: CallDn) {
+        if !self.relevant(&e.call, &[&e.dn]) {
+            return;
+        }
+        let before = self
+            .calls
+            .get(&e.call)
+            .and_then(|c| c.parties.get(&e.dn))
+            .copied();
+        self.add_party(&e.call, &e.dn, PartyState::Established);
+        if before != Some(PartyState::Established) {
+            self.push_dn(
+                out,
+                &e.dn,
+                ServerMsg::CallEstablished {
+                    call: e.call.clone(),
+                    dn: e.dn.clone(),
+                },
+            );
+        }
+        if let Some(agent) = self.agent_on(&e.dn) {
+            self.grant_for_party(out, &e.call, &agent, false);
+        }
+    }
+
+    fn released(&mut self, out: &mut Vec<Output>, e: Released) {
+        if !self.relevant(&e.call, &[&e.dn]) {
+            return;
+        }
+        let Some(call) = self.calls.get(&e.call).cloned() else {
+            return;
+        };
+        let Some(state) = self.remove_party(&e.call, &e.dn) else {
+            return;
+        };
+        let cause = e.cause.clone().unwrap_or_else(|| "hangup".to_owned());
+        self.push_dn(
+            out,
+            &e.dn,
+            ServerMsg::CallCleared {
+                call: e.call.clone(),
+                dn: e.dn.clone(),
+                cause,
+            },
+        );
+        let agent = self.agent_on(&e.dn);
+        match self.record_of_call(&e.call) {
+            Some((record, true)) => {
+                // A consultation ends when either side leaves (rule 5): read-only access it gave is over.
+                if let Some(c) = self.calls.get_mut(&e.call) {
+                    c.consult_over = true;
+                }
+                let mut dns: Vec<String> = call.parties.keys().cloned().collect();
+                dns.sort();
+                for dn in dns {
+                    if let Some(a) = self.agent_on(&dn) {
+                        if self.access_of(&record, &a) == Some(Access::ReadOnly) {
+                            self.set_access(out, &record, &a, Access::Revoked, AccessCause::Released);
+                        }
+                    }
+                }
+            }
+            Some((record, false)) => {
+                if let Some(agent) = agent {
+                    let remaining_agents = self.calls[&e.call]
+                        .parties
+                        .keys()
+                        .filter_map(|dn| self.agent_on(dn))
+                        .any(|a| a != agent);
+                    let held = self
+                        .access_of(&record, &agent)
+                        .is_some_and(Access::is_granted);
+                    if held && state == PartyState::Alerting {
+                        // Never answered (RONA, busy, abandoned while ringing).
+                        self.set_access(out, &record, &agent, Access::Revoked, AccessCause::Released);
+                    } else if held && remaining_agents {
+                        self.set_access(out, &record, &agent, Access::Revoked, AccessCause::Left);
+                    }
+                }
+            }
+            None => {}
+        }
+        self.end_call_if_empty(out, &e.call);
+    }
+
+    /// Ends consultation `c2` because it was merged into the customer call; its parties are told.
+    fn merge_consultation(&mut self, out: &mut Vec<Output>, c2: &str, cause: &str) {
+        let Some(call) = self.calls.get(c2).cloned() else {
+            return;
+        };
+        for dn in call.parties.keys() {
+            self.push_dn(
+                out,
+                dn,
+                ServerMsg::CallCleared {
+                    call: c2.to_owned(),
+                    dn: dn.clone(),
+                    cause: cause.to_owned(),
+                },
+            );
+        }
+        self.drop_call(c2);
+    }
+
+    fn find_consultation(&self, call: &str, dn: &str) -> Option<String> {
+        self.dn_calls.get(dn)?.iter().find_map(|id| {
+            let c = self.calls.get(id)?;
+            (c.consult_of.as_deref() == Some(call) && !c.consult_over).then(|| id.clone())
+        })
+    }
+
+    fn transferred(&mut self, out: &mut Vec<Output>, e: Transferred) {
+        if !self.relevant(&e.call, &[&e.from_dn, &e.to_dn]) {
+            return;
+        }
+        if e.from_dn == e.to_dn {
+            return;
+        }
+        self.call_entry(&e.call);
+        let consult = match e.kind {
+            TransferKind::TwoStep => e
+                .consult_call
+                .clone()
+                .or_else(|| self.find_consultation(&e.call, &e.to_dn)),
+            _ => None,
+        };
+        if self.remove_party(&e.call, &e.from_dn).is_some() {
+            self.push_dn(
+                out,
+                &e.from_dn,
+                ServerMsg::CallCleared {
+                    call: e.call.clone(),
+                    dn: e.from_dn.clone(),
+                    cause: "transferred".to_owned(),
+                },
+            );
+        }
+        if let Some(c2) = &consult {
+            self.merge_consultation(out, c2, "transferred");
+        }
+        let arriving = match e.kind {
+            TransferKind::TwoStep => PartyState::Established,
+            _ => PartyState::Alerting,
+        };
+        let before = self.calls[&e.call].parties.get(&e.to_dn).copied();
+        self.add_party(&e.call, &e.to_dn, arriving);
+        let record = self.call_record.get(&e.call).cloned();
+        match (before, arriving) {
+            (Some(PartyState::Established), _) => {}
+            (_, PartyState::Established) => self.push_dn(
+                out,
+                &e.to_dn,
+                ServerMsg::CallEstablished {
+                    call: e.call.clone(),
+                    dn: e.to_dn.clone(),
+                },
+            ),
+            (_, PartyState::Alerting) => self.push_dn(
+                out,
+                &e.to_dn,
+                ServerMsg::CallAlerting {
+                    call: e.call.clone(),
+                    dn: e.to_dn.clone(),
+                    record: record.clone(),
+                    consult_of: None,
+                },
+            ),
+        }
+        if let Some(record) = record {
+            if self.records.get(&record).is_some_and(|r| r.final_.is_none()) {
+                let from = self.agent_on(&e.from_dn);
+                let to = self.agent_on(&e.to_dn);
+                // Grant first, so the record is never seen without a holder when there is a recipient.
+                if let Some(b) = &to {
+                    self.set_access(out, &record, b, Access::Full, AccessCause::Transfer);
+                }
+                if let Some(a) = from {
+                    if Some(&a) != to.as_ref() {
+                        self.set_access(out, &record, &a, Access::Revoked, AccessCause::Transfer);
+                    }
+                }
+            }
+        }
+        self.end_call_if_empty(out, &e.call);
+    }
+
+    fn conferenced(&mut self, out: &mut Vec<Output>, e: Conferenced) {
+        if !self.relevant(&e.call, &[&e.dn]) {
+            return;
+        }
+        self.call_entry(&e.call);
+        let consult = e
+            .consult_call
+            .clone()
+            .or_else(|| self.find_consultation(&e.call, &e.dn));
+        if let Some(c2) = &consult {
+            self.merge_consultation(out, c2, "conferenced");
+        }
+        let before = self.calls[&e.call].parties.get(&e.dn).copied();
+        self.add_party(&e.call, &e.dn, PartyState::Established);
+        if before != Some(PartyState::Established) {
+            self.push_dn(
+                out,
+                &e.dn,
+                ServerMsg::CallEstablished {
+                    call: e.call.clone(),
+                    dn: e.dn.clone(),
+                },
+            );
+        }
+        let Some(record) = self.call_record.get(&e.call).cloned() else {
+            return;
+        };
+        if self.records.get(&record).is_none_or(|r| r.final_.is_some()) {
+            return;
+        }
+        let dns: Vec<String> = self.calls[&e.call]
+            .parties
+            .iter()
+            .filter(|(_, p)| **p == PartyState::Established)
+            .map(|(dn, _)| dn.clone())
+            .collect();
+        for dn in dns {
+            if let Some(agent) = self.agent_on(&dn) {
+                self.set_access(out, &record, &agent, Access::Full, AccessCause::Conference);
+            }
+        }
+    }
+
+    /// The phone says `agent` logged in on `dn`. An echo of our own login changes nothing; a
+    /// conflicting desktop session yields to the phone.
+    fn phone_login(&mut self, out: &mut Vec<Output>, e: DnAgent) {
+        if self.agents.get(&e.agent).is_some_and(|a| a.dn == e.dn) {
+            return;
+        }
+        let mut changed = false;
+        if let Some(other) = self.dn_agent.get(&e.dn).cloned() {
+            self.end_agent(out, &other, Some(LogoutCause::Phone), false, "phone");
+            changed = true;
+        }
+        if self.agents.contains_key(&e.agent) {
+            self.end_agent(out, &e.agent, Some(LogoutCause::Phone), false, "phone");
+            changed = true;
+        }
+        if !changed {
+            // Nobody to reconcile with: a phone login alone does not make a desktop session.
+            self.ignored_events += 1;
+        }
+    }
+
+    fn phone_logout(&mut self, out: &mut Vec<Output>, e: DnAgent) {
+        if self.agents.get(&e.agent).is_some_and(|a| a.dn == e.dn) {
+            self.end_agent(out, &e.agent, Some(LogoutCause::Phone), false, "phone");
+        } else {
+            self.ignored_events += 1;
+        }
+    }
+}
+
+/// Details of a final outcome that only some outcomes have.
+#[derive(Debug, Clone, Default)]
+struct FinalExtra {
+    scope: Option<DncScope>,
+    callback_at: Option<String>,
+    callback: Option<Callback>,
+}
+
+fn merge_change(context: &mut Context, change: &RecordChange) {
+    if let Some(cr) = &change.call_result {
+        context.call_result = Some(cr.clone());
+    }
+    if let Some(fields) = &change.fields {
+        for (k, v) in fields {
+            context.fields.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+fn already_final_error(record: &str, f: &FinalInfo) -> ServerMsg {
+    let by = f.by.clone().unwrap_or_else(|| "server".into());
+    ServerMsg::Error {
+        code: ErrorCode::AlreadyFinal,
+        message: format!("record {record} is already final ({} by {by})", f.outcome.as_str()),
+        access: None,
+        holders: None,
+        outcome: Some(f.outcome),
+        by: Some(by),
+    }
+}

@@ -1,0 +1,659 @@
+//! The I/O shell around the engine: sockets, timers and shutdown.
+//!
+//! Each connection is a reader loop, a bounded outbound queue and a writer task. The reader does
+//! the handshake (`Hello`, `Ping`, framing errors) itself and forwards decoded requests to the one
+//! engine task; the engine task applies them in arrival order and hands each output frame to the
+//! target connection's queue with `try_send`. A queue that is full means the client stopped reading:
+//! that connection is dropped and logged, and nobody else ever waits for it.
+
+use crate::codec::{FrameCodec, FrameError};
+use crate::config::Config;
+use crate::engine::{ConnId, Engine, EngineConfig, Input, Output};
+use crate::messages::*;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn, Instrument};
+
+/// Inputs waiting for the engine; readers wait (each on its own) when it is full.
+const ENGINE_QUEUE: usize = 8192;
+/// Inputs the engine takes in one batch before it writes out what they produced.
+const ENGINE_BATCH: usize = 512;
+/// How often the engine's timers (resume grace, orphan timeout) are checked.
+const TICK: Duration = Duration::from_millis(100);
+/// How long shutdown waits for connections to write their last frames.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Milliseconds since the Unix epoch, the engine's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What a connection's writer is asked to do.
+#[derive(Debug)]
+enum Outbound {
+    Frame(Bytes),
+    /// Write everything queued before, then close.
+    Close,
+}
+
+enum EngineMsg {
+    Connected {
+        conn: ConnId,
+        role: Role,
+        peer: SocketAddr,
+        tx: mpsc::Sender<Outbound>,
+        cancel: CancellationToken,
+    },
+    Request {
+        conn: ConnId,
+        r#ref: Option<u64>,
+        request: Request,
+    },
+    Disconnected {
+        conn: ConnId,
+    },
+    Shutdown,
+}
+
+struct ConnHandle {
+    tx: mpsc::Sender<Outbound>,
+    cancel: CancellationToken,
+    peer: SocketAddr,
+    role: Role,
+}
+
+/// A running server.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, tells every client, drains the queues and waits for the server to end.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            error!("server task failed: {e}");
+        }
+    }
+
+    /// Waits until the server ends (after [`ServerHandle::stop_token`] is cancelled).
+    pub async fn wait(self) {
+        if let Err(e) = self.task.await {
+            error!("server task failed: {e}");
+        }
+    }
+
+    /// Cancelling this token stops the server as [`ServerHandle::shutdown`] does.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// Binds `config.listen` and serves until the handle is shut down.
+pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let stop = CancellationToken::new();
+    let config = Arc::new(config);
+    let task = tokio::spawn(run(listener, config, stop.clone()));
+    info!(%addr, "baton listening");
+    Ok(ServerHandle { addr, stop, task })
+}
+
+async fn run(listener: TcpListener, config: Arc<Config>, stop: CancellationToken) {
+    let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
+    let engine = Engine::new(
+        EngineConfig::from_config(&config),
+        rand::random::<[u8; 32]>(),
+        now_ms(),
+    );
+    let engine_task = tokio::spawn(engine_loop(engine, engine_rx));
+    let tracker = TaskTracker::new();
+    // Cancelled only when draining took too long: connections then stop at once.
+    let hard_stop = CancellationToken::new();
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let next_id = AtomicU64::new(1);
+
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let conn = next_id.fetch_add(1, Ordering::Relaxed);
+                    let permit = slots.clone().try_acquire_owned().ok();
+                    let span = tracing::info_span!("conn", id = conn, %peer, role = tracing::field::Empty, agent = tracing::field::Empty);
+                    let ctx = ConnCtx {
+                        conn,
+                        peer,
+                        config: config.clone(),
+                        engine: engine_tx.clone(),
+                        cancel: hard_stop.child_token(),
+                    };
+                    tracker.spawn(async move {
+                        match permit {
+                            Some(_permit) => serve_connection(socket, ctx).await,
+                            None => refuse_overloaded(socket, &ctx).await,
+                        }
+                    }.instrument(span));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    info!("shutting down: no longer accepting, telling clients");
+    let _ = engine_tx.send(EngineMsg::Shutdown).await;
+    drop(engine_tx);
+    tracker.close();
+    if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
+        warn!("connections did not finish within {DRAIN:?}; closing them");
+        hard_stop.cancel();
+        tracker.wait().await;
+    }
+    if let Err(e) = engine_task.await {
+        error!("engine task failed: {e}");
+    }
+    info!("shutdown complete");
+}
+
+async fn engine_loop(mut engine: Engine, mut rx: mpsc::Receiver<EngineMsg>) {
+    let mut conns: HashMap<ConnId, ConnHandle> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch: Vec<EngineMsg> = Vec::with_capacity(ENGINE_BATCH);
+    let mut inputs: Vec<Input> = Vec::new();
+    let mut out: Vec<Output> = Vec::new();
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, ENGINE_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+            }
+            _ = tick.tick() => inputs.push(Input::Tick),
+        }
+        for msg in batch.drain(..) {
+            match msg {
+                EngineMsg::Connected {
+                    conn,
+                    role,
+                    peer,
+                    tx,
+                    cancel,
+                } => {
+                    if shutting_down {
+                        let _ = tx.try_send(Outbound::Close);
+                        continue;
+                    }
+                    conns.insert(
+                        conn,
+                        ConnHandle {
+                            tx,
+                            cancel,
+                            peer,
+                            role,
+                        },
+                    );
+                    inputs.push(Input::Connected { conn, role });
+                }
+                EngineMsg::Request {
+                    conn,
+                    r#ref,
+                    request,
+                } => {
+                    if conns.contains_key(&conn) {
+                        inputs.push(Input::Request {
+                            conn,
+                            r#ref,
+                            request,
+                        });
+                    }
+                }
+                EngineMsg::Disconnected { conn } => {
+                    if conns.remove(&conn).is_some() {
+                        inputs.push(Input::Disconnected { conn });
+                    }
+                }
+                EngineMsg::Shutdown => {
+                    shutting_down = true;
+                    inputs.push(Input::Shutdown);
+                }
+            }
+        }
+        let now = now_ms();
+        for input in inputs.drain(..) {
+            engine.handle(now, input, &mut out);
+        }
+        dispatch(&mut engine, &mut conns, &mut out, now);
+        if shutting_down && conns.is_empty() {
+            // Everyone was told and closed; readers that still report in are ignored.
+            rx.close();
+        }
+    }
+    debug!("engine stopped");
+}
+
+/// Carries out the engine's outputs. A connection whose queue is full is dropped here, and its
+/// disconnection is fed straight back into the engine so that its state moves on at once.
+fn dispatch(
+    engine: &mut Engine,
+    conns: &mut HashMap<ConnId, ConnHandle>,
+    out: &mut Vec<Output>,
+    now: u64,
+) {
+    let mut dropped: Vec<ConnId> = Vec::new();
+    while !out.is_empty() {
+        for output in out.drain(..) {
+            match output {
+                Output::Send { conn, env } => {
+                    let Some(handle) = conns.get(&conn) else {
+                        continue;
+                    };
+                    match handle.tx.try_send(Outbound::Frame(env.to_bytes())) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            warn!(
+                                conn,
+                                peer = %handle.peer,
+                                role = %handle.role,
+                                "dropping connection: its outbound queue is full (the client is not reading)"
+                            );
+                            handle.cancel.cancel();
+                            conns.remove(&conn);
+                            dropped.push(conn);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+                Output::Close { conn } => {
+                    if let Some(handle) = conns.remove(&conn) {
+                        if handle.tx.try_send(Outbound::Close).is_err() {
+                            handle.cancel.cancel();
+                        }
+                    }
+                }
+                Output::Audit(entry) => {
+                    debug!(target: "baton::audit", seq = entry.seq, kind = entry.kind.as_str(),
+                        record = entry.record.as_deref(), agent = entry.agent.as_deref(),
+                        access = entry.access.map(Access::as_str), code = entry.code.map(ErrorCode::as_str),
+                        cause = entry.cause.as_deref(), "audit");
+                }
+            }
+        }
+        let mut more = Vec::new();
+        for conn in dropped.drain(..) {
+            engine.handle(now, Input::Disconnected { conn }, &mut more);
+        }
+        out.append(&mut more);
+    }
+}
+
+struct ConnCtx {
+    conn: ConnId,
+    peer: SocketAddr,
+    config: Arc<Config>,
+    engine: mpsc::Sender<EngineMsg>,
+    cancel: CancellationToken,
+}
+
+fn error_frame(r#ref: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
+    Envelope::reply(r#ref, ServerMsg::error(code, message)).to_bytes()
+}
+
+async fn refuse_overloaded(socket: TcpStream, ctx: &ConnCtx) {
+    warn!(
+        max_connections = ctx.config.max_connections,
+        "refusing connection: server is at max_connections"
+    );
+    let mut writer = FramedWrite::new(socket, FrameCodec::new(ctx.config.max_frame_bytes));
+    let frame = error_frame(
+        None,
+        ErrorCode::Overloaded,
+        format!(
+            "the server is serving its limit of {} connections; try again later",
+            ctx.config.max_connections
+        ),
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.send(frame)).await;
+}
+
+async fn serve_connection(socket: TcpStream, ctx: ConnCtx) {
+    let _ = socket.set_nodelay(true);
+    let (read_half, write_half) = socket.into_split();
+    let mut reader = FramedRead::new(read_half, FrameCodec::new(ctx.config.max_frame_bytes));
+    let writer = FramedWrite::new(write_half, FrameCodec::new(ctx.config.max_frame_bytes));
+    let (tx, rx) = mpsc::channel(ctx.config.outbound_queue_frames);
+    let writer_task = tokio::spawn(write_loop(writer, rx, ctx.cancel.clone()).in_current_span());
+
+    let registered = match handshake(&mut reader, &tx, &ctx).await {
+        Some(role) => {
+            tracing::Span::current().record("role", role.as_str());
+            let msg = EngineMsg::Connected {
+                conn: ctx.conn,
+                role,
+                peer: ctx.peer,
+                tx: tx.clone(),
+                cancel: ctx.cancel.clone(),
+            };
+            if ctx.engine.send(msg).await.is_ok() {
+                debug!("session open");
+                read_loop(&mut reader, &tx, &ctx, role).await;
+                true
+            } else {
+                false
+            }
+        }
+        None => false,
+    };
+    if registered {
+        let _ = ctx
+            .engine
+            .send(EngineMsg::Disconnected { conn: ctx.conn })
+            .await;
+    }
+    // Let the writer send what is queued (an error, a last reply), then close.
+    if tx.try_send(Outbound::Close).is_err() {
+        ctx.cancel.cancel();
+    }
+    drop(tx);
+    if tokio::time::timeout(Duration::from_secs(2), writer_task)
+        .await
+        .is_err()
+    {
+        ctx.cancel.cancel();
+    }
+    debug!("connection closed");
+}
+
+/// Queues a frame on this connection's own queue; false when the queue is full or closed.
+fn queue(tx: &mpsc::Sender<Outbound>, frame: Bytes) -> bool {
+    tx.try_send(Outbound::Frame(frame)).is_ok()
+}
+
+/// Waits for `Hello` and answers it. Returns the role, or `None` after sending the error.
+async fn handshake(
+    reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    tx: &mpsc::Sender<Outbound>,
+    ctx: &ConnCtx,
+) -> Option<Role> {
+    let first = tokio::select! {
+        _ = ctx.cancel.cancelled() => return None,
+        r = tokio::time::timeout(ctx.config.handshake_timeout(), reader.next()) => r,
+    };
+    let frame = match first {
+        Err(_) => {
+            info!(
+                "closing: no Hello within {} ms",
+                ctx.config.handshake_timeout_ms
+            );
+            queue(
+                tx,
+                error_frame(
+                    None,
+                    ErrorCode::HelloRequired,
+                    format!(
+                        "no Hello within handshake_timeout_ms ({} ms)",
+                        ctx.config.handshake_timeout_ms
+                    ),
+                ),
+            );
+            return None;
+        }
+        Ok(None) => return None,
+        Ok(Some(Err(e))) => {
+            report_frame_error(tx, &e);
+            return None;
+        }
+        Ok(Some(Ok(frame))) => frame,
+    };
+    let incoming = match parse_request(&frame, None) {
+        Ok(i) => i,
+        Err(e) => {
+            let code = match e.code {
+                ErrorCode::BadFrame | ErrorCode::BadRequest => e.code,
+                _ => ErrorCode::HelloRequired,
+            };
+            let message = if code == ErrorCode::HelloRequired && e.code != code {
+                format!(
+                    "the first frame must be Hello, not `{}`",
+                    e.type_name.unwrap_or_default()
+                )
+            } else {
+                e.message
+            };
+            info!(code = code.as_str(), "closing: {message}");
+            queue(tx, error_frame(e.r#ref, code, message));
+            return None;
+        }
+    };
+    let Request::Hello(hello) = incoming.request else {
+        unreachable!("parse_request without a role only accepts Hello");
+    };
+    let r#ref = incoming.r#ref;
+    let refuse = |code: ErrorCode, message: String| {
+        info!(code = code.as_str(), "closing: {message}");
+        queue(tx, error_frame(r#ref, code, message));
+        None
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        return refuse(
+            ErrorCode::ProtocolMismatch,
+            format!(
+                "protocol {} is not supported; this server speaks protocol {PROTOCOL_VERSION}",
+                hello.protocol
+            ),
+        );
+    }
+    let Some(role) = Role::parse(&hello.role) else {
+        return refuse(
+            ErrorCode::BadRequest,
+            format!(
+                "Hello: field `role`: unknown role `{}` (expected desktop, dialer, switch or admin)",
+                hello.role
+            ),
+        );
+    };
+    let tokens = &ctx.config.tokens;
+    let expected = match role {
+        Role::Desktop => &tokens.desktop,
+        Role::Dialer => &tokens.dialer,
+        Role::Switch => &tokens.switch,
+        Role::Admin => &tokens.admin,
+    };
+    if !constant_time_eq(hello.token.as_bytes(), expected.as_bytes()) {
+        return refuse(
+            ErrorCode::AuthFailed,
+            format!("wrong token for role {role}"),
+        );
+    }
+    let welcome = Envelope::reply(
+        r#ref,
+        ServerMsg::Welcome {
+            protocol: PROTOCOL_VERSION,
+            server: format!("baton/{}", env!("CARGO_PKG_VERSION")),
+            heartbeat_ms: ctx.config.heartbeat_ms,
+        },
+    );
+    queue(tx, welcome.to_bytes()).then_some(role)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn report_frame_error(tx: &mpsc::Sender<Outbound>, e: &FrameError) {
+    if e.is_violation() {
+        info!("closing: framing violation: {e}");
+        queue(tx, error_frame(None, ErrorCode::BadFrame, e.to_string()));
+    } else {
+        debug!("read failed: {e}");
+    }
+}
+
+async fn read_loop(
+    reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    tx: &mpsc::Sender<Outbound>,
+    ctx: &ConnCtx,
+    role: Role,
+) {
+    let idle = ctx.config.idle_timeout();
+    loop {
+        let next = tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            r = tokio::time::timeout(idle, reader.next()) => r,
+        };
+        let frame = match next {
+            Err(_) => {
+                info!(
+                    "closing: nothing received for {} ms (3 heartbeats)",
+                    idle.as_millis()
+                );
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(Err(e))) => {
+                report_frame_error(tx, &e);
+                return;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match parse_request(&frame, Some(role)) {
+            Ok(Incoming {
+                r#ref,
+                request: Request::Ping,
+            }) => {
+                if !queue(tx, Envelope::reply(r#ref, ServerMsg::Pong).to_bytes()) {
+                    warn!("dropping connection: its outbound queue is full (the client is not reading)");
+                    return;
+                }
+            }
+            Ok(Incoming {
+                request: Request::Pong,
+                ..
+            }) => {}
+            Ok(Incoming {
+                r#ref,
+                request: Request::Hello(_),
+            }) => {
+                queue(
+                    tx,
+                    error_frame(r#ref, ErrorCode::BadRequest, "Hello was already received"),
+                );
+            }
+            Ok(Incoming { r#ref, request }) => {
+                if let Request::Login(l) = &request {
+                    tracing::Span::current().record("agent", l.agent.as_str());
+                }
+                let msg = EngineMsg::Request {
+                    conn: ctx.conn,
+                    r#ref,
+                    request,
+                };
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return,
+                    sent = ctx.engine.send(msg) => if sent.is_err() { return },
+                }
+            }
+            Err(e) if e.code == ErrorCode::BadFrame => {
+                info!("closing: framing violation: {}", e.message);
+                queue(tx, error_frame(e.r#ref, e.code, e.message));
+                return;
+            }
+            Err(e) => {
+                debug!(code = e.code.as_str(), "refused frame: {}", e.message);
+                queue(tx, error_frame(e.r#ref, e.code, e.message));
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+    mut rx: mpsc::Receiver<Outbound>,
+    cancel: CancellationToken,
+) {
+    let result: Result<(), FrameError> = async {
+        loop {
+            let item = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                item = rx.recv() => item,
+            };
+            match item {
+                Some(Outbound::Frame(bytes)) => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        r = writer.feed(bytes) => r?,
+                    }
+                    // Flush when nothing else is waiting, so bursts go out in few syscalls.
+                    if rx.is_empty() {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Ok(()),
+                            r = writer.flush() => r?,
+                        }
+                    }
+                }
+                Some(Outbound::Close) | None => {
+                    writer.flush().await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        debug!("write failed: {e}");
+    }
+    // Dropping the write half sends FIN; make the reader stop too.
+    drop(writer);
+    cancel.cancel();
+}
