@@ -1,0 +1,250 @@
+//! Shared test helpers: an in-process server on port 0 and typed clients for each role.
+#![allow(dead_code)]
+
+use baton::client::Client;
+use baton::config::Config;
+use baton::messages::*;
+use baton::server::{start, ServerHandle};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub config: Config,
+    handle: Option<ServerHandle>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let handle = start(config.clone()).await.expect("server starts");
+        TestServer {
+            addr: handle.local_addr(),
+            config,
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+    }
+
+    pub async fn connect(&self, role: Role) -> Client {
+        let token = match role {
+            Role::Desktop => &self.config.tokens.desktop,
+            Role::Dialer => &self.config.tokens.dialer,
+            Role::Switch => &self.config.tokens.switch,
+            Role::Admin => &self.config.tokens.admin,
+        };
+        Client::connect(self.addr, role, token).await.expect("Hello accepted")
+    }
+
+    /// A desktop logged in as `agent` on `dn`; returns the client and its session token.
+    pub async fn desktop(&self, agent: &str, dn: &str) -> (Client, String) {
+        let mut c = self.connect(Role::Desktop).await;
+        let reply = c.request(login(agent, dn, None)).await.unwrap();
+        match reply {
+            ServerMsg::LoggedIn {
+                agent: a,
+                dn: d,
+                session,
+                resumed,
+            } => {
+                assert_eq!((a.as_str(), d.as_str(), resumed), (agent, dn, false));
+                (c, session)
+            }
+            other => panic!("expected LoggedIn, got {other:?}"),
+        }
+    }
+
+    /// A switch link, after its initial `Monitor`.
+    pub async fn switch(&self) -> (Client, Vec<String>) {
+        let mut c = self.connect(Role::Switch).await;
+        match c.next_push().await.unwrap() {
+            ServerMsg::Monitor { dns } => (c, dns),
+            other => panic!("expected Monitor, got {other:?}"),
+        }
+    }
+
+    /// Asks `Status` on a fresh admin connection: proves the server still serves.
+    pub async fn status(&self) -> ServerMsg {
+        let mut admin = self.connect(Role::Admin).await;
+        admin.request(Request::Status).await.unwrap()
+    }
+}
+
+pub fn login(agent: &str, dn: &str, resume: Option<&str>) -> Request {
+    Request::Login(Login {
+        agent: agent.into(),
+        dn: dn.into(),
+        password: None,
+        resume: resume.map(str::to_owned),
+    })
+}
+
+pub fn ringing(call: &str, dn: &str) -> Request {
+    Request::Ringing(Ringing {
+        call: call.into(),
+        dn: dn.into(),
+        ani: None,
+        from_dn: None,
+        consult_of: None,
+    })
+}
+
+pub fn ringing_full(
+    call: &str,
+    dn: &str,
+    ani: Option<&str>,
+    from_dn: Option<&str>,
+    consult_of: Option<&str>,
+) -> Request {
+    Request::Ringing(Ringing {
+        call: call.into(),
+        dn: dn.into(),
+        ani: ani.map(Into::into),
+        from_dn: from_dn.map(Into::into),
+        consult_of: consult_of.map(Into::into),
+    })
+}
+
+pub fn established(call: &str, dn: &str) -> Request {
+    Request::Established(CallDn {
+        call: call.into(),
+        dn: dn.into(),
+    })
+}
+
+pub fn released(call: &str, dn: &str, cause: Option<&str>) -> Request {
+    Request::Released(Released {
+        call: call.into(),
+        dn: dn.into(),
+        cause: cause.map(Into::into),
+    })
+}
+
+pub fn transferred(call: &str, from: &str, to: &str, kind: TransferKind, consult: Option<&str>) -> Request {
+    Request::Transferred(Transferred {
+        call: call.into(),
+        from_dn: from.into(),
+        to_dn: to.into(),
+        kind,
+        consult_call: consult.map(Into::into),
+    })
+}
+
+pub fn conferenced(call: &str, dn: &str, consult: Option<&str>) -> Request {
+    Request::Conferenced(Conferenced {
+        call: call.into(),
+        dn: dn.into(),
+        consult_call: consult.map(Into::into),
+    })
+}
+
+pub fn attach(call: &str, record: &str) -> Request {
+    let data = json!({"name": format!("Customer of {record}"), "balance": 120})
+        .as_object()
+        .unwrap()
+        .clone();
+    Request::AttachRecord(AttachRecord {
+        call: call.into(),
+        record: record.into(),
+        campaign: "spring".into(),
+        list: Some("list-1".into()),
+        chain_id: Some(format!("chain-{record}")),
+        chain_n: Some(0),
+        phone: Some(format!("555{record}")),
+        data,
+        chain: vec![],
+    })
+}
+
+pub fn record_req(kind: &str, record: &str) -> Request {
+    let r = RecordRef {
+        record: record.into(),
+    };
+    match kind {
+        "GetRecord" => Request::GetRecord(r),
+        "ChainedRecords" => Request::ChainedRecords(r),
+        "RecordReject" => Request::RecordReject(r),
+        "RecordCancel" => Request::RecordCancel(r),
+        "RecordInfo" => Request::RecordInfo(r),
+        "CancelRecord" => Request::CancelRecord(r),
+        "UpdateRecord" => Request::UpdateRecord(RecordChange {
+            record: record.into(),
+            call_result: None,
+            fields: None,
+        }),
+        "RecordProcessed" => Request::RecordProcessed(RecordChange {
+            record: record.into(),
+            call_result: None,
+            fields: None,
+        }),
+        "DoNotCall" => Request::DoNotCall(DoNotCall {
+            record: record.into(),
+            scope: DncScope::Record,
+        }),
+        "Reschedule" => Request::Reschedule(Reschedule {
+            record: record.into(),
+            at: "2099-01-01T09:00:00Z".into(),
+            callback: Callback::Personal,
+        }),
+        other => panic!("unknown request kind {other}"),
+    }
+}
+
+/// Sends a telephony event and checks it is acknowledged.
+pub async fn event(switch: &mut Client, request: Request) {
+    let reply = switch.request(request.clone()).await.unwrap();
+    assert_eq!(reply, ServerMsg::Ack, "event {request:?}");
+}
+
+/// Asserts the reply is an `Error` with `code`, returning its message.
+pub fn expect_error(msg: &ServerMsg, code: ErrorCode) -> String {
+    match msg {
+        ServerMsg::Error { code: c, message, .. } if *c == code => message.clone(),
+        other => panic!("expected Error {code:?}, got {other:?}"),
+    }
+}
+
+/// Asserts no push arrives within a short while.
+pub async fn expect_quiet(client: &mut Client) {
+    if let Some(m) = client
+        .try_next_push(Duration::from_millis(150))
+        .await
+        .unwrap()
+    {
+        panic!("expected no push, got {m:?}");
+    }
+}
+
+/// The next push, asserted to be an `AccessChanged`; returns (record, access, previous, cause, data?).
+pub async fn expect_access(client: &mut Client) -> (String, Access, Access, AccessCause, Option<Object>, Option<Context>) {
+    match client.next_push().await.unwrap() {
+        ServerMsg::AccessChanged {
+            record,
+            access,
+            previous,
+            cause,
+            data,
+            context,
+            ..
+        } => (record, access, previous, cause, data, context),
+        other => panic!("expected AccessChanged, got {other:?}"),
+    }
+}
