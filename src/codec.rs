@@ -5,7 +5,7 @@
 //! the body is buffered, so a peer announcing a huge frame costs the server four bytes of memory.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// Why a byte stream could not be cut into frames. Every variant is a `bad_frame` on the wire.
 #[derive(Debug, thiserror::Error)]
@@ -29,24 +29,24 @@ impl FrameError {
 
 /// Length-prefixed frame codec with a maximum body size.
 ///
-/// Decoding enforces `1 <= len <= max_frame_bytes`. Encoding does not limit: the server's own frames
-/// are bounded by what it accepted (records are limited when they are attached or updated).
+/// Decoding enforces `1 <= len <= max_frame_bytes` from the header alone: a bad length is an error
+/// before a single body byte is buffered, and the body buffer is reserved only for a valid length.
+/// (tokio-util's `LengthDelimitedCodec` checks the maximum the same way but hands out empty frames
+/// and reports every violation as a bare I/O error; this decoder names each violation instead.)
+/// Encoding does not limit: the server's own frames are bounded by what it accepted, since records
+/// are limited when they are attached or updated.
 #[derive(Debug)]
 pub struct FrameCodec {
-    inner: LengthDelimitedCodec,
     max_frame_bytes: usize,
+    /// Body length of the frame being read, once its header has been consumed.
+    pending: Option<usize>,
 }
 
 impl FrameCodec {
     pub fn new(max_frame_bytes: usize) -> FrameCodec {
-        let inner = LengthDelimitedCodec::builder()
-            .length_field_length(4)
-            .big_endian()
-            .max_frame_length(max_frame_bytes)
-            .new_codec();
         FrameCodec {
-            inner,
             max_frame_bytes,
+            pending: None,
         }
     }
 
@@ -60,32 +60,43 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        // Peek at the header ourselves so that both errors carry the announced length and a zero
-        // length is refused before the inner codec hands out an empty frame.
-        if src.len() >= 4 {
-            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as u64;
-            if len == 0 {
-                return Err(FrameError::Empty);
+        let len = match self.pending {
+            Some(len) => len,
+            None => {
+                if src.len() < 4 {
+                    return Ok(None);
+                }
+                let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as u64;
+                if len == 0 {
+                    return Err(FrameError::Empty);
+                }
+                if len > self.max_frame_bytes as u64 {
+                    return Err(FrameError::TooLong {
+                        len,
+                        max: self.max_frame_bytes,
+                    });
+                }
+                src.advance(4);
+                let len = len as usize;
+                src.reserve(len.saturating_sub(src.len()));
+                self.pending = Some(len);
+                len
             }
-            if len > self.max_frame_bytes as u64 {
-                return Err(FrameError::TooLong {
-                    len,
-                    max: self.max_frame_bytes,
-                });
-            }
+        };
+        if src.len() < len {
+            return Ok(None);
         }
-        match self.inner.decode(src) {
-            Ok(frame) => Ok(frame.map(BytesMut::freeze)),
-            Err(e) => Err(FrameError::Io(e)),
-        }
+        self.pending = None;
+        Ok(Some(src.split_to(len).freeze()))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
+            None if src.is_empty() && self.pending.is_none() => Ok(None),
             None => {
                 src.clear();
+                self.pending = None;
                 Err(FrameError::Truncated)
             }
         }
@@ -194,6 +205,22 @@ mod tests {
             decode_all(&mut codec, &wire[..2]),
             Err(FrameError::Truncated)
         ));
+    }
+
+    #[test]
+    fn frame_arriving_in_pieces_is_decoded_once_whole() {
+        let mut codec = FrameCodec::new(100);
+        let wire = encode_frame(b"{\"type\":\"Ping\"}");
+        let mut buf = BytesMut::new();
+        for (i, byte) in wire.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            let got = codec.decode(&mut buf).unwrap();
+            if i + 1 < wire.len() {
+                assert!(got.is_none(), "frame handed out early at byte {i}");
+            } else {
+                assert_eq!(got.unwrap(), &b"{\"type\":\"Ping\"}"[..]);
+            }
+        }
     }
 
     #[test]
