@@ -119,14 +119,19 @@ impl Client {
 
     /// Sends a request whose answer is several frames (`ChainedRecords`, `AuditTail` without
     /// follow) and collects them up to and including the closing one (`...End` or `Error`).
-    pub async fn request_stream(&mut self, request: Request) -> Result<Vec<ServerMsg>, ClientError> {
+    pub async fn request_stream(
+        &mut self,
+        request: Request,
+    ) -> Result<Vec<ServerMsg>, ClientError> {
         let r = self.send(&request).await?;
         let mut all = Vec::new();
         loop {
             let msg = self.reply_to(r).await?;
             let end = matches!(
                 msg,
-                ServerMsg::ChainedRecordsEnd { .. } | ServerMsg::AuditEnd { .. } | ServerMsg::Error { .. }
+                ServerMsg::ChainedRecordsEnd { .. }
+                    | ServerMsg::AuditEnd { .. }
+                    | ServerMsg::Error { .. }
             );
             all.push(msg);
             if end {
@@ -164,7 +169,10 @@ impl Client {
     }
 
     /// The next push if one arrives within `wait`, `None` otherwise.
-    pub async fn try_next_push(&mut self, wait: Duration) -> Result<Option<ServerMsg>, ClientError> {
+    pub async fn try_next_push(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<ServerMsg>, ClientError> {
         let saved = self.timeout;
         self.timeout = wait;
         let r = self.next_push().await;

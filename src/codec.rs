@@ -160,7 +160,9 @@ mod tests {
         let mut codec = FrameCodec::new(100);
         let mut wire = BytesMut::new();
         for body in [&b"{}"[..], b"{\"a\":1}", b"x"] {
-            codec.encode(Bytes::copy_from_slice(body), &mut wire).unwrap();
+            codec
+                .encode(Bytes::copy_from_slice(body), &mut wire)
+                .unwrap();
         }
         let frames = decode_all(&mut codec, &wire).unwrap();
         assert_eq!(frames, vec![&b"{}"[..], b"{\"a\":1}", b"x"]);

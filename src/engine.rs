@@ -62,9 +62,14 @@ pub enum Input {
 /// What the engine wants done.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    Send { conn: ConnId, env: Envelope },
+    Send {
+        conn: ConnId,
+        env: Envelope,
+    },
     /// Close the connection once what was sent before is written.
-    Close { conn: ConnId },
+    Close {
+        conn: ConnId,
+    },
     /// A new access-audit entry, to be kept.
     Audit(AuditEntry),
 }
@@ -145,8 +150,13 @@ struct TailSub {
 
 impl TailSub {
     fn matches(&self, e: &AuditEntry) -> bool {
-        self.record.as_ref().is_none_or(|r| e.record.as_ref() == Some(r))
-            && self.agent.as_ref().is_none_or(|a| e.agent.as_ref() == Some(a))
+        self.record
+            .as_ref()
+            .is_none_or(|r| e.record.as_ref() == Some(r))
+            && self
+                .agent
+                .as_ref()
+                .is_none_or(|a| e.agent.as_ref() == Some(a))
     }
 }
 
@@ -245,11 +255,7 @@ impl Engine {
 
     /// Counts for `Status` (and for tests).
     pub fn counts(&self) -> Counts {
-        let finals = self
-            .records
-            .values()
-            .filter(|r| r.final_.is_some())
-            .count() as u64;
+        let finals = self.records.values().filter(|r| r.final_.is_some()).count() as u64;
         Counts {
             agents: self.agents.len() as u64,
             dns: self.dn_agent.len() as u64,
@@ -311,7 +317,12 @@ impl Engine {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn audit(&mut self, out: &mut Vec<Output>, kind: AuditKind, fill: impl FnOnce(&mut AuditEntry)) {
+    fn audit(
+        &mut self,
+        out: &mut Vec<Output>,
+        kind: AuditKind,
+        fill: impl FnOnce(&mut AuditEntry),
+    ) {
         self.audit_seq += 1;
         let mut entry = AuditEntry {
             seq: self.audit_seq,
@@ -791,7 +802,9 @@ impl Engine {
                 r#ref,
                 ServerMsg::error(
                     ErrorCode::BadRequest,
-                    format!("this connection is already logged in as agent {current}; Logout first"),
+                    format!(
+                        "this connection is already logged in as agent {current}; Logout first"
+                    ),
                 ),
             );
             return;
@@ -799,12 +812,7 @@ impl Engine {
         if let Some(other) = self.dn_agent.get(&l.dn) {
             if *other != l.agent {
                 let msg = format!("DN {} is in use by agent {other}", l.dn);
-                Self::send(
-                    out,
-                    conn,
-                    r#ref,
-                    ServerMsg::error(ErrorCode::DnInUse, msg),
-                );
+                Self::send(out, conn, r#ref, ServerMsg::error(ErrorCode::DnInUse, msg));
                 return;
             }
         }
@@ -1049,7 +1057,13 @@ impl Engine {
     /// Gives `agent`, established on `call`, the access the call entitles it to: `full` on the
     /// call's own record, `read_only` on the record of the call a live consultation consults.
     /// With `only_unheld`, a direct record is taken only if nobody holds it (a login finding the call).
-    fn grant_for_party(&mut self, out: &mut Vec<Output>, call: &str, agent: &str, only_unheld: bool) {
+    fn grant_for_party(
+        &mut self,
+        out: &mut Vec<Output>,
+        call: &str,
+        agent: &str,
+        only_unheld: bool,
+    ) {
         let Some((record, via_consult)) = self.record_of_call(call) else {
             return;
         };
@@ -1063,7 +1077,13 @@ impl Engine {
         if via_consult {
             let over = self.calls.get(call).is_none_or(|c| c.consult_over);
             if !over && current == Access::Revoked {
-                self.set_access(out, &record, agent, Access::ReadOnly, AccessCause::Consultation);
+                self.set_access(
+                    out,
+                    &record,
+                    agent,
+                    Access::ReadOnly,
+                    AccessCause::Consultation,
+                );
             }
         } else if current != Access::Full {
             if only_unheld && rec.holders.values().any(|a| *a == Access::Full) {
@@ -1141,7 +1161,13 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    fn logout_request(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, l: Logout) {
+    fn logout_request(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        l: Logout,
+    ) {
         let Some(agent) = self.conns.get(&conn).and_then(|c| c.agent.clone()) else {
             Self::send(
                 out,
@@ -1422,7 +1448,12 @@ impl Engine {
     /// The contract's check order: no_such_record, access_denied (never held), already_final,
     /// access_denied (revoked), read_only.
     #[allow(clippy::result_large_err)] // the error is the reply frame itself, built once
-    fn check_access(&self, record: &str, agent: &str, needs_full: bool) -> Result<Access, ServerMsg> {
+    fn check_access(
+        &self,
+        record: &str,
+        agent: &str,
+        needs_full: bool,
+    ) -> Result<Access, ServerMsg> {
         let Some(rec) = self.records.get(record) else {
             return Err(ServerMsg::error(
                 ErrorCode::NoSuchRecord,
@@ -1649,7 +1680,13 @@ impl Engine {
         }
     }
 
-    fn dialer_cancel(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, c: RecordRef) {
+    fn dialer_cancel(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        c: RecordRef,
+    ) {
         let Some(rec) = self.records.get(&c.record) else {
             Self::send(
                 out,
@@ -1681,7 +1718,13 @@ impl Engine {
 
     // ----- admin -----
 
-    fn record_info(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, r: RecordRef) {
+    fn record_info(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        r: RecordRef,
+    ) {
         let Some(rec) = self.records.get(&r.record) else {
             Self::send(
                 out,
@@ -1764,7 +1807,13 @@ impl Engine {
         );
     }
 
-    fn audit_tail(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, t: AuditTail) {
+    fn audit_tail(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        t: AuditTail,
+    ) {
         let sub = TailSub {
             r#ref,
             record: t.record.clone(),
@@ -1943,7 +1992,8 @@ impl Engine {
                 self.index_ani(&e.call, ani);
             }
         }
-        let unlinked = self.calls[&e.call].consult_of.is_none() && !self.call_record.contains_key(&e.call);
+        let unlinked =
+            self.calls[&e.call].consult_of.is_none() && !self.call_record.contains_key(&e.call);
         if unlinked {
             let link = match &e.consult_of {
                 Some(c1) if *c1 != e.call => Some(c1.clone()),
@@ -2026,7 +2076,13 @@ impl Engine {
                 for dn in dns {
                     if let Some(a) = self.agent_on(&dn) {
                         if self.access_of(&record, &a) == Some(Access::ReadOnly) {
-                            self.set_access(out, &record, &a, Access::Revoked, AccessCause::Released);
+                            self.set_access(
+                                out,
+                                &record,
+                                &a,
+                                Access::Revoked,
+                                AccessCause::Released,
+                            );
                         }
                     }
                 }
@@ -2043,7 +2099,13 @@ impl Engine {
                         .is_some_and(Access::is_granted);
                     if held && state == PartyState::Alerting {
                         // Never answered (RONA, busy, abandoned while ringing).
-                        self.set_access(out, &record, &agent, Access::Revoked, AccessCause::Released);
+                        self.set_access(
+                            out,
+                            &record,
+                            &agent,
+                            Access::Revoked,
+                            AccessCause::Released,
+                        );
                     } else if held && remaining_agents {
                         self.set_access(out, &record, &agent, Access::Revoked, AccessCause::Left);
                     }
@@ -2138,7 +2200,11 @@ impl Engine {
             ),
         }
         if let Some(record) = record {
-            if self.records.get(&record).is_some_and(|r| r.final_.is_none()) {
+            if self
+                .records
+                .get(&record)
+                .is_some_and(|r| r.final_.is_none())
+            {
                 let from = self.agent_on(&e.from_dn);
                 let to = self.agent_on(&e.to_dn);
                 // Grant first, so the record is never seen without a holder when there is a recipient.
@@ -2251,7 +2317,10 @@ fn already_final_error(record: &str, f: &FinalInfo) -> ServerMsg {
     let by = f.by.clone().unwrap_or_else(|| "server".into());
     ServerMsg::Error {
         code: ErrorCode::AlreadyFinal,
-        message: format!("record {record} is already final ({} by {by})", f.outcome.as_str()),
+        message: format!(
+            "record {record} is already final ({} by {by})",
+            f.outcome.as_str()
+        ),
         access: None,
         holders: None,
         outcome: Some(f.outcome),

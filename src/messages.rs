@@ -412,8 +412,10 @@ pub enum Request {
 fn role_of(type_name: &str) -> Option<Option<Role>> {
     let role = match type_name {
         "Hello" | "Ping" | "Pong" => None,
-        "Login" | "Logout" | "GetRecord" | "UpdateRecord" | "RecordProcessed" | "ChainedRecords"
-        | "RecordReject" | "RecordCancel" | "DoNotCall" | "Reschedule" => Some(Role::Desktop),
+        "Login" | "Logout" | "GetRecord" | "UpdateRecord" | "RecordProcessed"
+        | "ChainedRecords" | "RecordReject" | "RecordCancel" | "DoNotCall" | "Reschedule" => {
+            Some(Role::Desktop)
+        }
         "AttachRecord" | "CancelRecord" => Some(Role::Dialer),
         "Ringing" | "Established" | "Released" | "Transferred" | "Conferenced" | "AgentLogin"
         | "AgentLogout" => Some(Role::Switch),
@@ -1013,7 +1015,8 @@ pub fn rfc3339(ms: u64) -> String {
     let f = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    t.format(&f).unwrap_or_else(|_| String::from("1970-01-01T00:00:00.000Z"))
+    t.format(&f)
+        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00.000Z"))
 }
 
 /// Parses an RFC 3339 time to milliseconds since the Unix epoch.
@@ -1060,7 +1063,11 @@ mod tests {
 
     #[test]
     fn missing_field_is_named() {
-        let e = parse(r#"{"type":"Login","ref":3,"dn":"7001"}"#, Some(Role::Desktop)).unwrap_err();
+        let e = parse(
+            r#"{"type":"Login","ref":3,"dn":"7001"}"#,
+            Some(Role::Desktop),
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
         assert!(e.message.contains("agent"), "{}", e.message);
         let e = parse(

@@ -110,7 +110,10 @@ async fn desktop_logout_tells_the_switch() {
     let (mut desk, _) = server.desktop("1042", "7001").await;
     let _ = switch.next_push().await.unwrap();
     let _ = switch.next_push().await.unwrap();
-    let reply = desk.request(Request::Logout(Logout { force: false })).await.unwrap();
+    let reply = desk
+        .request(Request::Logout(Logout { force: false }))
+        .await
+        .unwrap();
     assert_eq!(
         reply,
         ServerMsg::LoggedOut {
@@ -346,7 +349,10 @@ async fn attaching_to_an_answered_call_grants_at_once() {
     let _ = a.next_push().await.unwrap();
     dialer.request(attach("C1", "R1")).await.unwrap();
     let (record, access, _, cause, data, _) = expect_access(&mut a).await;
-    assert_eq!((record.as_str(), access, cause), ("R1", Access::Full, AccessCause::Established));
+    assert_eq!(
+        (record.as_str(), access, cause),
+        ("R1", Access::Full, AccessCause::Established)
+    );
     assert!(data.is_some());
 }
 
@@ -371,8 +377,13 @@ async fn a_record_live_on_one_call_is_busy_for_another() {
     expect_error(&reply, ErrorCode::RecordBusy);
     // Once final, the record may start a new life on another call.
     assert_eq!(
-        dialer.request(record_req("CancelRecord", "R1")).await.unwrap(),
-        ServerMsg::RecordCancelled { record: "R1".into() }
+        dialer
+            .request(record_req("CancelRecord", "R1"))
+            .await
+            .unwrap(),
+        ServerMsg::RecordCancelled {
+            record: "R1".into()
+        }
     );
     assert_eq!(
         dialer.request(attach("C2", "R1")).await.unwrap(),
@@ -391,9 +402,17 @@ async fn consultation_without_consult_of_is_linked_by_ani() {
     let (mut a, _) = server.desktop("1042", "7001").await;
     let (mut b, _) = server.desktop("2000", "7002").await;
     // An unrelated call with the same customer number but no record must not be picked.
-    event(&mut switch, ringing_full("C0", "7003", Some("5551234"), None, None)).await;
+    event(
+        &mut switch,
+        ringing_full("C0", "7003", Some("5551234"), None, None),
+    )
+    .await;
     dialer.request(attach("C1", "R1")).await.unwrap();
-    event(&mut switch, ringing_full("C1", "7001", Some("5551234"), None, None)).await;
+    event(
+        &mut switch,
+        ringing_full("C1", "7001", Some("5551234"), None, None),
+    )
+    .await;
     event(&mut switch, established("C1", "7001")).await;
     let _ = a.next_push().await.unwrap();
     let _ = a.next_push().await.unwrap();
@@ -440,7 +459,9 @@ async fn ani_linking_uses_the_record_phone_when_the_call_had_no_ani() {
     )
     .await;
     match b.next_push().await.unwrap() {
-        ServerMsg::CallAlerting { consult_of, record, .. } => {
+        ServerMsg::CallAlerting {
+            consult_of, record, ..
+        } => {
             assert_eq!(consult_of.as_deref(), Some("C1"));
             assert_eq!(record.as_deref(), Some("R1"));
         }
@@ -490,7 +511,10 @@ async fn status_and_record_info_report_the_state() {
     let (_a, _) = server.desktop("1042", "7001").await;
     dialer.request(attach("C1", "R1")).await.unwrap();
     dialer.request(attach("C2", "R2")).await.unwrap();
-    dialer.request(record_req("CancelRecord", "R2")).await.unwrap();
+    dialer
+        .request(record_req("CancelRecord", "R2"))
+        .await
+        .unwrap();
     event(&mut switch, ringing("C1", "7001")).await;
     event(&mut switch, established("C1", "7001")).await;
     let mut admin = server.connect(Role::Admin).await;
@@ -544,6 +568,9 @@ async fn status_and_record_info_report_the_state() {
         }
         other => panic!("{other:?}"),
     }
-    let reply = admin.request(record_req("RecordInfo", "nope")).await.unwrap();
+    let reply = admin
+        .request(record_req("RecordInfo", "nope"))
+        .await
+        .unwrap();
     expect_error(&reply, ErrorCode::NoSuchRecord);
 }

@@ -74,9 +74,11 @@ async fn truncated_frame_is_bad_frame() {
 async fn invalid_utf8_is_bad_frame() {
     let server = TestServer::start().await;
     let mut c = welcomed_desktop(&server).await;
-    c.send_bytes(Bytes::from_static(b"{\"type\":\"Ping\",\"x\":\"\xff\xfe\"}"))
-        .await
-        .unwrap();
+    c.send_bytes(Bytes::from_static(
+        b"{\"type\":\"Ping\",\"x\":\"\xff\xfe\"}",
+    ))
+    .await
+    .unwrap();
     expect_error_then_close(&mut c, ErrorCode::BadFrame).await;
     assert_still_serving(&server).await;
 }
@@ -135,7 +137,9 @@ async fn wrong_token_is_auth_failed() {
         .unwrap();
     let env = expect_error_then_close(&mut c, ErrorCode::AuthFailed).await;
     assert_eq!(env.r#ref, Some(1));
-    assert!(Client::connect(server.addr, Role::Desktop, "guess").await.is_err());
+    assert!(Client::connect(server.addr, Role::Desktop, "guess")
+        .await
+        .is_err());
     assert_still_serving(&server).await;
 }
 
@@ -206,7 +210,10 @@ async fn missing_field_is_bad_request_naming_it_and_connection_kept() {
     let env = c.next_message().await.unwrap();
     assert_eq!(env.r#ref, Some(5));
     let message = expect_error(&env.msg, ErrorCode::BadRequest);
-    assert!(message.contains("agent"), "message must name the field: {message}");
+    assert!(
+        message.contains("agent"),
+        "message must name the field: {message}"
+    );
     // Ill-typed field: named as well.
     c.send_bytes(Bytes::from(
         json!({"type":"Login","ref":6,"dn":7001,"agent":"1042"}).to_string(),
@@ -240,11 +247,19 @@ async fn wrong_role_is_refused_and_connection_kept() {
 async fn record_request_before_login_is_not_logged_in() {
     let server = TestServer::start().await;
     let mut c = welcomed_desktop(&server).await;
-    for kind in ["GetRecord", "UpdateRecord", "RecordProcessed", "ChainedRecords"] {
+    for kind in [
+        "GetRecord",
+        "UpdateRecord",
+        "RecordProcessed",
+        "ChainedRecords",
+    ] {
         let reply = c.request(record_req(kind, "R1")).await.unwrap();
         expect_error(&reply, ErrorCode::NotLoggedIn);
     }
-    let reply = c.request(Request::Logout(Logout { force: false })).await.unwrap();
+    let reply = c
+        .request(Request::Logout(Logout { force: false }))
+        .await
+        .unwrap();
     expect_error(&reply, ErrorCode::NotLoggedIn);
     assert_still_serving(&server).await;
 }
@@ -314,11 +329,17 @@ async fn silent_connection_is_closed_after_three_heartbeats() {
     // The chatty one keeps pinging; the quiet one says nothing.
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(chatty.request(Request::Ping).await.unwrap(), ServerMsg::Pong);
+        assert_eq!(
+            chatty.request(Request::Ping).await.unwrap(),
+            ServerMsg::Pong
+        );
     }
     quiet.set_timeout(Duration::from_secs(5));
     assert!(quiet.is_closed().await, "silent connection must be closed");
-    assert_eq!(chatty.request(Request::Ping).await.unwrap(), ServerMsg::Pong);
+    assert_eq!(
+        chatty.request(Request::Ping).await.unwrap(),
+        ServerMsg::Pong
+    );
 }
 
 #[tokio::test]

@@ -30,7 +30,10 @@ async fn a_desktop_that_never_reads_is_dropped_and_others_are_unaffected() {
             other => panic!("unexpected push {other:?}"),
         }
     }
-    assert_eq!(healthy.request(Request::Ping).await.unwrap(), ServerMsg::Pong);
+    assert_eq!(
+        healthy.request(Request::Ping).await.unwrap(),
+        ServerMsg::Pong
+    );
 
     // The stuck desktop was disconnected: reading what reached its socket ends in a close, having
     // received far fewer than the 200 pushes.
@@ -47,7 +50,11 @@ async fn a_desktop_that_never_reads_is_dropped_and_others_are_unaffected() {
 
     // Its agent is away (in resume grace), not gone: the DN is still monitored.
     match server.status().await {
-        ServerMsg::StatusReport { agents, connections, .. } => {
+        ServerMsg::StatusReport {
+            agents,
+            connections,
+            ..
+        } => {
             assert_eq!(agents, 2);
             // healthy, switch and the admin asking
             assert_eq!(connections, 3);

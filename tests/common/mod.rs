@@ -51,7 +51,9 @@ impl TestServer {
             Role::Switch => &self.config.tokens.switch,
             Role::Admin => &self.config.tokens.admin,
         };
-        Client::connect(self.addr, role, token).await.expect("Hello accepted")
+        Client::connect(self.addr, role, token)
+            .await
+            .expect("Hello accepted")
     }
 
     /// A desktop logged in as `agent` on `dn`; returns the client and its session token.
@@ -138,7 +140,13 @@ pub fn released(call: &str, dn: &str, cause: Option<&str>) -> Request {
     })
 }
 
-pub fn transferred(call: &str, from: &str, to: &str, kind: TransferKind, consult: Option<&str>) -> Request {
+pub fn transferred(
+    call: &str,
+    from: &str,
+    to: &str,
+    kind: TransferKind,
+    consult: Option<&str>,
+) -> Request {
     Request::Transferred(Transferred {
         call: call.into(),
         from_dn: from.into(),
@@ -217,7 +225,9 @@ pub async fn event(switch: &mut Client, request: Request) {
 /// Asserts the reply is an `Error` with `code`, returning its message.
 pub fn expect_error(msg: &ServerMsg, code: ErrorCode) -> String {
     match msg {
-        ServerMsg::Error { code: c, message, .. } if *c == code => message.clone(),
+        ServerMsg::Error {
+            code: c, message, ..
+        } if *c == code => message.clone(),
         other => panic!("expected Error {code:?}, got {other:?}"),
     }
 }
@@ -234,7 +244,16 @@ pub async fn expect_quiet(client: &mut Client) {
 }
 
 /// The next push, asserted to be an `AccessChanged`; returns (record, access, previous, cause, data?).
-pub async fn expect_access(client: &mut Client) -> (String, Access, Access, AccessCause, Option<Object>, Option<Context>) {
+pub async fn expect_access(
+    client: &mut Client,
+) -> (
+    String,
+    Access,
+    Access,
+    AccessCause,
+    Option<Object>,
+    Option<Context>,
+) {
     match client.next_push().await.unwrap() {
         ServerMsg::AccessChanged {
             record,
