@@ -520,9 +520,11 @@ impl Engine {
             self.call_record.remove(&call);
         }
         let by_name = by.clone().unwrap_or_else(|| "server".to_owned());
+        let request = extra.request.clone();
         self.audit(out, AuditKind::Finalized, |e| {
             e.record = Some(record.to_owned());
             e.agent = by.clone();
+            e.request = request;
             e.call = Some(call.clone());
             e.cause = Some(outcome.as_str().to_owned());
         });
@@ -1415,9 +1417,9 @@ impl Engine {
                 let at = rfc3339(when);
                 self.accept(out, &agent, &record, type_name);
                 let extra = FinalExtra {
-                    scope: None,
                     callback_at: Some(at.clone()),
                     callback: Some(s.callback),
+                    ..FinalExtra::default()
                 };
                 self.finalize(
                     out,
@@ -1589,6 +1591,20 @@ impl Engine {
                     ErrorCode::BadRequest,
                     "AttachRecord: fields `record` and `call` must not be empty",
                 ),
+            );
+            return;
+        }
+        let size = serde_json::to_vec(&a.data).map_or(0, |v| v.len());
+        let limit = self.cfg.max_frame_bytes.saturating_sub(1024);
+        if size > limit {
+            let msg = format!(
+                "AttachRecord: field `data` holds {size} bytes, over the limit of {limit} (max_frame_bytes - 1024)"
+            );
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(ErrorCode::BadRequest, msg),
             );
             return;
         }
@@ -1785,20 +1801,18 @@ impl Engine {
             Self::send(out, conn, r#ref, already_final_error(&r.record, f));
             return;
         }
+        let extra = FinalExtra {
+            request: Some(format!("ReleaseRecord: {}", r.reason)),
+            ..FinalExtra::default()
+        };
         self.finalize(
             out,
             &r.record,
             Outcome::Returned,
             Some("admin".to_owned()),
             None,
-            FinalExtra::default(),
+            extra,
         );
-        let (record, reason) = (r.record.clone(), r.reason.clone());
-        self.audit(out, AuditKind::Accepted, |e| {
-            e.record = Some(record);
-            e.request = Some("ReleaseRecord".to_owned());
-            e.cause = Some(format!("admin: {reason}"));
-        });
         Self::send(
             out,
             conn,
@@ -2089,10 +2103,12 @@ impl Engine {
             }
             Some((record, false)) => {
                 if let Some(agent) = agent {
+                    // Only answered parties count: someone still ringing may never join.
                     let remaining_agents = self.calls[&e.call]
                         .parties
-                        .keys()
-                        .filter_map(|dn| self.agent_on(dn))
+                        .iter()
+                        .filter(|(_, p)| **p == PartyState::Established)
+                        .filter_map(|(dn, _)| self.agent_on(dn))
                         .any(|a| a != agent);
                     let held = self
                         .access_of(&record, &agent)
@@ -2135,6 +2151,21 @@ impl Engine {
         self.drop_call(c2);
     }
 
+    /// The consultation named by an event, if it really is a consultation of `call`; otherwise
+    /// the live consultation of `call` that has `dn` as a party.
+    fn consultation_of(&self, call: &str, named: Option<&str>, dn: &str) -> Option<String> {
+        if let Some(c2) = named {
+            if self
+                .calls
+                .get(c2)
+                .is_some_and(|c| c.consult_of.as_deref() == Some(call))
+            {
+                return Some(c2.to_owned());
+            }
+        }
+        self.find_consultation(call, dn)
+    }
+
     fn find_consultation(&self, call: &str, dn: &str) -> Option<String> {
         self.dn_calls.get(dn)?.iter().find_map(|id| {
             let c = self.calls.get(id)?;
@@ -2151,10 +2182,9 @@ impl Engine {
         }
         self.call_entry(&e.call);
         let consult = match e.kind {
-            TransferKind::TwoStep => e
-                .consult_call
-                .clone()
-                .or_else(|| self.find_consultation(&e.call, &e.to_dn)),
+            TransferKind::TwoStep => {
+                self.consultation_of(&e.call, e.consult_call.as_deref(), &e.to_dn)
+            }
             _ => None,
         };
         if self.remove_party(&e.call, &e.from_dn).is_some() {
@@ -2226,10 +2256,7 @@ impl Engine {
             return;
         }
         self.call_entry(&e.call);
-        let consult = e
-            .consult_call
-            .clone()
-            .or_else(|| self.find_consultation(&e.call, &e.dn));
+        let consult = self.consultation_of(&e.call, e.consult_call.as_deref(), &e.dn);
         if let Some(c2) = &consult {
             self.merge_consultation(out, c2, "conferenced");
         }
@@ -2297,6 +2324,8 @@ impl Engine {
 /// Details of a final outcome that only some outcomes have.
 #[derive(Debug, Clone, Default)]
 struct FinalExtra {
+    /// Noted on the `finalized` audit entry (the admin's reason for a release).
+    request: Option<String>,
     scope: Option<DncScope>,
     callback_at: Option<String>,
     callback: Option<Callback>,

@@ -456,15 +456,18 @@ async fn handshake(
     let incoming = match parse_request(&frame, None) {
         Ok(i) => i,
         Err(e) => {
+            // A broken Hello is a bad_request; anything that is not a Hello is hello_required.
+            let is_hello = e.type_name.as_deref() == Some("Hello");
             let code = match e.code {
-                ErrorCode::BadFrame | ErrorCode::BadRequest => e.code,
+                ErrorCode::BadFrame => e.code,
+                ErrorCode::BadRequest if is_hello => e.code,
                 _ => ErrorCode::HelloRequired,
             };
             let message = if code == ErrorCode::HelloRequired && e.code != code {
-                format!(
-                    "the first frame must be Hello, not `{}`",
-                    e.type_name.unwrap_or_default()
-                )
+                match e.type_name {
+                    Some(t) => format!("the first frame must be Hello, not `{t}`"),
+                    None => "the first frame must be Hello".to_owned(),
+                }
             } else {
                 e.message
             };
