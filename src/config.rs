@@ -52,6 +52,8 @@ pub struct Config {
     pub orphan_timeout_ms: u64,
     /// Frames queued for one connection before it counts as not reading and is dropped.
     pub outbound_queue_frames: usize,
+    /// Audit entries kept on disk; older ones are trimmed. 0 keeps every entry.
+    pub audit_retention_entries: u64,
     pub tokens: Tokens,
 }
 
@@ -67,6 +69,7 @@ impl Default for Config {
             resume_grace_ms: 30000,
             orphan_timeout_ms: 120000,
             outbound_queue_frames: 1024,
+            audit_retention_entries: 0,
             tokens: Tokens::default(),
         }
     }

@@ -11,8 +11,10 @@
 //! audit entry and keeps the orphan clock, so no rule can forget one of the three.
 
 use crate::messages::*;
+use crate::store::{Snapshot, WriteBatch};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Identifies one client connection; assigned by the shell, never reused while the server runs.
 pub type ConnId = u64;
@@ -23,8 +25,6 @@ pub struct EngineConfig {
     pub resume_grace_ms: u64,
     pub orphan_timeout_ms: u64,
     pub max_frame_bytes: usize,
-    /// Audit entries kept in memory for `AuditTail`.
-    pub audit_memory_entries: usize,
 }
 
 impl EngineConfig {
@@ -33,7 +33,6 @@ impl EngineConfig {
             resume_grace_ms: c.resume_grace_ms,
             orphan_timeout_ms: c.orphan_timeout_ms,
             max_frame_bytes: c.max_frame_bytes,
-            audit_memory_entries: 65536,
         }
     }
 }
@@ -104,7 +103,8 @@ struct Agent {
     lost_while_away: BTreeMap<String, Access>,
 }
 
-#[derive(Debug, Clone)]
+/// A record as it is kept, in memory and on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     call: String,
     campaign: String,
@@ -141,23 +141,11 @@ struct ConnState {
     agent: Option<String>,
 }
 
-#[derive(Debug, Clone)]
-struct TailSub {
-    r#ref: Option<u64>,
-    record: Option<String>,
-    agent: Option<String>,
-}
-
-impl TailSub {
-    fn matches(&self, e: &AuditEntry) -> bool {
-        self.record
-            .as_ref()
-            .is_none_or(|r| e.record.as_ref() == Some(r))
-            && self
-                .agent
-                .as_ref()
-                .is_none_or(|a| e.agent.as_ref() == Some(a))
-    }
+/// A logged-in agent as it is kept on disk, so that its desktop can resume after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AgentState {
+    dn: String,
+    session: String,
 }
 
 /// Counters for `Status`.
@@ -181,7 +169,6 @@ pub struct Engine {
     conns: HashMap<ConnId, ConnState>,
     switches: BTreeSet<ConnId>,
     dialers: BTreeSet<ConnId>,
-    tails: HashMap<ConnId, TailSub>,
     agents: HashMap<String, Agent>,
     /// DN -> agent logged in on it. Exactly the monitored DNs.
     dn_agent: BTreeMap<String, String>,
@@ -198,8 +185,11 @@ pub struct Engine {
     grace_deadlines: BTreeSet<(u64, String)>,
     orphan_deadlines: BTreeSet<(u64, String)>,
     audit_seq: u64,
-    audit_recent: VecDeque<AuditEntry>,
     ignored_events: u64,
+    /// What changed since the last [`Engine::take_writes`], for the store.
+    dirty_records: BTreeSet<String>,
+    dirty_agents: BTreeSet<String>,
+    pending_audit: Vec<AuditEntry>,
     call_order: u64,
     now: u64,
 }
@@ -215,7 +205,6 @@ impl Engine {
             conns: HashMap::new(),
             switches: BTreeSet::new(),
             dialers: BTreeSet::new(),
-            tails: HashMap::new(),
             agents: HashMap::new(),
             dn_agent: BTreeMap::new(),
             calls: HashMap::new(),
@@ -227,8 +216,10 @@ impl Engine {
             grace_deadlines: BTreeSet::new(),
             orphan_deadlines: BTreeSet::new(),
             audit_seq: 0,
-            audit_recent: VecDeque::new(),
             ignored_events: 0,
+            dirty_records: BTreeSet::new(),
+            dirty_agents: BTreeSet::new(),
+            pending_audit: Vec::new(),
             call_order: 0,
             now: now_ms,
         }
@@ -281,6 +272,116 @@ impl Engine {
     /// The final outcome of `record`, if it has one.
     pub fn final_of(&self, record: &str) -> Option<FinalInfo> {
         self.records.get(record)?.final_.clone()
+    }
+
+    /// What changed since the last call, serialized for the store: records and agents to write
+    /// (or delete) and the new audit entries. The shell commits this before sending any output.
+    pub fn take_writes(&mut self) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for id in std::mem::take(&mut self.dirty_records) {
+            let value = self
+                .records
+                .get(&id)
+                .map(|r| serde_json::to_vec(r).expect("records serialize"));
+            batch.records.push((id, value));
+        }
+        for id in std::mem::take(&mut self.dirty_agents) {
+            let value = self.agents.get(&id).map(|a| {
+                let state = AgentState {
+                    dn: a.dn.clone(),
+                    session: a.session.clone(),
+                };
+                serde_json::to_vec(&state).expect("agents serialize")
+            });
+            batch.agents.push((id, value));
+        }
+        for entry in std::mem::take(&mut self.pending_audit) {
+            let bytes = serde_json::to_vec(&entry).expect("audit entries serialize");
+            batch.audit.push((entry.seq, bytes));
+        }
+        batch
+    }
+
+    /// Replaces records, agents and the audit position with what the store holds: at start, and
+    /// after a failed commit (to return to the last durable state). Connections and calls stay.
+    /// Agents come back away (their desktops may resume within `resume_grace_ms` of `now_ms`).
+    pub fn restore(&mut self, snapshot: &Snapshot, now_ms: u64) -> Result<(), String> {
+        self.now = self.now.max(now_ms);
+        let mut records = HashMap::with_capacity(snapshot.records.len());
+        for (id, bytes) in &snapshot.records {
+            let rec: Record = serde_json::from_slice(bytes)
+                .map_err(|e| format!("record {id} cannot be read back: {e}"))?;
+            records.insert(id.clone(), rec);
+        }
+        let mut agents = Vec::with_capacity(snapshot.agents.len());
+        for (id, bytes) in &snapshot.agents {
+            let a: AgentState = serde_json::from_slice(bytes)
+                .map_err(|e| format!("agent {id} cannot be read back: {e}"))?;
+            agents.push((id.clone(), a));
+        }
+        self.records = records;
+        self.call_record.clear();
+        self.agent_records.clear();
+        self.orphan_deadlines.clear();
+        for (id, rec) in &self.records {
+            if rec.final_.is_none() {
+                self.call_record.insert(rec.call.clone(), id.clone());
+                if let Some(t) = rec.orphaned_since {
+                    self.orphan_deadlines
+                        .insert((t + self.cfg.orphan_timeout_ms, id.clone()));
+                }
+            }
+            for (agent, access) in &rec.holders {
+                if access.is_granted() {
+                    self.agent_records
+                        .entry(agent.clone())
+                        .or_default()
+                        .insert(id.clone());
+                }
+            }
+        }
+        let bound: HashMap<String, ConnId> = self
+            .conns
+            .iter()
+            .filter_map(|(c, s)| s.agent.clone().map(|a| (a, *c)))
+            .collect();
+        self.agents.clear();
+        self.dn_agent.clear();
+        self.grace_deadlines.clear();
+        for (id, a) in agents {
+            let conn = bound.get(&id).copied();
+            let away_since = if conn.is_some() { None } else { Some(self.now) };
+            if conn.is_none() {
+                self.grace_deadlines
+                    .insert((self.now + self.cfg.resume_grace_ms, id.clone()));
+            }
+            self.dn_agent.insert(a.dn.clone(), id.clone());
+            self.agents.insert(
+                id,
+                Agent {
+                    dn: a.dn,
+                    conn,
+                    session: a.session,
+                    away_since,
+                    logout_pending: false,
+                    lost_while_away: BTreeMap::new(),
+                },
+            );
+        }
+        for state in self.conns.values_mut() {
+            if state
+                .agent
+                .as_ref()
+                .is_some_and(|a| !self.agents.contains_key(a))
+            {
+                state.agent = None;
+            }
+        }
+        self.audit_seq = snapshot.audit_last_seq;
+        self.dirty_records.clear();
+        self.dirty_agents.clear();
+        self.pending_audit.clear();
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------------
@@ -339,15 +440,7 @@ impl Engine {
             cause: None,
         };
         fill(&mut entry);
-        for (conn, sub) in &self.tails {
-            if sub.matches(&entry) {
-                Self::send(out, *conn, sub.r#ref, ServerMsg::Audit(entry.clone()));
-            }
-        }
-        if self.audit_recent.len() >= self.cfg.audit_memory_entries.max(1) {
-            self.audit_recent.pop_front();
-        }
-        self.audit_recent.push_back(entry.clone());
+        self.pending_audit.push(entry.clone());
         out.push(Output::Audit(entry));
     }
 
@@ -400,6 +493,7 @@ impl Engine {
             "a final record is never granted"
         );
         rec.holders.insert(agent.to_owned(), access);
+        self.dirty_records.insert(record.to_owned());
         let had_live = previous.is_some_and(Access::is_granted);
         let call = rec.call.clone();
         let (data, context) = if access.is_granted() {
@@ -474,6 +568,7 @@ impl Engine {
             return;
         }
         rec.orphaned_since = Some(now);
+        self.dirty_records.insert(record.to_owned());
         self.orphan_deadlines
             .insert((now + self.cfg.orphan_timeout_ms, record.to_owned()));
         let call = call.to_owned();
@@ -505,6 +600,7 @@ impl Engine {
             at: rfc3339(now),
         });
         rec.orphaned_since = None;
+        self.dirty_records.insert(record.to_owned());
         let call = rec.call.clone();
         let context = rec.context.clone();
         let holders: Vec<(String, Access)> = rec
@@ -609,7 +705,6 @@ impl Engine {
         };
         self.switches.remove(&conn);
         self.dialers.remove(&conn);
-        self.tails.remove(&conn);
         if let Some(agent) = state.agent {
             if let Some(a) = self.agents.get_mut(&agent) {
                 if a.conn == Some(conn) {
@@ -756,7 +851,16 @@ impl Engine {
                 self.phone_logout(out, e);
                 Self::send(out, conn, r#ref, ServerMsg::Ack);
             }
-            Request::AuditTail(t) => self.audit_tail(out, conn, r#ref, t),
+            // Served by the shell from the store, so that a slow reader never slows the engine.
+            Request::AuditTail(_) => Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(
+                    ErrorCode::BadRequest,
+                    "AuditTail is served by the server shell, not the engine",
+                ),
+            ),
             Request::Status => {
                 let c = self.counts();
                 Self::send(
@@ -882,6 +986,7 @@ impl Engine {
             a.session = session.clone();
             a.lost_while_away.clear();
         }
+        self.dirty_agents.insert(l.agent.clone());
         if let Some(c) = self.conns.get_mut(&conn) {
             c.agent = Some(l.agent.clone());
         }
@@ -1009,6 +1114,7 @@ impl Engine {
             },
         );
         self.dn_agent.insert(l.dn.clone(), l.agent.clone());
+        self.dirty_agents.insert(l.agent.clone());
         if let Some(c) = self.conns.get_mut(&conn) {
             c.agent = Some(l.agent.clone());
         }
@@ -1120,6 +1226,7 @@ impl Engine {
             self.set_access(out, &record, agent, Access::Revoked, AccessCause::Logout);
         }
         self.agents.remove(agent);
+        self.dirty_agents.insert(agent.to_owned());
         if self.dn_agent.get(&a.dn).map(String::as_str) == Some(agent) {
             self.dn_agent.remove(&a.dn);
         }
@@ -1527,6 +1634,7 @@ impl Engine {
         let rec = self.records.get_mut(record).expect("checked record");
         merge_change(&mut rec.context, change);
         rec.version += 1;
+        self.dirty_records.insert(record.to_owned());
         rec.version
     }
 
@@ -1661,6 +1769,7 @@ impl Engine {
         let campaign = record.campaign.clone();
         let chain_n = record.chain_n;
         self.records.insert(a.record.clone(), record);
+        self.dirty_records.insert(a.record.clone());
         self.call_record.insert(a.call.clone(), a.record.clone());
         let (rid, cid) = (a.record.clone(), a.call.clone());
         self.audit(out, AuditKind::Attached, |e| {
@@ -1819,38 +1928,6 @@ impl Engine {
             r#ref,
             ServerMsg::RecordReleased { record: r.record },
         );
-    }
-
-    fn audit_tail(
-        &mut self,
-        out: &mut Vec<Output>,
-        conn: ConnId,
-        r#ref: Option<u64>,
-        t: AuditTail,
-    ) {
-        let sub = TailSub {
-            r#ref,
-            record: t.record.clone(),
-            agent: t.agent.clone(),
-        };
-        let from = t.from_seq.unwrap_or(self.audit_seq + 1);
-        for entry in self.audit_recent.iter().filter(|e| e.seq >= from) {
-            if sub.matches(entry) {
-                Self::send(out, conn, r#ref, ServerMsg::Audit(entry.clone()));
-            }
-        }
-        if t.follow {
-            self.tails.insert(conn, sub);
-        } else {
-            Self::send(
-                out,
-                conn,
-                r#ref,
-                ServerMsg::AuditEnd {
-                    last_seq: self.audit_seq,
-                },
-            );
-        }
     }
 
     // -----------------------------------------------------------------------------------------

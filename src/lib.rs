@@ -15,3 +15,4 @@ pub mod config;
 pub mod engine;
 pub mod messages;
 pub mod server;
+pub mod store;

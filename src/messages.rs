@@ -938,6 +938,11 @@ pub enum ServerMsg {
     AuditEnd {
         last_seq: u64,
     },
+    /// Entries `from_seq..=to_seq` were removed by retention before this reader got to them.
+    AuditTrimmed {
+        from_seq: u64,
+        to_seq: u64,
+    },
     StatusReport {
         agents: u64,
         dns: u64,

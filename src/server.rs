@@ -10,6 +10,7 @@ use crate::codec::{FrameCodec, FrameError};
 use crate::config::Config;
 use crate::engine::{ConnId, Engine, EngineConfig, Input, Output};
 use crate::messages::*;
+use crate::store::{SledStore, Store, StoreError};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,12 @@ const ENGINE_BATCH: usize = 512;
 const TICK: Duration = Duration::from_millis(100);
 /// How long shutdown waits for connections to write their last frames.
 const DRAIN: Duration = Duration::from_secs(3);
+/// Audit entries an audit tail reads from the store at a time.
+const TAIL_CHUNK: usize = 256;
+/// An audit tail whose reader takes nothing for this long is dropped.
+const TAIL_STALL: Duration = Duration::from_secs(30);
+/// How often audit retention is applied.
+const RETENTION_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +51,10 @@ pub enum ServerError {
     },
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the data directory {dir}: {source}")]
+    Store { dir: String, source: StoreError },
+    #[error("cannot load the stored state: {0}")]
+    Load(String),
 }
 
 /// Milliseconds since the Unix epoch, the engine's clock.
@@ -122,9 +133,48 @@ impl ServerHandle {
     }
 }
 
-/// Binds `config.listen` and serves until the handle is shut down.
+/// Opens the sled store in `config.data_dir`, loads it, binds `config.listen` and serves until the
+/// handle is shut down.
 pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+        .await
+        .expect("store open does not panic")
+        .map_err(|source| ServerError::Store {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
+    start_with_store(config, Arc::new(store)).await
+}
+
+/// Serves with the given store (tests use [`crate::store::MemoryStore`]).
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    let started = std::time::Instant::now();
+    let loader = store.clone();
+    let snapshot = tokio::task::spawn_blocking(move || loader.load())
+        .await
+        .expect("store load does not panic")
+        .map_err(|e| ServerError::Load(e.to_string()))?;
+    let mut engine = Engine::new(
+        EngineConfig::from_config(&config),
+        rand::random::<[u8; 32]>(),
+        now_ms(),
+    );
+    engine
+        .restore(&snapshot, now_ms())
+        .map_err(ServerError::Load)?;
+    info!(
+        records = snapshot.records.len(),
+        agents = snapshot.agents.len(),
+        audit_last_seq = snapshot.audit_last_seq,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "state loaded"
+    );
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -137,19 +187,53 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     })?;
     let stop = CancellationToken::new();
     let config = Arc::new(config);
-    let task = tokio::spawn(run(listener, config, stop.clone()));
+    let (durable_tx, durable_rx) = watch::channel(snapshot.audit_last_seq);
+    let shared = Shared {
+        store,
+        durable: durable_rx,
+    };
+    let task = tokio::spawn(run(
+        listener,
+        config,
+        stop.clone(),
+        engine,
+        shared,
+        durable_tx,
+    ));
     info!(%addr, "baton listening");
     Ok(ServerHandle { addr, stop, task })
 }
 
-async fn run(listener: TcpListener, config: Arc<Config>, stop: CancellationToken) {
+/// What connection tasks share besides the engine: the store (for audit tails) and the highest
+/// audit `seq` known to be on disk.
+#[derive(Clone)]
+struct Shared {
+    store: Arc<dyn Store>,
+    durable: watch::Receiver<u64>,
+}
+
+async fn run(
+    listener: TcpListener,
+    config: Arc<Config>,
+    stop: CancellationToken,
+    engine: Engine,
+    shared: Shared,
+    durable_tx: watch::Sender<u64>,
+) {
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
-    let engine = Engine::new(
-        EngineConfig::from_config(&config),
-        rand::random::<[u8; 32]>(),
-        now_ms(),
-    );
-    let engine_task = tokio::spawn(engine_loop(engine, engine_rx));
+    let engine_task = tokio::spawn(engine_loop(
+        engine,
+        engine_rx,
+        shared.store.clone(),
+        durable_tx,
+    ));
+    let retention = (config.audit_retention_entries > 0).then(|| {
+        tokio::spawn(retention_loop(
+            shared.clone(),
+            config.audit_retention_entries,
+            stop.clone(),
+        ))
+    });
     let tracker = TaskTracker::new();
     // Cancelled only when draining took too long: connections then stop at once.
     let hard_stop = CancellationToken::new();
@@ -170,6 +254,7 @@ async fn run(listener: TcpListener, config: Arc<Config>, stop: CancellationToken
                         config: config.clone(),
                         engine: engine_tx.clone(),
                         cancel: hard_stop.child_token(),
+                        shared: shared.clone(),
                     };
                     tracker.spawn(async move {
                         match permit {
@@ -199,10 +284,41 @@ async fn run(listener: TcpListener, config: Arc<Config>, stop: CancellationToken
     if let Err(e) = engine_task.await {
         error!("engine task failed: {e}");
     }
+    if let Some(task) = retention {
+        let _ = task.await;
+    }
     info!("shutdown complete");
 }
 
-async fn engine_loop(mut engine: Engine, mut rx: mpsc::Receiver<EngineMsg>) {
+/// Keeps the audit log within `keep` entries, trimming the oldest in the background.
+async fn retention_loop(shared: Shared, keep: u64, stop: CancellationToken) {
+    let mut every = tokio::time::interval(RETENTION_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let last = *shared.durable.borrow();
+        if last <= keep {
+            continue;
+        }
+        let below = last - keep + 1;
+        let store = shared.store.clone();
+        match tokio::task::spawn_blocking(move || store.trim_audit(below)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(removed = n, below, "audit retention trimmed old entries"),
+            Ok(Err(e)) => error!("audit retention failed: {e}"),
+            Err(e) => error!("audit retention task failed: {e}"),
+        }
+    }
+}
+
+async fn engine_loop(
+    mut engine: Engine,
+    mut rx: mpsc::Receiver<EngineMsg>,
+    store: Arc<dyn Store>,
+    durable: watch::Sender<u64>,
+) {
     let mut conns: HashMap<ConnId, ConnHandle> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -271,7 +387,10 @@ async fn engine_loop(mut engine: Engine, mut rx: mpsc::Receiver<EngineMsg>) {
         for input in inputs.drain(..) {
             engine.handle(now, input, &mut out);
         }
-        dispatch(&mut engine, &mut conns, &mut out, now);
+        // Group commit: everything this batch changed goes to disk in one write and one flush,
+        // and nothing of it is sent before that returns.
+        commit(&mut engine, &store, &durable, &mut out, now).await;
+        dispatch(&mut engine, &mut conns, &mut out, now, &store, &durable).await;
         if shutting_down && conns.is_empty() {
             // Everyone was told and closed; readers that still report in are ignored.
             rx.close();
@@ -280,13 +399,80 @@ async fn engine_loop(mut engine: Engine, mut rx: mpsc::Receiver<EngineMsg>) {
     debug!("engine stopped");
 }
 
+/// Writes what the engine changed and flushes it. If the store fails, nothing of the batch is
+/// acknowledged: every reply becomes `unavailable`, pushes are dropped, and the engine goes back to
+/// the last durable state, so that a refused request changed nothing.
+async fn commit(
+    engine: &mut Engine,
+    store: &Arc<dyn Store>,
+    durable: &watch::Sender<u64>,
+    out: &mut Vec<Output>,
+    now: u64,
+) {
+    let batch = engine.take_writes();
+    if batch.is_empty() {
+        return;
+    }
+    let last_seq = batch.audit.last().map(|(seq, _)| *seq);
+    let writer = store.clone();
+    let result = tokio::task::spawn_blocking(move || writer.commit(&batch))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Injected(format!("store task failed: {e}"))));
+    match result {
+        Ok(()) => {
+            if let Some(seq) = last_seq {
+                durable.send_replace(seq);
+            }
+        }
+        Err(e) => {
+            error!(
+                "STORAGE FAILURE: {e}; refusing this batch's requests with `unavailable` and returning to the last durable state"
+            );
+            let mut answered = std::collections::HashSet::new();
+            let refused: Vec<Output> = out
+                .drain(..)
+                .filter_map(|o| match o {
+                    Output::Send { conn, env } => {
+                        let r = env.r#ref?;
+                        answered.insert((conn, r)).then(|| Output::Send {
+                            conn,
+                            env: Envelope::reply(
+                                Some(r),
+                                ServerMsg::error(
+                                    ErrorCode::Unavailable,
+                                    format!("storage failed, nothing was changed: {e}"),
+                                ),
+                            ),
+                        })
+                    }
+                    Output::Close { .. } => Some(o),
+                    Output::Audit(_) => None,
+                })
+                .collect();
+            *out = refused;
+            let loader = store.clone();
+            match tokio::task::spawn_blocking(move || loader.load()).await {
+                Ok(Ok(snapshot)) => {
+                    if let Err(e) = engine.restore(&snapshot, now) {
+                        error!("STORAGE FAILURE: cannot return to the durable state: {e}");
+                    }
+                }
+                Ok(Err(e)) => error!("STORAGE FAILURE: cannot reload the durable state: {e}"),
+                Err(e) => error!("STORAGE FAILURE: reload task failed: {e}"),
+            }
+        }
+    }
+}
+
 /// Carries out the engine's outputs. A connection whose queue is full is dropped here, and its
 /// disconnection is fed straight back into the engine so that its state moves on at once.
-fn dispatch(
+async fn dispatch(
     engine: &mut Engine,
     conns: &mut HashMap<ConnId, ConnHandle>,
     out: &mut Vec<Output>,
     now: u64,
+    store: &Arc<dyn Store>,
+    durable: &watch::Sender<u64>,
 ) {
     let mut dropped: Vec<ConnId> = Vec::new();
     while !out.is_empty() {
@@ -331,6 +517,9 @@ fn dispatch(
         for conn in dropped.drain(..) {
             engine.handle(now, Input::Disconnected { conn }, &mut more);
         }
+        if !more.is_empty() {
+            commit(engine, store, durable, &mut more, now).await;
+        }
         out.append(&mut more);
     }
 }
@@ -341,6 +530,7 @@ struct ConnCtx {
     config: Arc<Config>,
     engine: mpsc::Sender<EngineMsg>,
     cancel: CancellationToken,
+    shared: Shared,
 }
 
 fn error_frame(r#ref: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
@@ -586,6 +776,15 @@ async fn read_loop(
             }) => {}
             Ok(Incoming {
                 r#ref,
+                request: Request::AuditTail(t),
+            }) => {
+                tokio::spawn(
+                    audit_tail(ctx.shared.clone(), tx.clone(), r#ref, t, ctx.cancel.clone())
+                        .in_current_span(),
+                );
+            }
+            Ok(Incoming {
+                r#ref,
                 request: Request::Hello(_),
             }) => {
                 queue(
@@ -659,4 +858,106 @@ async fn write_loop(
     // Dropping the write half sends FIN; make the reader stop too.
     drop(writer);
     cancel.cancel();
+}
+
+/// Serves one `AuditTail`: reads the store by cursor, so a reader that falls behind costs the
+/// engine nothing; with `follow`, waits for newly durable entries and sends them as they come.
+async fn audit_tail(
+    shared: Shared,
+    tx: mpsc::Sender<Outbound>,
+    r#ref: Option<u64>,
+    t: AuditTail,
+    cancel: CancellationToken,
+) {
+    let mut durable = shared.durable.clone();
+    let start_last = *durable.borrow_and_update();
+    let mut cursor = t.from_seq.unwrap_or(start_last + 1).max(1);
+    let send = |msg: ServerMsg| {
+        let tx = tx.clone();
+        let frame = Envelope::reply(r#ref, msg).to_bytes();
+        async move {
+            match tokio::time::timeout(TAIL_STALL, tx.send(Outbound::Frame(frame))).await {
+                Ok(Ok(())) => true,
+                Ok(Err(_)) => false,
+                Err(_) => {
+                    warn!(
+                        "dropping connection: its audit tail reader took nothing for {} s",
+                        TAIL_STALL.as_secs()
+                    );
+                    false
+                }
+            }
+        }
+    };
+    let mut last = start_last;
+    loop {
+        while cursor <= last {
+            let store = shared.store.clone();
+            let from = cursor;
+            let chunk = match tokio::task::spawn_blocking(move || {
+                store.audit_range(from, TAIL_CHUNK)
+            })
+            .await
+            {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(e)) => {
+                    error!("audit tail cannot read the store: {e}");
+                    send(ServerMsg::error(
+                        ErrorCode::Unavailable,
+                        format!("cannot read the audit log: {e}"),
+                    ))
+                    .await;
+                    return;
+                }
+                Err(_) => return,
+            };
+            if chunk.is_empty() {
+                // Everything from the cursor on was trimmed (or was never written).
+                break;
+            }
+            for (seq, bytes) in chunk {
+                if seq > last {
+                    break;
+                }
+                if seq > cursor
+                    && !send(ServerMsg::AuditTrimmed {
+                        from_seq: cursor,
+                        to_seq: seq - 1,
+                    })
+                    .await
+                {
+                    cancel.cancel();
+                    return;
+                }
+                cursor = seq + 1;
+                let entry: AuditEntry = match serde_json::from_slice(&bytes) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        error!(seq, "audit entry cannot be read back: {e}");
+                        continue;
+                    }
+                };
+                let wanted = t
+                    .record
+                    .as_ref()
+                    .is_none_or(|r| entry.record.as_ref() == Some(r))
+                    && t.agent
+                        .as_ref()
+                        .is_none_or(|a| entry.agent.as_ref() == Some(a));
+                if wanted && !send(ServerMsg::Audit(entry)).await {
+                    cancel.cancel();
+                    return;
+                }
+            }
+        }
+        if !t.follow {
+            send(ServerMsg::AuditEnd { last_seq: last }).await;
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = durable.changed() => if changed.is_err() { return },
+        }
+        last = *durable.borrow_and_update();
+    }
 }

@@ -1,0 +1,355 @@
+//! Durable state behind a small trait: sled on disk, or memory for tests.
+//!
+//! The engine decides; the store only keeps. What it keeps is opaque bytes under three key spaces
+//! of one sled tree, so that a batch touching records, agents and the audit log is one atomic sled
+//! batch followed by one flush (group commit):
+//!
+//! - `r/<record id>`: a record with its data, context, version, final outcome and holders;
+//! - `a/<agent id>`: a logged-in agent's DN and resume token, so desktops can resume after a restart;
+//! - `l/<seq as 8 big-endian bytes>`: one audit entry; big-endian keys iterate in `seq` order.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+const RECORD: &[u8] = b"r/";
+const AGENT: &[u8] = b"a/";
+const AUDIT: &[u8] = b"l/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage failed: {0}")]
+    Injected(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Everything written by one engine batch. `None` deletes the key.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    pub records: Vec<(String, Option<Vec<u8>>)>,
+    pub agents: Vec<(String, Option<Vec<u8>>)>,
+    pub audit: Vec<(u64, Vec<u8>)>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.agents.is_empty() && self.audit.is_empty()
+    }
+}
+
+/// What the server loads at start.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub records: Vec<(String, Vec<u8>)>,
+    pub agents: Vec<(String, Vec<u8>)>,
+    /// Highest audit `seq` on disk (0 for an empty log).
+    pub audit_last_seq: u64,
+    /// Lowest audit `seq` still kept (0 for an empty log).
+    pub audit_first_seq: u64,
+}
+
+/// Durable storage for the engine's state.
+pub trait Store: Send + Sync {
+    /// Reads everything back (at start, and after a failed commit to return to the durable state).
+    fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Writes the batch atomically; returns only once it is on disk.
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// Up to `max` audit entries with `seq >= from`, in order.
+    fn audit_range(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Lowest `seq` still kept, `None` when the log is empty.
+    fn audit_first_seq(&self) -> Result<Option<u64>, StoreError>;
+    /// Deletes audit entries with `seq < below`; returns how many were deleted.
+    fn trim_audit(&self, below: u64) -> Result<u64, StoreError>;
+}
+
+fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + id.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(id);
+    k
+}
+
+fn audit_key(seq: u64) -> Vec<u8> {
+    key(AUDIT, &seq.to_be_bytes())
+}
+
+fn seq_of(k: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = k[AUDIT.len()..]
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("audit key is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn id_of(prefix: &[u8], k: &[u8]) -> Result<String, StoreError> {
+    String::from_utf8(k[prefix.len()..].to_vec())
+        .map_err(|_| StoreError::Corrupt("key is not UTF-8".into()))
+}
+
+/// The embedded default: one sled tree in `data_dir`.
+pub struct SledStore {
+    db: sled::Db,
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        Ok(SledStore { db })
+    }
+}
+
+impl Store for SledStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut snap = Snapshot::default();
+        for item in self.db.scan_prefix(RECORD) {
+            let (k, v) = item?;
+            snap.records.push((id_of(RECORD, &k)?, v.to_vec()));
+        }
+        for item in self.db.scan_prefix(AGENT) {
+            let (k, v) = item?;
+            snap.agents.push((id_of(AGENT, &k)?, v.to_vec()));
+        }
+        if let Some(item) = self.db.scan_prefix(AUDIT).next_back() {
+            snap.audit_last_seq = seq_of(&item?.0)?;
+        }
+        snap.audit_first_seq = self.audit_first_seq()?.unwrap_or(0);
+        Ok(snap)
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for (id, value) in &batch.records {
+            match value {
+                Some(v) => b.insert(key(RECORD, id.as_bytes()), v.as_slice()),
+                None => b.remove(key(RECORD, id.as_bytes())),
+            }
+        }
+        for (id, value) in &batch.agents {
+            match value {
+                Some(v) => b.insert(key(AGENT, id.as_bytes()), v.as_slice()),
+                None => b.remove(key(AGENT, id.as_bytes())),
+            }
+        }
+        for (seq, v) in &batch.audit {
+            b.insert(audit_key(*seq), v.as_slice());
+        }
+        self.db.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn audit_range(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let end = key(b"l0", b""); // the first key after every "l/..." key
+        for item in self.db.range(audit_key(from)..end).take(max) {
+            let (k, v) = item?;
+            out.push((seq_of(&k)?, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn audit_first_seq(&self) -> Result<Option<u64>, StoreError> {
+        match self.db.scan_prefix(AUDIT).next() {
+            Some(item) => Ok(Some(seq_of(&item?.0)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn trim_audit(&self, below: u64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        loop {
+            let keys: Vec<sled::IVec> = self
+                .db
+                .range(audit_key(0)..audit_key(below))
+                .keys()
+                .take(4096)
+                .collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut b = sled::Batch::default();
+            for k in &keys {
+                b.remove(k.clone());
+            }
+            self.db.apply_batch(b)?;
+            removed += keys.len() as u64;
+        }
+        if removed > 0 {
+            self.db.flush()?;
+        }
+        Ok(removed)
+    }
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    records: BTreeMap<String, Vec<u8>>,
+    agents: BTreeMap<String, Vec<u8>>,
+    audit: BTreeMap<u64, Vec<u8>>,
+}
+
+/// An in-memory store for tests, with a fault switch that makes every commit fail.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<MemoryInner>,
+    failing: AtomicBool,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// While set, every `commit` fails as a full disk would, and writes nothing.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let inner = self.lock();
+        Ok(Snapshot {
+            records: inner
+                .records
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            agents: inner
+                .agents
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            audit_last_seq: inner.audit.keys().next_back().copied().unwrap_or(0),
+            audit_first_seq: inner.audit.keys().next().copied().unwrap_or(0),
+        })
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Injected(
+                "no space left on device (injected)".into(),
+            ));
+        }
+        let mut inner = self.lock();
+        for (id, value) in &batch.records {
+            match value {
+                Some(v) => inner.records.insert(id.clone(), v.clone()),
+                None => inner.records.remove(id),
+            };
+        }
+        for (id, value) in &batch.agents {
+            match value {
+                Some(v) => inner.agents.insert(id.clone(), v.clone()),
+                None => inner.agents.remove(id),
+            };
+        }
+        for (seq, v) in &batch.audit {
+            inner.audit.insert(*seq, v.clone());
+        }
+        Ok(())
+    }
+
+    fn audit_range(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .audit
+            .range(from..)
+            .take(max)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect())
+    }
+
+    fn audit_first_seq(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.lock().audit.keys().next().copied())
+    }
+
+    fn trim_audit(&self, below: u64) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let keep = inner.audit.split_off(&below);
+        let removed = inner.audit.len() as u64;
+        inner.audit = keep;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(store: &dyn Store) {
+        let batch = WriteBatch {
+            records: vec![
+                ("R1".into(), Some(b"one".to_vec())),
+                ("R2".into(), Some(b"two".to_vec())),
+            ],
+            agents: vec![("A".into(), Some(b"a".to_vec()))],
+            audit: (1..=300)
+                .map(|s| (s, format!("e{s}").into_bytes()))
+                .collect(),
+        };
+        store.commit(&batch).unwrap();
+        store
+            .commit(&WriteBatch {
+                records: vec![("R2".into(), None)],
+                agents: vec![("A".into(), None)],
+                audit: vec![],
+            })
+            .unwrap();
+        let snap = store.load().unwrap();
+        assert_eq!(snap.records, vec![("R1".to_string(), b"one".to_vec())]);
+        assert!(snap.agents.is_empty());
+        assert_eq!((snap.audit_first_seq, snap.audit_last_seq), (1, 300));
+        // Big-endian keys keep numeric order across byte boundaries (255 -> 256).
+        let range = store.audit_range(250, 10).unwrap();
+        let seqs: Vec<u64> = range.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (250..260).collect::<Vec<_>>());
+        assert_eq!(store.trim_audit(101).unwrap(), 100);
+        assert_eq!(store.audit_first_seq().unwrap(), Some(101));
+        assert_eq!(store.audit_range(1, 1).unwrap()[0].0, 101);
+    }
+
+    #[test]
+    fn memory_store_keeps_and_trims() {
+        exercise(&MemoryStore::new());
+    }
+
+    #[test]
+    fn sled_store_keeps_and_trims_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            exercise(&store);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let snap = store.load().unwrap();
+        assert_eq!(snap.records.len(), 1);
+        assert_eq!((snap.audit_first_seq, snap.audit_last_seq), (101, 300));
+    }
+
+    #[test]
+    fn failing_memory_store_writes_nothing() {
+        let store = MemoryStore::new();
+        store.set_failing(true);
+        let batch = WriteBatch {
+            records: vec![("R1".into(), Some(b"x".to_vec()))],
+            ..WriteBatch::default()
+        };
+        assert!(store.commit(&batch).is_err());
+        store.set_failing(false);
+        assert!(store.load().unwrap().records.is_empty());
+    }
+}
