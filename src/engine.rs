@@ -1886,6 +1886,8 @@ impl Engine {
                 holders,
                 call: Some(rec.call.clone()),
                 final_: rec.final_.clone(),
+                version: Some(rec.version),
+                context: Some(rec.context.clone()),
             },
         );
     }

@@ -9,6 +9,7 @@
 //! - [`server`] is the thin I/O shell (connections, queues, timers, shutdown) around the engine;
 //! - [`client`] is a typed client used by the tests and tools; [`config`] holds every limit.
 
+pub mod admin;
 pub mod client;
 pub mod codec;
 pub mod config;

@@ -1,7 +1,10 @@
 //! The `baton` command line: parses arguments and calls into the library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use baton::admin::{self, TailOptions, Target};
+use baton::config::Config;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -18,10 +21,84 @@ struct Cli {
 enum Command {
     /// Run the server (the default when no command is given).
     Serve {
-        /// Configuration file; missing file means the built-in defaults.
+        /// Configuration file; a missing file means the built-in defaults.
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Show the server's counters.
+    Status {
+        #[command(flatten)]
+        conn: AdminConn,
+        /// One JSON object instead of aligned lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one record: state, holders, call, final outcome, context.
+    Record {
+        /// The record handle.
+        record: String,
+        #[command(flatten)]
+        conn: AdminConn,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the access-audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print audit entries from a sequence number (default: only new ones), optionally filtered.
+    Tail {
+        /// First sequence number to print (default: the next new entry).
+        #[arg(long = "from")]
+        from_seq: Option<u64>,
+        /// Keep printing new entries as they are written.
+        #[arg(long)]
+        follow: bool,
+        /// Only entries about this record.
+        #[arg(long)]
+        record: Option<String>,
+        /// Only entries about this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// One JSON object per line (for jq) instead of aligned lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+/// How an admin command reaches the server: the config file, or explicit flags.
+#[derive(Args)]
+struct AdminConn {
+    /// Configuration file to read the address and admin token from.
+    #[arg(long, default_value = "config.toml")]
+    config: PathBuf,
+    /// Server address (overrides the config's `listen`).
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Admin token (overrides the config's `tokens.admin`).
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl AdminConn {
+    fn target(&self) -> anyhow::Result<Target> {
+        let config = Config::load_or_default(&self.config)?;
+        let mut target = Target::from_config(&config);
+        if let Some(addr) = self.addr {
+            target.addr = addr;
+        }
+        if let Some(token) = &self.token {
+            target.token = token.clone();
+        }
+        Ok(target)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -33,7 +110,9 @@ enum LogFormat {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -42,17 +121,57 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let config_path = match cli.command {
-        Some(Command::Serve { config }) => config,
-        None => PathBuf::from("config.toml"),
-    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(serve(config_path))
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        None => {
+            init_logging(cli.log_format);
+            runtime.block_on(serve(PathBuf::from("config.toml")))
+        }
+        Some(Command::Serve { config }) => {
+            init_logging(cli.log_format);
+            runtime.block_on(serve(config))
+        }
+        Some(Command::Status { conn, json }) => {
+            let target = conn.target()?;
+            runtime
+                .block_on(admin::status(&target, json, &mut stdout))
+                .with_context(|| format!("status from {}", target.addr))
+        }
+        Some(Command::Record { record, conn, json }) => {
+            let target = conn.target()?;
+            runtime
+                .block_on(admin::record(&target, &record, json, &mut stdout))
+                .with_context(|| format!("record {record} from {}", target.addr))
+        }
+        Some(Command::Audit {
+            command:
+                AuditCommand::Tail {
+                    from_seq,
+                    follow,
+                    record,
+                    agent,
+                    json,
+                    conn,
+                },
+        }) => {
+            let target = conn.target()?;
+            let opts = TailOptions {
+                from_seq,
+                follow,
+                record,
+                agent,
+                json,
+            };
+            runtime
+                .block_on(admin::audit_tail(&target, &opts, &mut stdout))
+                .with_context(|| format!("audit tail from {}", target.addr))
+        }
+    }
 }
 
 async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
-    let config = baton::config::Config::load_or_default(&config_path)?;
+    let config = Config::load_or_default(&config_path)?;
     if config_path.exists() {
         tracing::info!(config = %config_path.display(), "configuration loaded");
     } else {

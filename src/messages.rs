@@ -962,6 +962,12 @@ pub enum ServerMsg {
         call: Option<String>,
         #[serde(rename = "final", default, skip_serializing_if = "Option::is_none")]
         final_: Option<FinalInfo>,
+        /// Number of accepted updates so far.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
+        /// What the holders wrote so far (`call_result`, `fields`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<Context>,
     },
     RecordReleased {
         record: String,

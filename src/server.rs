@@ -38,8 +38,6 @@ const DRAIN: Duration = Duration::from_secs(3);
 const TAIL_CHUNK: usize = 256;
 /// An audit tail whose reader takes nothing for this long is dropped.
 const TAIL_STALL: Duration = Duration::from_secs(30);
-/// How often audit retention is applied.
-const RETENTION_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -290,23 +288,34 @@ async fn run(
     info!("shutdown complete");
 }
 
-/// Keeps the audit log within `keep` entries, trimming the oldest in the background.
+/// Keeps the audit log within `keep` entries, trimming the oldest in the background as new ones
+/// become durable (in steps of about 1% of `keep`, so trimming is not a write per entry).
 async fn retention_loop(shared: Shared, keep: u64, stop: CancellationToken) {
-    let mut every = tokio::time::interval(RETENTION_EVERY);
+    let mut durable = shared.durable.clone();
+    let store = shared.store.clone();
+    let mut first = tokio::task::spawn_blocking(move || store.audit_first_seq())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .unwrap_or(1);
+    let slack = (keep / 100).max(1);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = every.tick() => {}
+            changed = durable.changed() => if changed.is_err() { return },
         }
-        let last = *shared.durable.borrow();
-        if last <= keep {
+        let last = *durable.borrow_and_update();
+        if last < first || last - first + 1 < keep + slack {
             continue;
         }
         let below = last - keep + 1;
         let store = shared.store.clone();
         match tokio::task::spawn_blocking(move || store.trim_audit(below)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(removed = n, below, "audit retention trimmed old entries"),
+            Ok(Ok(n)) => {
+                first = below;
+                debug!(removed = n, below, "audit retention trimmed old entries");
+            }
             Ok(Err(e)) => error!("audit retention failed: {e}"),
             Err(e) => error!("audit retention task failed: {e}"),
         }

@@ -13,7 +13,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub config: Config,
     handle: Option<ServerHandle>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -23,9 +23,19 @@ impl TestServer {
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = TestServer::start_in(dir.path().join("data"), adjust).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// A server on the sled store in `data_dir` (which outlives it, for restart tests).
+    pub async fn start_in(
+        data_dir: std::path::PathBuf,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().join("data"),
+            data_dir,
             ..Config::default()
         };
         adjust(&mut config);
@@ -34,7 +44,24 @@ impl TestServer {
             addr: handle.local_addr(),
             config,
             handle: Some(handle),
-            _dir: dir,
+            _dir: None,
+        }
+    }
+
+    /// A server on the given store (e.g. a `MemoryStore` with its fault switch).
+    pub async fn start_with_store(store: std::sync::Arc<dyn baton::store::Store>) -> TestServer {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        let handle = baton::server::start_with_store(config.clone(), store)
+            .await
+            .expect("server starts");
+        TestServer {
+            addr: handle.local_addr(),
+            config,
+            handle: Some(handle),
+            _dir: None,
         }
     }
 

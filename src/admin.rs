@@ -1,0 +1,239 @@
+//! The admin command line: `baton status`, `baton record R`, `baton audit tail`.
+//!
+//! Each command opens an admin connection, asks, and prints either aligned human-readable lines or
+//! one JSON object per line (`--json`, for jq). The address and admin token come from the same
+//! config file the server reads, so an operator types nothing secret on the command line.
+
+use crate::client::{Client, ClientError};
+use crate::messages::*;
+use std::io::Write;
+use std::net::SocketAddr;
+
+/// Where and how to reach the server as an admin.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub token: String,
+}
+
+impl Target {
+    /// The server's address as a client dials it: a wildcard listen address becomes loopback.
+    pub fn from_config(config: &crate::config::Config) -> Target {
+        let mut addr = config.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Target {
+            addr,
+            token: config.tokens.admin.clone(),
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect(self.addr, Role::Admin, &self.token).await
+    }
+}
+
+fn refused(msg: ServerMsg) -> ClientError {
+    match msg {
+        ServerMsg::Error { code, message, .. } => ClientError::Refused { code, message },
+        other => ClientError::Refused {
+            code: ErrorCode::BadRequest,
+            message: format!("unexpected answer: {other:?}"),
+        },
+    }
+}
+
+/// `baton status`.
+pub async fn status(target: &Target, json: bool, out: &mut impl Write) -> Result<(), ClientError> {
+    let mut c = target.connect().await?;
+    let msg = c.request(Request::Status).await?;
+    if !matches!(msg, ServerMsg::StatusReport { .. }) {
+        return Err(refused(msg));
+    }
+    let value = serde_json::to_value(&msg)?;
+    if json {
+        writeln!(out, "{value}").ok();
+        return Ok(());
+    }
+    if let Some(obj) = value.as_object() {
+        for (k, v) in obj.iter().filter(|(k, _)| k.as_str() != "type") {
+            writeln!(out, "{k:<16} {v}").ok();
+        }
+    }
+    Ok(())
+}
+
+/// `baton record R`.
+pub async fn record(
+    target: &Target,
+    record: &str,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), ClientError> {
+    let mut c = target.connect().await?;
+    let msg = c
+        .request(Request::RecordInfo(RecordRef {
+            record: record.to_owned(),
+        }))
+        .await?;
+    let ServerMsg::RecordReport {
+        record,
+        state,
+        holders,
+        call,
+        final_,
+        version,
+        context,
+    } = &msg
+    else {
+        return Err(refused(msg));
+    };
+    if json {
+        writeln!(out, "{}", serde_json::to_value(&msg)?).ok();
+        return Ok(());
+    }
+    writeln!(out, "record   {record}").ok();
+    writeln!(out, "state    {state}").ok();
+    writeln!(out, "call     {}", call.as_deref().unwrap_or("-")).ok();
+    if let Some(v) = version {
+        writeln!(out, "version  {v}").ok();
+    }
+    if holders.is_empty() {
+        writeln!(out, "holders  -").ok();
+    }
+    for (i, h) in holders.iter().enumerate() {
+        let label = if i == 0 { "holders" } else { "" };
+        writeln!(out, "{label:<8} {:<12} {}", h.agent, h.access.as_str()).ok();
+    }
+    if let Some(f) = final_ {
+        writeln!(
+            out,
+            "final    {} by {} at {}",
+            f.outcome.as_str(),
+            f.by.as_deref().unwrap_or("server"),
+            f.at
+        )
+        .ok();
+    }
+    if let Some(ctx) = context {
+        if let Some(cr) = &ctx.call_result {
+            writeln!(out, "result   {cr}").ok();
+        }
+        if !ctx.fields.is_empty() {
+            writeln!(
+                out,
+                "fields   {}",
+                serde_json::Value::Object(ctx.fields.clone())
+            )
+            .ok();
+        }
+    }
+    Ok(())
+}
+
+/// Options of `baton audit tail`.
+#[derive(Debug, Clone, Default)]
+pub struct TailOptions {
+    pub from_seq: Option<u64>,
+    pub follow: bool,
+    pub record: Option<String>,
+    pub agent: Option<String>,
+    pub json: bool,
+}
+
+/// One audit entry as an aligned line: seq, time, kind, record, agent, then the details.
+pub fn format_entry(e: &AuditEntry) -> String {
+    let mut details = Vec::new();
+    if let Some(dn) = &e.dn {
+        details.push(format!("dn={dn}"));
+    }
+    if let Some(call) = &e.call {
+        details.push(format!("call={call}"));
+    }
+    match (e.previous, e.access) {
+        (Some(p), Some(a)) => details.push(format!("{}->{}", p.as_str(), a.as_str())),
+        (None, Some(a)) => details.push(format!("access={}", a.as_str())),
+        _ => {}
+    }
+    if let Some(r) = &e.request {
+        details.push(format!("request={r}"));
+    }
+    if let Some(c) = e.code {
+        details.push(format!("code={}", c.as_str()));
+    }
+    if let Some(c) = &e.cause {
+        details.push(format!("cause={c:?}"));
+    }
+    format!(
+        "{:>8}  {}  {:<10}  {:<14}  {:<10}  {}",
+        e.seq,
+        e.ts,
+        e.kind.as_str(),
+        e.record.as_deref().unwrap_or("-"),
+        e.agent.as_deref().unwrap_or("-"),
+        details.join(" ")
+    )
+}
+
+/// `baton audit tail`: prints entries until `AuditEnd` (or for ever with `follow`).
+pub async fn audit_tail(
+    target: &Target,
+    opts: &TailOptions,
+    out: &mut impl Write,
+) -> Result<(), ClientError> {
+    let mut c = target.connect().await?;
+    let r = c
+        .send(&Request::AuditTail(AuditTail {
+            from_seq: opts.from_seq,
+            follow: opts.follow,
+            record: opts.record.clone(),
+            agent: opts.agent.clone(),
+        }))
+        .await?;
+    if opts.follow {
+        // Entries may be minutes apart; keep the connection alive meanwhile.
+        c.set_timeout(std::time::Duration::from_millis(c.heartbeat_ms.max(100)));
+    }
+    loop {
+        let msg = match c.next_message().await {
+            Ok(env) if env.r#ref == Some(r) => env.msg,
+            Ok(_) => continue, // a Pong, or a push this connection does not care about
+            Err(ClientError::Timeout(_)) if opts.follow => {
+                c.send(&Request::Ping).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match msg {
+            ServerMsg::Audit(e) => {
+                let line = if opts.json {
+                    serde_json::to_string(&e)?
+                } else {
+                    format_entry(&e)
+                };
+                if writeln!(out, "{line}").is_err() {
+                    return Ok(()); // stdout closed (e.g. piped into head)
+                }
+                out.flush().ok();
+            }
+            ServerMsg::AuditTrimmed { from_seq, to_seq } => {
+                let line = if opts.json {
+                    serde_json::json!({"trimmed": {"from_seq": from_seq, "to_seq": to_seq}})
+                        .to_string()
+                } else {
+                    format!(
+                        "{:>8}  entries {from_seq}..={to_seq} were trimmed by retention",
+                        "-"
+                    )
+                };
+                writeln!(out, "{line}").ok();
+            }
+            ServerMsg::AuditEnd { .. } => return Ok(()),
+            other => return Err(refused(other)),
+        }
+    }
+}
