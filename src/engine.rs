@@ -25,6 +25,8 @@ pub struct EngineConfig {
     pub resume_grace_ms: u64,
     pub orphan_timeout_ms: u64,
     pub max_frame_bytes: usize,
+    /// Heartbeat period: a dead connection may go unnoticed for three of them.
+    pub heartbeat_ms: u64,
 }
 
 impl EngineConfig {
@@ -33,6 +35,7 @@ impl EngineConfig {
             resume_grace_ms: c.resume_grace_ms,
             orphan_timeout_ms: c.orphan_timeout_ms,
             max_frame_bytes: c.max_frame_bytes,
+            heartbeat_ms: c.heartbeat_ms,
         }
     }
 }
@@ -100,7 +103,21 @@ struct Agent {
     away_since: Option<u64>,
     logout_pending: bool,
     /// Records revoked while the desktop was away, with the access they had, for the resume replay.
-    lost_while_away: BTreeMap<String, Access>,
+    /// Records revoked recently (record -> access before, when), replayed as `revoked` on resume.
+    /// Kept while connected too: frames sent just before a drop may never have arrived.
+    lost_while_away: BTreeMap<String, (Access, u64)>,
+}
+
+impl Agent {
+    /// Remembers a revocation for a possible resume, forgetting ones too old to matter.
+    fn note_lost(&mut self, record: &str, previous: Access, now: u64, window: u64) {
+        self.lost_while_away
+            .insert(record.to_owned(), (previous, now));
+        if self.conn.is_some() && self.lost_while_away.len() > 64 {
+            let cutoff = now.saturating_sub(window);
+            self.lost_while_away.retain(|_, (_, at)| *at >= cutoff);
+        }
+    }
 }
 
 /// A record as it is kept, in memory and on disk.
@@ -384,6 +401,12 @@ impl Engine {
         Ok(())
     }
 
+    /// How far back a revocation may have gone unheard: a connection can be dead for up to three
+    /// heartbeats before the server notices, plus a second for frames still in flight.
+    fn lost_window_ms(&self) -> u64 {
+        self.cfg.heartbeat_ms.saturating_mul(3) + 1000
+    }
+
     // -----------------------------------------------------------------------------------------
     // Small helpers
     // -----------------------------------------------------------------------------------------
@@ -515,13 +538,13 @@ impl Engine {
                 self.agent_records.remove(agent);
             }
         }
+        let now = self.now;
+        let window = self.lost_window_ms();
         if let Some(a) = self.agents.get_mut(agent) {
-            if a.conn.is_none() {
-                if access == Access::Revoked {
-                    a.lost_while_away.insert(record.to_owned(), previous);
-                } else {
-                    a.lost_while_away.remove(record);
-                }
+            if access == Access::Revoked {
+                a.note_lost(record, previous, now, window);
+            } else {
+                a.lost_while_away.remove(record);
             }
         }
         self.push_agent(
@@ -631,10 +654,9 @@ impl Engine {
                     self.agent_records.remove(&h);
                 }
             }
+            let window = self.lost_window_ms();
             if let Some(a) = self.agents.get_mut(&h) {
-                if a.conn.is_none() {
-                    a.lost_while_away.insert(record.to_owned(), previous);
-                }
+                a.note_lost(record, previous, now, window);
             }
             if requester != Some(h.as_str()) {
                 self.push_agent(
@@ -710,7 +732,6 @@ impl Engine {
                 if a.conn == Some(conn) {
                     a.conn = None;
                     a.away_since = Some(self.now);
-                    a.lost_while_away.clear();
                     self.grace_deadlines
                         .insert((self.now + self.cfg.resume_grace_ms, agent));
                 }
@@ -975,8 +996,18 @@ impl Engine {
             }
         }
         let session = self.new_session_token();
-        let lost = if resumed {
-            existing.lost_while_away.clone()
+        let lost: BTreeMap<String, Access> = if resumed {
+            // What was revoked since shortly before the desktop could have stopped hearing us.
+            let since = existing
+                .away_since
+                .unwrap_or(self.now)
+                .saturating_sub(self.lost_window_ms());
+            existing
+                .lost_while_away
+                .iter()
+                .filter(|(_, (_, at))| *at >= since)
+                .map(|(r, (access, _))| (r.clone(), *access))
+                .collect()
         } else {
             BTreeMap::new()
         };
