@@ -42,6 +42,8 @@ pub struct Client {
     next_ref: u64,
     backlog: VecDeque<Envelope>,
     timeout: Duration,
+    /// Drop pushes instead of keeping them (for connections that only send requests).
+    discard_pushes: bool,
     /// Values from the server's `Welcome`.
     pub heartbeat_ms: u64,
     pub server: String,
@@ -53,20 +55,49 @@ impl Client {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
+        Ok(Client::from_stream(stream))
+    }
+
+    /// Connects from a chosen local address (a load generator spreads many connections over
+    /// several loopback addresses, since one source address has only ~28,000 ephemeral ports).
+    pub async fn connect_from(
+        addr: SocketAddr,
+        local: std::net::IpAddr,
+        role: Role,
+        token: &str,
+    ) -> Result<Client, ClientError> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .and_then(|s| s.bind(SocketAddr::new(local, 0)).map(|_| s))
+        .map_err(|source| ClientError::Connect { addr, source })?;
+        let stream = socket
+            .connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        Client::hello(Client::from_stream(stream), role, token).await
+    }
+
+    fn from_stream(stream: TcpStream) -> Client {
         let _ = stream.set_nodelay(true);
-        Ok(Client {
+        Client {
             framed: Framed::new(stream, FrameCodec::new(CLIENT_MAX_FRAME)),
             next_ref: 1,
             backlog: VecDeque::new(),
             timeout: Duration::from_secs(10),
+            discard_pushes: false,
             heartbeat_ms: 0,
             server: String::new(),
-        })
+        }
     }
 
     /// Connects and completes `Hello` for `role` with `token`.
     pub async fn connect(addr: SocketAddr, role: Role, token: &str) -> Result<Client, ClientError> {
-        let mut client = Client::connect_raw(addr).await?;
+        Client::hello(Client::connect_raw(addr).await?, role, token).await
+    }
+
+    async fn hello(mut client: Client, role: Role, token: &str) -> Result<Client, ClientError> {
         let hello = Request::Hello(Hello {
             protocol: PROTOCOL_VERSION,
             role: role.as_str().to_owned(),
@@ -88,6 +119,16 @@ impl Client {
                 message: format!("unexpected answer to Hello: {other:?}"),
             }),
         }
+    }
+
+    /// Drops pushes (frames without `ref`) instead of keeping them for [`Client::next_push`].
+    pub fn set_discard_pushes(&mut self, discard: bool) {
+        self.discard_pushes = discard;
+    }
+
+    /// Forgets the pushes already received and not yet read.
+    pub fn clear_pushes(&mut self) {
+        self.backlog.retain(|e| e.r#ref.is_some());
     }
 
     /// How long [`Client::request`] and [`Client::next_message`] wait (default 10 s).
@@ -149,6 +190,9 @@ impl Client {
             let env = self.read_frame().await?;
             if env.r#ref == Some(r) {
                 return Ok(env.msg);
+            }
+            if env.r#ref.is_none() && self.discard_pushes {
+                continue;
             }
             self.backlog.push_back(env);
         }

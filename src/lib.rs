@@ -14,6 +14,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod engine;
+pub mod load;
 pub mod messages;
 pub mod server;
 pub mod store;

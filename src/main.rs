@@ -3,6 +3,7 @@
 use anyhow::Context;
 use baton::admin::{self, TailOptions, Target};
 use baton::config::Config;
+use baton::load::{LoadOptions, Mix, Scenario};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,41 @@ enum Command {
         conn: AdminConn,
         #[arg(long)]
         json: bool,
+    },
+    /// Play an outbound centre against a running server and report throughput and latency.
+    Load {
+        /// What to play.
+        #[arg(long, value_enum, default_value_t = Scenario::Mix)]
+        scenario: Scenario,
+        /// Desktops to log in (the mix uses groups of three).
+        #[arg(long, default_value_t = 48)]
+        agents: usize,
+        /// Records to complete (mix, processed) or requests to send (get, denied).
+        #[arg(long)]
+        records: Option<u64>,
+        /// Run for this many seconds instead (idle: how long to heartbeat).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Open loop: records or requests started per second. Default: as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Mix weights, e.g. straight=55,transfer=15,consult=15,conference=15.
+        #[arg(
+            long,
+            default_value = "straight=55,transfer=15,consult=15,conference=15"
+        )]
+        mix: Mix,
+        /// PID of a local server, to report its resident memory.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        conn: AdminConn,
     },
     /// Read the access-audit log.
     Audit {
@@ -143,6 +179,50 @@ fn main() -> anyhow::Result<()> {
             runtime
                 .block_on(admin::record(&target, &record, json, &mut stdout))
                 .with_context(|| format!("record {record} from {}", target.addr))
+        }
+        Some(Command::Load {
+            scenario,
+            agents,
+            records,
+            duration,
+            rate,
+            mix,
+            server_pid,
+            json,
+            quiet,
+            conn,
+        }) => {
+            let target = conn.target()?;
+            let config = Config::load_or_default(&conn.config)?;
+            let opts = LoadOptions {
+                addr: target.addr,
+                tokens: config.tokens,
+                scenario,
+                agents,
+                records: if records.is_none() && duration.is_none() && scenario != Scenario::Idle {
+                    Some(10_000)
+                } else {
+                    records
+                },
+                duration: duration.map(std::time::Duration::from_secs_f64),
+                rate,
+                mix,
+                server_pid,
+                progress: !quiet && !json,
+                run_id: format!("L{}", baton::server::now_ms() % 100_000_000),
+            };
+            let summary = runtime
+                .block_on(baton::load::run(opts))
+                .with_context(|| format!("load against {}", target.addr))?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print!("{}", summary.render());
+            }
+            if !summary.is_clean() {
+                anyhow::bail!("the run was not clean (see errors above)");
+            }
+            Ok(())
         }
         Some(Command::Audit {
             command:

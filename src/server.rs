@@ -926,6 +926,17 @@ async fn audit_tail(
             }
             for (seq, bytes) in chunk {
                 if seq > last {
+                    // Everything from the cursor up to `last` was trimmed meanwhile.
+                    if !send(ServerMsg::AuditTrimmed {
+                        from_seq: cursor,
+                        to_seq: last,
+                    })
+                    .await
+                    {
+                        cancel.cancel();
+                        return;
+                    }
+                    cursor = last + 1;
                     break;
                 }
                 if seq > cursor
