@@ -34,6 +34,9 @@ const ENGINE_BATCH: usize = 512;
 const TICK: Duration = Duration::from_millis(100);
 /// How long shutdown waits for connections to write their last frames.
 const DRAIN: Duration = Duration::from_secs(3);
+/// Audit entries of reads and refusals (no state change) are written at once but flushed at
+/// most this much later, instead of making the reply wait for the disk.
+const LAZY_FLUSH: Duration = Duration::from_millis(20);
 /// Audit entries an audit tail reads from the store at a time.
 const TAIL_CHUNK: usize = 256;
 /// An audit tail whose reader takes nothing for this long is dropped.
@@ -322,12 +325,40 @@ async fn retention_loop(shared: Shared, keep: u64, stop: CancellationToken) {
     }
 }
 
+/// What is on disk: the highest audit `seq` written, and since when written entries wait for a
+/// flush (only ever entries of reads and refusals, which acknowledge no change).
+struct Durability {
+    tx: watch::Sender<u64>,
+    written: u64,
+    lazy_since: Option<tokio::time::Instant>,
+}
+
+impl Durability {
+    async fn flush_lazy(&mut self, store: &Arc<dyn Store>) {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.flush()).await {
+            Ok(Ok(())) => {
+                self.tx.send_replace(self.written);
+                self.lazy_since = None;
+            }
+            Ok(Err(e)) => error!("STORAGE FAILURE: flushing audit entries of reads failed: {e}"),
+            Err(e) => error!("STORAGE FAILURE: flush task failed: {e}"),
+        }
+    }
+}
+
 async fn engine_loop(
     mut engine: Engine,
     mut rx: mpsc::Receiver<EngineMsg>,
     store: Arc<dyn Store>,
     durable: watch::Sender<u64>,
 ) {
+    let written = *durable.borrow();
+    let mut durable = Durability {
+        tx: durable,
+        written,
+        lazy_since: None,
+    };
     let mut conns: HashMap<ConnId, ConnHandle> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -343,6 +374,9 @@ async fn engine_loop(
                 }
             }
             _ = tick.tick() => inputs.push(Input::Tick),
+            _ = tokio::time::sleep_until(durable.lazy_since.map_or_else(tokio::time::Instant::now, |t| t + LAZY_FLUSH)), if durable.lazy_since.is_some() => {
+                durable.flush_lazy(&store).await;
+            }
         }
         for msg in batch.drain(..) {
             match msg {
@@ -398,8 +432,8 @@ async fn engine_loop(
         }
         // Group commit: everything this batch changed goes to disk in one write and one flush,
         // and nothing of it is sent before that returns.
-        commit(&mut engine, &store, &durable, &mut out, now).await;
-        dispatch(&mut engine, &mut conns, &mut out, now, &store, &durable).await;
+        commit(&mut engine, &store, &mut durable, &mut out, now).await;
+        dispatch(&mut engine, &mut conns, &mut out, now, &store, &mut durable).await;
         if shutting_down && conns.is_empty() {
             // Everyone was told and closed; readers that still report in are ignored.
             rx.close();
@@ -414,7 +448,7 @@ async fn engine_loop(
 async fn commit(
     engine: &mut Engine,
     store: &Arc<dyn Store>,
-    durable: &watch::Sender<u64>,
+    durable: &mut Durability,
     out: &mut Vec<Output>,
     now: u64,
 ) {
@@ -423,14 +457,28 @@ async fn commit(
         return;
     }
     let last_seq = batch.audit.last().map(|(seq, _)| *seq);
+    // A batch that changed records or agents acknowledges changes: it is flushed before anything
+    // is sent. One that only adds audit entries (reads, refusals) acknowledges nothing: it is
+    // written now and flushed soon after, so reads never wait for the disk.
+    let changes_state = !batch.records.is_empty() || !batch.agents.is_empty();
+    let flush = changes_state
+        || durable
+            .lazy_since
+            .is_some_and(|t| t.elapsed() >= LAZY_FLUSH);
     let writer = store.clone();
-    let result = tokio::task::spawn_blocking(move || writer.commit(&batch))
+    let result = tokio::task::spawn_blocking(move || writer.commit(&batch, flush))
         .await
         .unwrap_or_else(|e| Err(StoreError::Injected(format!("store task failed: {e}"))));
     match result {
         Ok(()) => {
             if let Some(seq) = last_seq {
-                durable.send_replace(seq);
+                durable.written = seq;
+            }
+            if flush {
+                durable.tx.send_replace(durable.written);
+                durable.lazy_since = None;
+            } else if durable.lazy_since.is_none() {
+                durable.lazy_since = Some(tokio::time::Instant::now());
             }
         }
         Err(e) => {
@@ -481,7 +529,7 @@ async fn dispatch(
     out: &mut Vec<Output>,
     now: u64,
     store: &Arc<dyn Store>,
-    durable: &watch::Sender<u64>,
+    durable: &mut Durability,
 ) {
     let mut dropped: Vec<ConnId> = Vec::new();
     while !out.is_empty() {
@@ -926,17 +974,20 @@ async fn audit_tail(
             }
             for (seq, bytes) in chunk {
                 if seq > last {
-                    // Everything from the cursor up to `last` was trimmed meanwhile.
-                    if !send(ServerMsg::AuditTrimmed {
-                        from_seq: cursor,
-                        to_seq: last,
-                    })
-                    .await
-                    {
-                        cancel.cancel();
-                        return;
+                    // Written but not yet durable: left for a later round. If the cursor had not
+                    // reached `last`, the entries in between were trimmed meanwhile.
+                    if cursor <= last {
+                        if !send(ServerMsg::AuditTrimmed {
+                            from_seq: cursor,
+                            to_seq: last,
+                        })
+                        .await
+                        {
+                            cancel.cancel();
+                            return;
+                        }
+                        cursor = last + 1;
                     }
-                    cursor = last + 1;
                     break;
                 }
                 if seq > cursor

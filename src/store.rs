@@ -56,8 +56,11 @@ pub struct Snapshot {
 pub trait Store: Send + Sync {
     /// Reads everything back (at start, and after a failed commit to return to the durable state).
     fn load(&self) -> Result<Snapshot, StoreError>;
-    /// Writes the batch atomically; returns only once it is on disk.
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// Writes the batch atomically; with `flush`, returns only once it (and everything written
+    /// before it) is on disk.
+    fn commit(&self, batch: &WriteBatch, flush: bool) -> Result<(), StoreError>;
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
     /// Up to `max` audit entries with `seq >= from`, in order.
     fn audit_range(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// Lowest `seq` still kept, `None` when the log is empty.
@@ -122,7 +125,7 @@ impl Store for SledStore {
         Ok(snap)
     }
 
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+    fn commit(&self, batch: &WriteBatch, flush: bool) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -143,6 +146,13 @@ impl Store for SledStore {
             b.insert(audit_key(*seq), v.as_slice());
         }
         self.db.apply_batch(b)?;
+        if flush {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
@@ -238,7 +248,14 @@ impl Store for MemoryStore {
         })
     }
 
-    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Injected("flush failed (injected)".into()));
+        }
+        Ok(())
+    }
+
+    fn commit(&self, batch: &WriteBatch, _flush: bool) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Injected(
                 "no space left on device (injected)".into(),
@@ -301,13 +318,16 @@ mod tests {
                 .map(|s| (s, format!("e{s}").into_bytes()))
                 .collect(),
         };
-        store.commit(&batch).unwrap();
+        store.commit(&batch, true).unwrap();
         store
-            .commit(&WriteBatch {
-                records: vec![("R2".into(), None)],
-                agents: vec![("A".into(), None)],
-                audit: vec![],
-            })
+            .commit(
+                &WriteBatch {
+                    records: vec![("R2".into(), None)],
+                    agents: vec![("A".into(), None)],
+                    audit: vec![],
+                },
+                true,
+            )
             .unwrap();
         let snap = store.load().unwrap();
         assert_eq!(snap.records, vec![("R1".to_string(), b"one".to_vec())]);
@@ -348,7 +368,7 @@ mod tests {
             records: vec![("R1".into(), Some(b"x".to_vec()))],
             ..WriteBatch::default()
         };
-        assert!(store.commit(&batch).is_err());
+        assert!(store.commit(&batch, true).is_err());
         store.set_failing(false);
         assert!(store.load().unwrap().records.is_empty());
     }

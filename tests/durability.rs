@@ -42,7 +42,24 @@ async fn give(
     }
 }
 
+/// The whole durable audit log, once it reaches the last entry the server has assigned (entries
+/// of reads and refusals are flushed a few milliseconds after their reply).
 async fn all_audit(admin: &mut Client) -> Vec<AuditEntry> {
+    let assigned = match admin.request(Request::Status).await.unwrap() {
+        ServerMsg::StatusReport { audit_last_seq, .. } => audit_last_seq,
+        other => panic!("{other:?}"),
+    };
+    for _ in 0..200 {
+        let entries = durable_audit(admin).await;
+        if entries.last().map_or(0, |e| e.seq) >= assigned {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("audit entries up to {assigned} never became durable");
+}
+
+async fn durable_audit(admin: &mut Client) -> Vec<AuditEntry> {
     admin
         .request_stream(Request::AuditTail(AuditTail {
             from_seq: Some(1),
