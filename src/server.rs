@@ -328,22 +328,36 @@ async fn retention_loop(shared: Shared, keep: u64, stop: CancellationToken) {
 /// What is on disk: the highest audit `seq` written, and since when written entries wait for a
 /// flush (only ever entries of reads and refusals, which acknowledge no change).
 struct Durability {
-    tx: watch::Sender<u64>,
+    tx: Arc<watch::Sender<u64>>,
     written: u64,
     lazy_since: Option<tokio::time::Instant>,
 }
 
 impl Durability {
-    async fn flush_lazy(&mut self, store: &Arc<dyn Store>) {
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.flush()).await {
-            Ok(Ok(())) => {
-                self.tx.send_replace(self.written);
-                self.lazy_since = None;
+    /// Announces that everything up to `seq` is on disk (never moving backwards).
+    fn durable_up_to(tx: &watch::Sender<u64>, seq: u64) {
+        tx.send_if_modified(|v| {
+            let newer = seq > *v;
+            if newer {
+                *v = seq;
             }
-            Ok(Err(e)) => error!("STORAGE FAILURE: flushing audit entries of reads failed: {e}"),
-            Err(e) => error!("STORAGE FAILURE: flush task failed: {e}"),
-        }
+            newer
+        });
+    }
+
+    /// Flushes in the background: the engine goes on while the disk works.
+    fn flush_lazy(&mut self, store: &Arc<dyn Store>) {
+        let (s, tx, written) = (store.clone(), self.tx.clone(), self.written);
+        self.lazy_since = None;
+        tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || s.flush()).await {
+                Ok(Ok(())) => Durability::durable_up_to(&tx, written),
+                Ok(Err(e)) => {
+                    error!("STORAGE FAILURE: flushing audit entries of reads failed: {e}")
+                }
+                Err(e) => error!("STORAGE FAILURE: flush task failed: {e}"),
+            }
+        });
     }
 }
 
@@ -355,7 +369,7 @@ async fn engine_loop(
 ) {
     let written = *durable.borrow();
     let mut durable = Durability {
-        tx: durable,
+        tx: Arc::new(durable),
         written,
         lazy_since: None,
     };
@@ -375,7 +389,7 @@ async fn engine_loop(
             }
             _ = tick.tick() => inputs.push(Input::Tick),
             _ = tokio::time::sleep_until(durable.lazy_since.map_or_else(tokio::time::Instant::now, |t| t + LAZY_FLUSH)), if durable.lazy_since.is_some() => {
-                durable.flush_lazy(&store).await;
+                durable.flush_lazy(&store);
             }
         }
         for msg in batch.drain(..) {
@@ -465,17 +479,22 @@ async fn commit(
         || durable
             .lazy_since
             .is_some_and(|t| t.elapsed() >= LAZY_FLUSH);
-    let writer = store.clone();
-    let result = tokio::task::spawn_blocking(move || writer.commit(&batch, flush))
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Injected(format!("store task failed: {e}"))));
+    let result = if flush {
+        let writer = store.clone();
+        tokio::task::spawn_blocking(move || writer.commit(&batch, true))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Injected(format!("store task failed: {e}"))))
+    } else {
+        // Without a flush, sled only appends to its in-memory log: cheap enough to do inline.
+        store.commit(&batch, false)
+    };
     match result {
         Ok(()) => {
             if let Some(seq) = last_seq {
                 durable.written = seq;
             }
             if flush {
-                durable.tx.send_replace(durable.written);
+                Durability::durable_up_to(&durable.tx, durable.written);
                 durable.lazy_since = None;
             } else if durable.lazy_since.is_none() {
                 durable.lazy_since = Some(tokio::time::Instant::now());
