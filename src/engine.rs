@@ -207,6 +207,8 @@ pub struct Engine {
     dirty_records: BTreeSet<String>,
     dirty_agents: BTreeSet<String>,
     pending_audit: Vec<AuditEntry>,
+    /// Agents waiting for a smart logout to complete.
+    pending_logouts: BTreeSet<String>,
     call_order: u64,
     now: u64,
 }
@@ -237,6 +239,7 @@ impl Engine {
             dirty_records: BTreeSet::new(),
             dirty_agents: BTreeSet::new(),
             pending_audit: Vec::new(),
+            pending_logouts: BTreeSet::new(),
             call_order: 0,
             now: now_ms,
         }
@@ -1321,6 +1324,7 @@ impl Engine {
         if !held.is_empty() && !l.force {
             if let Some(a) = self.agents.get_mut(&agent) {
                 a.logout_pending = true;
+                self.pending_logouts.insert(agent.clone());
             }
             Self::send(out, conn, r#ref, ServerMsg::LogoutPending { records: held });
             return;
@@ -1349,14 +1353,17 @@ impl Engine {
 
     /// Smart logout: an agent waiting to log out goes once its last `full` record is final.
     fn finish_pending_logouts(&mut self, out: &mut Vec<Output>) {
-        let pending: Vec<String> = self
-            .agents
-            .iter()
-            .filter(|(_, a)| a.logout_pending)
-            .map(|(id, _)| id.clone())
-            .collect();
+        if self.pending_logouts.is_empty() {
+            return;
+        }
+        let pending: Vec<String> = self.pending_logouts.iter().cloned().collect();
         for agent in pending {
+            if !self.agents.get(&agent).is_some_and(|a| a.logout_pending) {
+                self.pending_logouts.remove(&agent);
+                continue;
+            }
             if self.full_live_records(&agent).is_empty() {
+                self.pending_logouts.remove(&agent);
                 self.end_agent(out, &agent, Some(LogoutCause::Desktop), true, "desktop");
             }
         }

@@ -32,6 +32,8 @@ const ENGINE_QUEUE: usize = 8192;
 const ENGINE_BATCH: usize = 512;
 /// How often the engine's timers (resume grace, orphan timeout) are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// Initial read and write buffer of a connection, in bytes.
+const CONN_BUFFER: usize = 1024;
 /// How long shutdown waits for connections to write their last frames.
 const DRAIN: Duration = Duration::from_secs(3);
 /// Audit entries of reads and refusals (no state change) are written at once but flushed at
@@ -633,8 +635,19 @@ async fn refuse_overloaded(socket: TcpStream, ctx: &ConnCtx) {
 async fn serve_connection(socket: TcpStream, ctx: ConnCtx) {
     let _ = socket.set_nodelay(true);
     let (read_half, write_half) = socket.into_split();
-    let mut reader = FramedRead::new(read_half, FrameCodec::new(ctx.config.max_frame_bytes));
-    let writer = FramedWrite::new(write_half, FrameCodec::new(ctx.config.max_frame_bytes));
+    // Small initial buffers: most connections send and receive small frames, and an idle desktop
+    // should cost little memory. Both grow on demand for bigger frames.
+    let mut reader = FramedRead::with_capacity(
+        read_half,
+        FrameCodec::new(ctx.config.max_frame_bytes),
+        CONN_BUFFER,
+    );
+    let mut writer = FramedWrite::with_capacity(
+        write_half,
+        FrameCodec::new(ctx.config.max_frame_bytes),
+        CONN_BUFFER,
+    );
+    writer.set_backpressure_boundary(64 * 1024);
     let (tx, rx) = mpsc::channel(ctx.config.outbound_queue_frames);
     let writer_task = tokio::spawn(write_loop(writer, rx, ctx.cancel.clone()).in_current_span());
 
