@@ -250,6 +250,11 @@ impl Engine {
     pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Vec<Output>) {
         // Time never goes backwards inside the engine, even if the wall clock does.
         self.now = self.now.max(now_ms);
+        // Deadlines that passed since the last tick take effect before anything else is decided:
+        // an expired session must not resume, an orphan past its time must not be taken.
+        if !matches!(input, Input::Tick) {
+            self.on_tick(out);
+        }
         match input {
             Input::Connected { conn, role } => self.on_connected(conn, role, out),
             Input::Request {

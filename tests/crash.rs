@@ -28,7 +28,7 @@ struct Acked {
 
 type Ledger = Arc<Mutex<HashMap<String, Acked>>>;
 
-fn start(exe: &str, config: &Path, addr: SocketAddr) -> Child {
+fn start(exe: &str, config: &Path) -> Child {
     Command::new(exe)
         .args(["serve", "--config"])
         .arg(config)
@@ -278,7 +278,7 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
     let mut rng = rand::thread_rng();
     let mut total_acked_processed = 0;
     for cycle in 0..cycles {
-        let mut child = start(exe, &config, addr);
+        let mut child = start(exe, &config);
         wait_ready(addr).await;
         let (records, audit) = verify(addr, &ledger).await;
         let workers: Vec<_> = (0..WORKERS)
@@ -300,7 +300,7 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
             .count();
         eprintln!("cycle {cycle}: verified {records} records and {audit} audit entries; killed after {run_ms} ms");
     }
-    let mut child = start(exe, &config, addr);
+    let mut child = start(exe, &config);
     wait_ready(addr).await;
     let (records, audit) = verify(addr, &ledger).await;
     child.kill().unwrap();

@@ -2,10 +2,10 @@
 //!
 //! A fixed small universe (agents A1..A4 on DNs D1..D4, an unmonitored DN D9, calls C1..C4,
 //! records R1..R3, one switch, one dialer, one admin) is driven by random sequences of up to 60
-//! steps: desktop logins, logouts, drops and resumes, switch events, dialer attaches and cancels,
-//! desktop record requests, admin releases and time passing. After every step the test checks,
-//! from the outputs alone plus what it sent, the sharing rules of `shared/SCENARIOS.md` and
-//! `shared/CONTRACT.md`:
+//! steps: desktop logins, logouts, drops and resumes, switch events (consultations included),
+//! dialer attaches and cancels, desktop record requests, admin releases, and time passing with
+//! or without a timer tick. After every step the test checks, from the outputs plus what it
+//! sent, the rules of `shared/SCENARIOS.md` and `shared/CONTRACT.md`:
 //!
 //! 1. one `finalized` audit entry per record life, and one dialer `RecordOutcome` per final;
 //! 2. record requests are answered in the contract's check order (section 9), a change is only
@@ -15,15 +15,24 @@
 //! 4. every `AccessChanged` push (but the resume replay) and every `RecordFinalized` push has its
 //!    audit entry, and every access change of a connected desktop is pushed to it;
 //! 5. what each connected desktop was told (pushes, final acks, resume replay) equals the
-//!    engine's access table;
+//!    engine's access table, and its calls equal the calls on its DN (failover table);
 //! 6. audit `seq` numbers are 1, 2, 3... with no gap;
-//! 7. every request gets exactly one reply with its `ref` (a stream for `ChainedRecords` and
-//!    `AuditTail`), on its own connection, and no reply carries a `ref` nobody sent.
+//! 7. every request gets exactly one reply with its `ref` (a stream for `ChainedRecords`), on
+//!    its own connection, and no reply carries a `ref` nobody sent.
 //!
-//! Run (CI, a few seconds): `cargo test --release --test model`
-//! (2000 sequences; `-- --nocapture` shows the step counts).
-//! Long mode: `BATON_PROPTEST_CASES=100000 cargo test --release --test model -- --nocapture`.
-//! The generator seed is fixed so that runs repeat; `BATON_PROPTEST_SEED=<u64>` picks another.
+//! and, rule by rule: first grant and conference grant (1, 6), transfer revokes the initiator
+//! and grants the recipient (2, 4, 9), released consultation revokes the consultee (5), leaving a
+//! conference revokes unless last (7), `already_final` names the winner (8), orphan timeout and
+//! `stale` (9), grants carry data and context (2), smart and forced logout (11), audit entries
+//! tell the access before and record accepted requests (12), resume only within the grace time
+//! (CONTRACT 7).
+//!
+//! Run (CI, about a second): `cargo test --release --test model`
+//! (2000 sequences; `-- --nocapture` prints the step count, the longest sequence and coverage).
+//! Long mode: `BATON_PROPTEST_CASES=100000 cargo test --release --test model -- --nocapture`
+//! (about 3 million steps, half a minute). `BATON_PROPTEST_MAX_STEPS=200` makes longer
+//! sequences. The generator seed is fixed so that runs repeat; `BATON_PROPTEST_SEED=<u64>` picks
+//! another. A failure prints the shrunk, minimal failing sequence of steps.
 
 use baton::engine::{ConnId, Engine, EngineConfig, Input, Output};
 use baton::messages::*;
@@ -47,6 +56,7 @@ const ADMIN: ConnId = 12;
 const T0: u64 = 1_790_000_000_000;
 const GRACE_MS: u64 = 1000;
 const ORPHAN_MS: u64 = 2000;
+const HEARTBEAT_MS: u64 = 1000;
 const DAY_MS: u64 = 86_400_000;
 
 // ---------------------------------------------------------------------------------------------
@@ -100,6 +110,13 @@ enum Step {
         call: usize,
         dn: usize,
     },
+    /// `Ringing call dn consult_of of`, then (if answered) `Established call dn`.
+    Consult {
+        call: usize,
+        of: usize,
+        dn: usize,
+        answer: bool,
+    },
     /// `dn: None`: a DN the call is on, as far as the test's switch knows.
     Released {
         call: usize,
@@ -140,9 +157,11 @@ enum Step {
         op: DeskOp,
     },
     AdminRelease(usize),
-    AuditTail(u64),
     /// Time passes by this many milliseconds, then `Tick`.
     Advance(u64),
+    /// Time passes and an admin `Ping` arrives, without a timer tick yet (the server ticks every
+    /// 100 ms, and later under load).
+    Wait(u64),
 }
 
 fn agent_s() -> impl Strategy<Value = usize> {
@@ -200,6 +219,9 @@ fn step_s() -> BoxedStrategy<Step> {
         10 => (call_s(), dn_s())
             .prop_map(|(call, dn)| Step::Established { call, dn })
             .boxed(),
+        4 => (call_s(), call_s(), dn_s(), prop::bool::weighted(0.8))
+            .prop_map(|(call, of, dn, answer)| Step::Consult { call, of, dn, answer })
+            .boxed(),
         4 => (call_s(), prop::option::weighted(0.3, dn_s()), prop::bool::weighted(0.3))
             .prop_map(|(call, dn, rona)| Step::Released { call, dn, rona })
             .boxed(),
@@ -244,14 +266,14 @@ fn step_s() -> BoxedStrategy<Step> {
             .prop_map(|(agent, record, op)| Step::Desk { agent, record, op })
             .boxed(),
         1 => record_s().prop_map(Step::AdminRelease).boxed(),
-        1 => (1..60u64).prop_map(Step::AuditTail).boxed(),
         4 => (0..=3000u64).prop_map(Step::Advance).boxed(),
+        1 => (0..=1500u64).prop_map(Step::Wait).boxed(),
     ]
     .boxed()
 }
 
-fn steps_s() -> impl Strategy<Value = Vec<Step>> {
-    prop::collection::vec(step_s(), 0..=60)
+fn steps_s(max_steps: usize) -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(step_s(), 0..=max_steps)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,6 +292,8 @@ static RESUMED: AtomicU64 = AtomicU64::new(0);
 static REFUSED_READ_ONLY: AtomicU64 = AtomicU64::new(0);
 static ALREADY_FINAL: AtomicU64 = AtomicU64::new(0);
 static LOGOUT_PENDING: AtomicU64 = AtomicU64::new(0);
+static RULE5_JUDGED: AtomicU64 = AtomicU64::new(0);
+static RULE7_JUDGED: AtomicU64 = AtomicU64::new(0);
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
@@ -300,6 +324,7 @@ enum Kind {
         expect: Result<Access, ErrorCode>,
     },
     Switch,
+    Ping,
     Attach {
         busy_elsewhere: bool,
     },
@@ -308,9 +333,6 @@ enum Kind {
     },
     AdminRelease {
         expect: Result<(), ErrorCode>,
-    },
-    AuditTail {
-        from: u64,
     },
 }
 
@@ -342,9 +364,31 @@ struct Harness {
     /// Call -> live record attached to it (from `attached` / `finalized` audit entries).
     call_record: HashMap<String, String>,
     /// The test's own idea of the switch: call -> DNs on it (only to pick plausible parameters).
-    parties: BTreeMap<String, BTreeSet<String>>,
+    /// Mirrors the engine's call parties (DN -> answered) for calls never linked as consultations.
+    parties: BTreeMap<String, BTreeMap<String, bool>>,
+    /// Calls that may be linked as a consultation (Ringing with consult_of or ani while they had
+    /// no record): the engine may merge them away, so their parties are not judged (rule 7).
+    /// Never cleared: a call id once flagged stays unjudged for the rest of the sequence.
+    maybe_consult: BTreeSet<String>,
     /// Consultation calls (Ringing with consult_of, or CallAlerting with consult_of).
     consult: BTreeSet<String>,
+    /// Record -> agent -> access, for agents holding `full` or `read_only` (from the audit).
+    holders: HashMap<String, BTreeMap<String, Access>>,
+    /// Record -> when it lost its last holder (rule 9's orphan clock), while live and unheld.
+    lost_at: HashMap<String, u64>,
+    /// (record, agent) -> (consultation call, customer call) for read-only grants made by an
+    /// `Established` of that consultation, while that access lasts.
+    ro_via: HashMap<(String, String), (String, String)>,
+    /// Record -> the context its holders left (accepted `UpdateRecord`s), for this life.
+    context: HashMap<String, Context>,
+    /// Per agent, the calls on its DN as its desktop was told (call -> answered).
+    calls_view: [BTreeMap<String, bool>; 4],
+    /// When each agent's desktop dropped (its resume grace runs from there).
+    away_since: [u64; 4],
+    /// Agents whose desktop got `LogoutPending` and no `LoggedOut` since.
+    logout_pending: [bool; 4],
+    /// (call, dn) of the `CallCleared` pushes of the current step.
+    cleared: BTreeSet<(String, String)>,
 }
 
 fn agent_idx(name: &str) -> Option<usize> {
@@ -357,12 +401,12 @@ fn cause_str(c: AccessCause) -> &'static str {
 
 impl Harness {
     fn new() -> Harness {
-        let cfg = EngineConfig {
+        let cfg = EngineConfig::from_config(&baton::config::Config {
             resume_grace_ms: GRACE_MS,
             orphan_timeout_ms: ORPHAN_MS,
-            max_frame_bytes: 65536,
-            audit_memory_entries: 1 << 20,
-        };
+            heartbeat_ms: HEARTBEAT_MS,
+            ..baton::config::Config::default()
+        });
         let mut h = Harness {
             engine: Engine::new(cfg, [7u8; 32], T0),
             now: T0,
@@ -378,7 +422,16 @@ impl Harness {
             life: HashMap::new(),
             call_record: HashMap::new(),
             parties: BTreeMap::new(),
+            maybe_consult: BTreeSet::new(),
             consult: BTreeSet::new(),
+            holders: HashMap::new(),
+            lost_at: HashMap::new(),
+            ro_via: HashMap::new(),
+            cleared: BTreeSet::new(),
+            logout_pending: [false; 4],
+            away_since: [0; 4],
+            calls_view: Default::default(),
+            context: HashMap::new(),
         };
         let mut out = Vec::new();
         for (conn, role) in [
@@ -431,10 +484,7 @@ impl Harness {
     }
 
     fn alive(&self, agent: usize) -> bool {
-        self.engine
-            .monitored_dns()
-            .iter()
-            .any(|d| d == DNS[agent])
+        self.engine.monitored_dns().iter().any(|d| d == DNS[agent])
     }
 
     fn known(&self, record: &str) -> bool {
@@ -453,7 +503,7 @@ impl Harness {
     fn some_party(&self, call: &str) -> usize {
         self.parties
             .get(call)
-            .and_then(|s| s.iter().next())
+            .and_then(|s| s.keys().next())
             .and_then(|d| DNS.iter().position(|x| x == d))
             .unwrap_or(0)
     }
@@ -462,8 +512,7 @@ impl Harness {
         if let Some(s) = self.parties.get_mut(call) {
             s.remove(dn);
             if s.is_empty() {
-                self.parties.remove(call);
-                self.consult.remove(call);
+                self.drop_call(call);
             }
         }
     }
@@ -471,6 +520,16 @@ impl Harness {
     fn drop_call(&mut self, call: &str) {
         self.parties.remove(call);
         self.consult.remove(call);
+    }
+
+    fn add_party(&mut self, call: &str, dn: &str, answered: bool) {
+        let state = self
+            .parties
+            .entry(call.to_owned())
+            .or_default()
+            .entry(dn.to_owned())
+            .or_insert(answered);
+        *state |= answered;
     }
 
     /// What the contract says a record request must get, from the state before it.
@@ -507,10 +566,50 @@ impl Harness {
 
     // -----------------------------------------------------------------------------------------
 
+    /// Fills in the DNs a step leaves to the test's switch model, so checks see what was sent.
+    fn resolve(&self, step: &Step) -> Step {
+        match step.clone() {
+            Step::Released {
+                call,
+                dn: None,
+                rona,
+            } => Step::Released {
+                call,
+                dn: Some(self.some_party(CALLS[call])),
+                rona,
+            },
+            Step::Transferred {
+                call,
+                from: None,
+                to,
+                kind,
+                consult_call,
+            } => Step::Transferred {
+                call,
+                from: Some(self.some_party(CALLS[call])),
+                to,
+                kind,
+                consult_call,
+            },
+            Step::PhoneLogout { agent, dn: None } => Step::PhoneLogout {
+                agent,
+                dn: Some(agent),
+            },
+            other => other,
+        }
+    }
+
     fn step(&mut self, step: &Step) -> Result<(), String> {
+        let step = &self.resolve(step);
         let connected_at_start: [bool; 4] =
             std::array::from_fn(|a| self.desk[a].is_some() && self.logged_in[a]);
         let call_record_before = self.call_record.clone();
+        let parties_before = self.parties.clone();
+        let consult_before = self.consult.clone();
+        let maybe_consult_before = self.maybe_consult.clone();
+        let ro_via_before = self.ro_via.clone();
+        let holders_before = self.holders.clone();
+        let ignored_before = self.engine.counts().ignored_events;
         let audit_log_len_before = self.audit_log.len();
         let mut out = Vec::new();
         let mut sent = Vec::new();
@@ -553,12 +652,15 @@ impl Harness {
                 self.desk[a] = Some(c);
                 self.logged_in[a] = false;
                 let token = if resume { self.token[a].clone() } else { None };
+                // CONTRACT 7: the token resumes within resume_grace_ms of the drop; past it, it
+                // has expired (exactly at the limit either answer is accepted).
+                let away_for = self.now - self.away_since[a];
                 let expect_resumed = if token.is_none() {
                     Some(false)
-                } else if was_away {
-                    Some(alive)
-                } else {
+                } else if !was_away || (alive && away_for == GRACE_MS) {
                     None
+                } else {
+                    Some(alive && away_for < GRACE_MS)
                 };
                 let kind = Kind::Login {
                     conn_logged_in: false,
@@ -590,6 +692,7 @@ impl Harness {
                     return Ok(());
                 };
                 self.logged_in[a] = false;
+                self.away_since[a] = self.now;
                 self.input(Input::Disconnected { conn }, &mut out);
             }
             Step::Ringing {
@@ -608,10 +711,11 @@ impl Harness {
                         self.consult.insert(call_s.into());
                     }
                 }
-                self.parties
-                    .entry(call_s.into())
-                    .or_default()
-                    .insert(DNS[dn].into());
+                if (consult_of.is_some() || ani.is_some()) && !self.call_record.contains_key(call_s)
+                {
+                    self.maybe_consult.insert(call_s.into());
+                }
+                self.add_party(call_s, DNS[dn], false);
                 let req = Request::Ringing(Ringing {
                     call: call_s.into(),
                     dn: DNS[dn].into(),
@@ -621,11 +725,41 @@ impl Harness {
                 });
                 self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
             }
+            Step::Consult {
+                call,
+                of,
+                dn,
+                answer,
+            } => {
+                let call_s = CALLS[call];
+                if of != call
+                    && !self.parties.contains_key(call_s)
+                    && !self.call_record.contains_key(call_s)
+                {
+                    self.consult.insert(call_s.into());
+                }
+                if !self.call_record.contains_key(call_s) {
+                    self.maybe_consult.insert(call_s.into());
+                }
+                self.add_party(call_s, DNS[dn], answer);
+                let req = Request::Ringing(Ringing {
+                    call: call_s.into(),
+                    dn: DNS[dn].into(),
+                    ani: None,
+                    from_dn: None,
+                    consult_of: Some(CALLS[of].into()),
+                });
+                self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
+                if answer {
+                    let req = Request::Established(CallDn {
+                        call: call_s.into(),
+                        dn: DNS[dn].into(),
+                    });
+                    self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
+                }
+            }
             Step::Established { call, dn } => {
-                self.parties
-                    .entry(CALLS[call].into())
-                    .or_default()
-                    .insert(DNS[dn].into());
+                self.add_party(CALLS[call], DNS[dn], true);
                 let req = Request::Established(CallDn {
                     call: CALLS[call].into(),
                     dn: DNS[dn].into(),
@@ -656,13 +790,12 @@ impl Harness {
                     _ => TransferKind::TwoStep,
                 };
                 let consult_call = consult_call.filter(|c| *c != call);
-                self.drop_party(CALLS[call], DNS[from]);
-                self.parties
-                    .entry(CALLS[call].into())
-                    .or_default()
-                    .insert(DNS[to].into());
-                if let (TransferKind::TwoStep, Some(c2)) = (kind, consult_call) {
-                    self.drop_call(CALLS[c2]);
+                if from != to {
+                    // The engine ignores a transfer to the DN it comes from.
+                    if let Some(p) = self.parties.get_mut(CALLS[call]) {
+                        p.remove(DNS[from]);
+                    }
+                    self.add_party(CALLS[call], DNS[to], kind == TransferKind::TwoStep);
                 }
                 let req = Request::Transferred(Transferred {
                     call: CALLS[call].into(),
@@ -679,13 +812,9 @@ impl Harness {
                 consult_call,
             } => {
                 let consult_call = consult_call.filter(|c| *c != call);
-                self.parties
-                    .entry(CALLS[call].into())
-                    .or_default()
-                    .insert(DNS[dn].into());
-                if let Some(c2) = consult_call {
-                    self.drop_call(CALLS[c2]);
-                }
+                // A merged consultation is dropped by the engine; its parties stay here, but it is
+                // in `maybe_consult` and never judged by them.
+                self.add_party(CALLS[call], DNS[dn], true);
                 let req = Request::Conferenced(Conferenced {
                     call: CALLS[call].into(),
                     dn: DNS[dn].into(),
@@ -745,7 +874,7 @@ impl Harness {
                     chain_id: None,
                     chain_n: Some(1),
                     phone: phone.map(|i| ANIS[i].into()),
-                    data: json!({"name": r}).as_object().unwrap().clone(),
+                    data: record_data(r),
                     chain,
                 });
                 self.request(
@@ -794,15 +923,6 @@ impl Harness {
                     &mut out,
                     &mut sent,
                 );
-            }
-            Step::AuditTail(from) => {
-                let req = Request::AuditTail(AuditTail {
-                    from_seq: Some(from),
-                    follow: false,
-                    record: None,
-                    agent: None,
-                });
-                self.request(ADMIN, req, Kind::AuditTail { from }, &mut out, &mut sent);
             }
             Step::Desk { agent, record, op } => {
                 let Some(conn) = self.desk[agent] else {
@@ -861,6 +981,17 @@ impl Harness {
                 self.now += ms;
                 self.input(Input::Tick, &mut out);
             }
+            Step::Wait(ms) => {
+                // Something arrives (a Ping) but the timer has not ticked yet.
+                self.now += ms;
+                self.request(ADMIN, Request::Ping, Kind::Ping, &mut out, &mut sent);
+            }
+        }
+        if self.engine.counts().ignored_events != ignored_before {
+            // The engine ignored the event (unknown call, unmonitored DNs): so does the test's switch.
+            self.parties = parties_before.clone();
+            self.consult = consult_before;
+            self.maybe_consult = maybe_consult_before.clone();
         }
         self.check(
             step,
@@ -869,7 +1000,16 @@ impl Harness {
             audit_log_len_before,
             &out,
             &sent,
-        )
+        )?;
+        let before = Before {
+            call_record: call_record_before,
+            parties: parties_before,
+            maybe_consult: maybe_consult_before,
+            ro_via: ro_via_before,
+            holders: holders_before,
+            audit_log_len: audit_log_len_before,
+        };
+        self.check_rules(step, &before)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -891,6 +1031,7 @@ impl Harness {
         let mut step_audits: Vec<AuditEntry> = Vec::new();
         let mut finalized: Vec<String> = Vec::new();
         let mut outcomes: Vec<String> = Vec::new();
+        self.cleared.clear();
 
         for o in out {
             match o {
@@ -906,6 +1047,7 @@ impl Harness {
                     self.audit_log.push(e.clone());
                     step_audits.push(e.clone());
                     let rec = e.record.clone().unwrap_or_default();
+                    self.track_holders(step, e)?;
                     match e.kind {
                         AuditKind::Attached => {
                             let life = self.life.entry(rec.clone()).or_insert((false, 0));
@@ -966,28 +1108,53 @@ impl Harness {
                             self.desk[a] = Some(conn);
                             self.logged_in[a] = true;
                             self.token[a] = Some(session.clone());
+                            // The replay that follows tells the calls present now.
+                            self.calls_view[a].clear();
                             if *resumed {
                                 bump(&RESUMED);
                             } else {
                                 self.view[a].clear();
+                                self.logout_pending[a] = false;
                             }
                         }
                         ServerMsg::LoggedOut { .. } if desktop => {
                             if let Some(&a) = self.conn_agent.get(&conn) {
                                 if self.desk[a] == Some(conn) {
                                     self.logged_in[a] = false;
+                                    self.logout_pending[a] = false;
                                 }
+                            }
+                        }
+                        ServerMsg::LogoutPending { .. } => {
+                            if let Some(&a) = self.conn_agent.get(&conn) {
+                                self.logout_pending[a] = true;
                             }
                         }
                         ServerMsg::AccessChanged {
                             record,
                             access,
                             cause,
+                            data,
+                            context,
                             ..
                         } => {
                             let &a = self.conn_agent.get(&conn).ok_or_else(|| {
                                 format!("AccessChanged to conn {conn} that never logged in")
                             })?;
+                            // Rule 2 / CONTRACT 3: a grant carries the data and the context the
+                            // earlier holders left; the receiver never polls.
+                            if access.is_granted() {
+                                let want = self.context.get(record).cloned().unwrap_or_default();
+                                if data.as_ref() != Some(&record_data(record))
+                                    || context.as_ref() != Some(&want)
+                                {
+                                    return Err(format!(
+                                        "rule 2: grant of {record} to {} carries data {data:?} \
+                                         context {context:?}, expected context {want:?}",
+                                        AGENTS[a]
+                                    ));
+                                }
+                            }
                             self.view[a].insert(record.clone(), *access);
                             if *cause != AccessCause::Resume {
                                 ac_pushes.push((
@@ -1024,12 +1191,34 @@ impl Harness {
                                 self.view[a].insert(record.clone(), Access::Revoked);
                             }
                         }
+                        ServerMsg::RecordUpdated { record, .. } if desktop => {
+                            if let Some(&a) = self.conn_agent.get(&conn) {
+                                let ctx = self.context.entry(record.clone()).or_default();
+                                ctx.call_result = Some("busy".into());
+                                ctx.fields
+                                    .insert("note".into(), json!(format!("by {}", AGENTS[a])));
+                            }
+                        }
+                        ServerMsg::CallCleared { call, dn, .. } => {
+                            self.cleared.insert((call.clone(), dn.clone()));
+                            if let Some(&a) = self.conn_agent.get(&conn) {
+                                self.calls_view[a].remove(call);
+                            }
+                        }
+                        ServerMsg::CallEstablished { call, .. } => {
+                            if let Some(&a) = self.conn_agent.get(&conn) {
+                                self.calls_view[a].insert(call.clone(), true);
+                            }
+                        }
                         ServerMsg::CallAlerting {
-                            call,
-                            consult_of: Some(_),
-                            ..
+                            call, consult_of, ..
                         } => {
-                            self.consult.insert(call.clone());
+                            if consult_of.is_some() {
+                                self.consult.insert(call.clone());
+                            }
+                            if let Some(&a) = self.conn_agent.get(&conn) {
+                                self.calls_view[a].insert(call.clone(), false);
+                            }
                         }
                         ServerMsg::RecordOutcome { record, .. } if conn == DIALER => {
                             outcomes.push(record.clone());
@@ -1118,6 +1307,7 @@ impl Harness {
         let event_call = match step {
             Step::Ringing { call, .. }
             | Step::Established { call, .. }
+            | Step::Consult { call, .. }
             | Step::Released { call, .. } => Some(CALLS[*call]),
             _ => None,
         };
@@ -1147,7 +1337,9 @@ impl Harness {
         let sent_refs: BTreeSet<u64> = sent.iter().map(|s| s.r#ref).collect();
         for r in replies.keys() {
             if !sent_refs.contains(r) {
-                return Err(format!("inv 7: reply with ref {r} nobody sent in this step"));
+                return Err(format!(
+                    "inv 7: reply with ref {r} nobody sent in this step"
+                ));
             }
         }
         for s in sent {
@@ -1171,9 +1363,37 @@ impl Harness {
             if self.desk[a].is_none() || !self.logged_in[a] {
                 continue;
             }
+            // Rule 11: a smart logout completes once the agent holds no live `full` record.
+            if self.logout_pending[a] && self.full_live(a).is_empty() {
+                return Err(format!(
+                    "rule 11: {} is still logged in after LogoutPending with no full record left",
+                    AGENTS[a]
+                ));
+            }
             if !dns.iter().any(|d| d == DNS[a]) {
                 return Err(format!(
                     "inv 5: {} is logged in on its desktop but {} is not monitored",
+                    AGENTS[a], DNS[a]
+                ));
+            }
+            // Failover table of SCENARIOS.md: the desktop's calls (pushes and resume replay) are
+            // the calls on its DN (consultations the engine may merge alone are left out).
+            let judged = |c: &String| !self.maybe_consult.contains(c);
+            let told: BTreeMap<&String, bool> = self.calls_view[a]
+                .iter()
+                .filter(|(c, _)| judged(c))
+                .map(|(c, s)| (c, *s))
+                .collect();
+            let actual: BTreeMap<&String, bool> = self
+                .parties
+                .iter()
+                .filter(|(c, _)| judged(c))
+                .filter_map(|(c, p)| p.get(DNS[a]).map(|s| (c, *s)))
+                .collect();
+            if told != actual {
+                return Err(format!(
+                    "failover: {}'s desktop shows calls {told:?} (call -> answered), \
+                     {} has {actual:?}",
                     AGENTS[a], DNS[a]
                 ));
             }
@@ -1215,6 +1435,12 @@ impl Harness {
             _ => None,
         };
         match &s.kind {
+            Kind::Ping => {
+                let m = single("Ping")?;
+                if *m != ServerMsg::Pong {
+                    return Err(format!("Ping answered {m:?}"));
+                }
+            }
             Kind::Switch => {
                 let m = single("switch event")?;
                 if *m != ServerMsg::Ack {
@@ -1239,9 +1465,7 @@ impl Harness {
                         }
                         if let Some(e) = expect_resumed {
                             if e != resumed {
-                                return Err(format!(
-                                    "resume: expected resumed:{e}, got {m:?}"
-                                ));
+                                return Err(format!("resume: expected resumed:{e}, got {m:?}"));
                             }
                         }
                     }
@@ -1265,7 +1489,17 @@ impl Harness {
                     } if !logged_in => {}
                     ServerMsg::LoggedOut {
                         cause: LogoutCause::Desktop,
-                    } if *logged_in && (*force || full_live.is_empty()) => {}
+                    } if *logged_in && (*force || full_live.is_empty()) => {
+                        // Rule 11: a forced logout returns its `full` records to the dialer.
+                        for r in full_live {
+                            let f = self.engine.final_of(r);
+                            if f.as_ref().map(|f| f.outcome) != Some(Outcome::Returned) {
+                                return Err(format!(
+                                    "rule 11: forced logout left {r} with final {f:?}"
+                                ));
+                            }
+                        }
+                    }
                     ServerMsg::LogoutPending { records } if *logged_in && !force => {
                         bump(&LOGOUT_PENDING);
                         let got: BTreeSet<String> = records.iter().cloned().collect();
@@ -1309,33 +1543,6 @@ impl Harness {
                     return Err(format!("expected {expect:?}, got {m:?}"));
                 }
             }
-            Kind::AuditTail { from } => {
-                let Some((last, entries)) = msgs.split_last() else {
-                    unreachable!()
-                };
-                let ServerMsg::AuditEnd { last_seq } = last else {
-                    return Err(format!("inv 7: AuditTail stream ends with {last:?}"));
-                };
-                if *last_seq != self.audit_last {
-                    return Err(format!(
-                        "inv 6: AuditEnd last_seq {last_seq}, log at {}",
-                        self.audit_last
-                    ));
-                }
-                let expected: Vec<ServerMsg> = self
-                    .audit_log
-                    .iter()
-                    .filter(|e| e.seq >= *from)
-                    .map(|e| ServerMsg::Audit(e.clone()))
-                    .collect();
-                if entries != expected.as_slice() {
-                    return Err(format!(
-                        "inv 6: AuditTail from {from} returned {} entries, the log has {}",
-                        entries.len(),
-                        expected.len()
-                    ));
-                }
-            }
             Kind::Desk {
                 agent,
                 record,
@@ -1357,7 +1564,9 @@ impl Harness {
                     }
                     for i in items {
                         match i {
-                            ServerMsg::ChainedRecord { record: r, access, .. } => {
+                            ServerMsg::ChainedRecord {
+                                record: r, access, ..
+                            } => {
                                 if r == record {
                                     return Err(format!(
                                         "ChainedRecords returned the record asked about: {i:?}"
@@ -1387,10 +1596,32 @@ impl Harness {
                             ErrorCode::AlreadyFinal => bump(&ALREADY_FINAL),
                             _ => {}
                         }
+                        // Rule 8: `already_final` names the winner and the outcome.
+                        if let (
+                            ServerMsg::Error {
+                                code: ErrorCode::AlreadyFinal,
+                                outcome,
+                                by,
+                                ..
+                            },
+                            Some(f),
+                        ) = (last, self.engine.final_of(record))
+                        {
+                            let winner = f.by.clone().unwrap_or_else(|| "server".into());
+                            if *outcome != Some(f.outcome) || by.as_deref() != Some(&winner) {
+                                return Err(format!(
+                                    "rule 8: already_final says {outcome:?} by {by:?}, the final \
+                                     is {:?} by {winner}",
+                                    f.outcome
+                                ));
+                            }
+                        }
                         // A refused request changes nothing but the audit log.
                         let denied_audits = out
                             .iter()
-                            .filter(|o| matches!(o, Output::Audit(e) if e.kind == AuditKind::Denied))
+                            .filter(
+                                |o| matches!(o, Output::Audit(e) if e.kind == AuditKind::Denied),
+                            )
                             .count();
                         let want_audits = usize::from(code != ErrorCode::NotLoggedIn);
                         if denied_audits != want_audits || out.len() != 1 + want_audits {
@@ -1409,8 +1640,21 @@ impl Harness {
                             ));
                         }
                         let shape_ok = match (op, last) {
-                            (DeskOp::Get, ServerMsg::Record { access: a, final_, .. }) => {
-                                a == access && final_.is_none()
+                            (
+                                DeskOp::Get,
+                                ServerMsg::Record {
+                                    access: a,
+                                    final_,
+                                    data,
+                                    context,
+                                    ..
+                                },
+                            ) => {
+                                a == access
+                                    && final_.is_none()
+                                    && *data == record_data(record)
+                                    && *context
+                                        == self.context.get(record).cloned().unwrap_or_default()
                             }
                             (DeskOp::Chained, ServerMsg::ChainedRecordsEnd { .. }) => true,
                             (DeskOp::Update, ServerMsg::RecordUpdated { .. }) => true,
@@ -1424,12 +1668,24 @@ impl Harness {
                         if !shape_ok {
                             return Err(format!("{op:?} answered {last:?}"));
                         }
+                        // Rule 12: an accepted request is audited as such.
+                        let accepted = self.audit_log[audit_log_len_before..]
+                            .iter()
+                            .filter(|e| {
+                                e.kind == AuditKind::Accepted
+                                    && e.agent.as_deref() == Some(AGENTS[*agent])
+                                    && e.record.as_deref() == Some(record.as_str())
+                            })
+                            .count();
+                        if accepted != 1 {
+                            return Err(format!(
+                                "rule 12: accepted {op:?} has {accepted} `accepted` entries"
+                            ));
+                        }
                         if op.is_final() {
                             let f = self.engine.final_of(record);
                             if f.as_ref().and_then(|f| f.by.as_deref()) != Some(AGENTS[*agent]) {
-                                return Err(format!(
-                                    "rule 8: {op:?} acked but the final is {f:?}"
-                                ));
+                                return Err(format!("rule 8: {op:?} acked but the final is {f:?}"));
                             }
                             let finals = self.audit_log[audit_log_len_before..]
                                 .iter()
@@ -1453,6 +1709,299 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Keeps the holder table and the orphan clock from the audit entries (rules 5 and 9).
+    fn track_holders(&mut self, step: &Step, e: &AuditEntry) -> Result<(), String> {
+        let Some(rec) = e.record.clone() else {
+            return Ok(());
+        };
+        let agent = e.agent.clone().unwrap_or_default();
+        match e.kind {
+            AuditKind::Attached => {
+                self.holders.insert(rec.clone(), BTreeMap::new());
+                self.context.remove(&rec);
+                self.lost_at.remove(&rec);
+                self.ro_via.retain(|(r, _), _| *r != rec);
+                // A consultation that gets a record of its own is no longer judged as one.
+                let call = e.call.clone().unwrap_or_default();
+                self.ro_via.retain(|_, (x, _)| *x != call);
+            }
+            AuditKind::Granted | AuditKind::Downgraded | AuditKind::Revoked => {
+                // Rule 12: the entry tells the access before, as the trail itself had it.
+                let before = self
+                    .holders
+                    .get(&rec)
+                    .and_then(|h| h.get(&agent))
+                    .copied()
+                    .unwrap_or(Access::Revoked);
+                if e.previous != Some(before) || e.access.is_none() {
+                    return Err(format!(
+                        "rule 12: audit entry says previous {:?}, the trail had {before:?}: {e:?}",
+                        e.previous
+                    ));
+                }
+            }
+            _ => {}
+        }
+        match e.kind {
+            AuditKind::Granted | AuditKind::Downgraded => {
+                // Rule 9: past orphan_timeout_ms without a holder the record is the dialer's
+                // again (stale); nobody can take it any more.
+                if let Some(t) = self.lost_at.get(&rec) {
+                    if self.now > t + ORPHAN_MS {
+                        return Err(format!(
+                            "rule 9: {rec} taken by {agent} {} ms after losing its last holder \
+                             (orphan_timeout_ms {ORPHAN_MS})",
+                            self.now - t
+                        ));
+                    }
+                }
+                let access = e.access.unwrap_or(Access::Revoked);
+                self.holders
+                    .entry(rec.clone())
+                    .or_default()
+                    .insert(agent.clone(), access);
+                self.lost_at.remove(&rec);
+                self.ro_via.remove(&(rec.clone(), agent.clone()));
+                if e.kind == AuditKind::Granted
+                    && access == Access::ReadOnly
+                    && e.cause.as_deref() == Some("consultation")
+                {
+                    if let Step::Established { call, .. } | Step::Consult { call, .. } = step {
+                        let customer = e.call.clone().unwrap_or_default();
+                        self.ro_via
+                            .insert((rec, agent), (CALLS[*call].to_owned(), customer));
+                    }
+                }
+            }
+            AuditKind::Revoked => {
+                self.ro_via.remove(&(rec.clone(), agent.clone()));
+                let set = self.holders.entry(rec.clone()).or_default();
+                set.remove(&agent);
+                let live = self.life.get(&rec).is_some_and(|l| l.0);
+                if set.is_empty() && live {
+                    self.lost_at.insert(rec, self.now);
+                }
+            }
+            AuditKind::Finalized => {
+                if e.cause.as_deref() == Some("stale") {
+                    if self.holders.get(&rec).is_some_and(|h| !h.is_empty()) {
+                        return Err(format!(
+                            "rule 9: {rec} returned stale while held by {:?}",
+                            self.holders[&rec]
+                        ));
+                    }
+                    if let Some(t) = self.lost_at.get(&rec) {
+                        if self.now < t + ORPHAN_MS {
+                            return Err(format!(
+                                "rule 9: {rec} returned stale {} ms after losing its last holder",
+                                self.now - t
+                            ));
+                        }
+                    }
+                }
+                self.lost_at.remove(&rec);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Rule-level checks of SCENARIOS.md that need only the step, the state before and the engine.
+    fn check_rules(&mut self, step: &Step, before: &Before) -> Result<(), String> {
+        let Before {
+            call_record: call_record_before,
+            parties: parties_before,
+            maybe_consult: maybe_consult_before,
+            ro_via: ro_via_before,
+            holders: holders_before,
+            audit_log_len: audit_log_len_before,
+        } = before;
+        let audit_log_len_before = *audit_log_len_before;
+        let acc = |r: &str, a: &str| self.engine.access_of(r, a).unwrap_or(Access::Revoked);
+        let agent_on = |d: usize| (d < 4 && self.alive(d)).then(|| AGENTS[d]);
+        let live_record = |call: usize| {
+            call_record_before
+                .get(CALLS[call])
+                .filter(|r| self.engine.final_of(r).is_none())
+                .cloned()
+        };
+        match *step {
+            // Rule 1: Established on a DN with a logged-in agent gives it `full`.
+            // Rule 6: so does joining the call as a conference party.
+            Step::Established { call, dn }
+            | Step::Conferenced { call, dn, .. }
+            | Step::Consult {
+                call,
+                dn,
+                answer: true,
+                ..
+            } => {
+                if let (Some(r), Some(a)) = (live_record(call), agent_on(dn)) {
+                    if acc(&r, a) != Access::Full {
+                        return Err(format!(
+                            "rules 1/6: {a} on {} is on {} carrying {r} but holds {:?}",
+                            DNS[dn],
+                            CALLS[call],
+                            acc(&r, a)
+                        ));
+                    }
+                }
+            }
+            // Rules 2, 4, 9: after a transfer the initiator is revoked and the recipient is `full`.
+            Step::Transferred {
+                call,
+                from: Some(from),
+                to,
+                ..
+            } if from != to => {
+                if let Some(r) = live_record(call) {
+                    if let Some(b) = agent_on(to) {
+                        if acc(&r, b) != Access::Full {
+                            return Err(format!(
+                                "rules 2/4: recipient {b} holds {:?} on {r}",
+                                acc(&r, b)
+                            ));
+                        }
+                    }
+                    if from < 4 && acc(&r, AGENTS[from]) != Access::Revoked {
+                        return Err(format!(
+                            "rules 2/4/9: initiator {} still holds {:?} on {r}",
+                            AGENTS[from],
+                            acc(&r, AGENTS[from])
+                        ));
+                    }
+                }
+            }
+            Step::Released {
+                call, dn: Some(dn), ..
+            } => {
+                // Rules 5 and 7: a DN leaving a call takes `full` from nobody but its own agent.
+                for e in &self.audit_log[audit_log_len_before..] {
+                    if e.kind == AuditKind::Revoked
+                        && e.previous == Some(Access::Full)
+                        && e.agent.as_deref() != Some(DNS_AGENT[dn])
+                    {
+                        return Err(format!(
+                            "rules 5/7: Released on {} revoked someone else's full: {e:?}",
+                            DNS[dn]
+                        ));
+                    }
+                }
+                // Rule 5: the consultation released on B's DN (or A's) ends B's read-only access.
+                // Rule 7: leaving while another answered agent remains on the call revokes; the
+                // last agent to leave keeps `full`.
+                let c = CALLS[call];
+                let x = DNS_AGENT[dn];
+                let was_full = |r: &String| {
+                    holders_before.get(r).and_then(|h| h.get(x)) == Some(&Access::Full)
+                };
+                if let (false, Some(r), Some(_), Some(&answered)) = (
+                    maybe_consult_before.contains(c),
+                    live_record(call).filter(was_full),
+                    agent_on(dn),
+                    parties_before.get(c).and_then(|p| p.get(DNS[dn])),
+                ) {
+                    let others: Vec<&str> = self
+                        .parties
+                        .get(c)
+                        .map(|p| {
+                            p.iter()
+                                .filter(|(d, answered)| **answered && d.as_str() != DNS[dn])
+                                .filter_map(|(d, _)| DNS.iter().position(|x| x == d))
+                                .filter_map(agent_on)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let now = acc(&r, x);
+                    bump(&RULE7_JUDGED);
+                    if !others.is_empty() && now != Access::Revoked {
+                        return Err(format!(
+                            "rule 7: {x} left {c} while {others:?} remain, but still holds {now:?} on {r}"
+                        ));
+                    }
+                    if others.is_empty() && answered && now != Access::Full {
+                        return Err(format!(
+                            "rule 7: {x} was the last agent to leave {c} but holds {now:?} on {r}"
+                        ));
+                    }
+                }
+                // Only judged when the engine showed (by `CallCleared`) that the DN left the call,
+                // and B is still a party of the consultation.
+                let c2 = CALLS[call];
+                let on =
+                    |c: &str, d: &str| parties_before.get(c).is_some_and(|p| p.contains_key(d));
+                let left = self.cleared.contains(&(c2.to_owned(), DNS[dn].to_owned()));
+                for ((r, b), (x, _customer)) in ro_via_before {
+                    let Some(bi) = agent_idx(b) else { continue };
+                    if x != c2 || !left || !on(x, DNS[bi]) {
+                        continue;
+                    }
+                    let a_full = holders_before.get(r).and_then(|h| h.get(DNS_AGENT[dn]))
+                        == Some(&Access::Full);
+                    if bi == dn || a_full {
+                        bump(&RULE5_JUDGED);
+                    }
+                    if (bi == dn || a_full) && acc(r, b) != Access::Revoked {
+                        return Err(format!(
+                            "rule 5: consultation {c2} released on {} but {b} still holds {:?} on {r}",
+                            DNS[dn],
+                            acc(r, b)
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        // A consultation merged into its customer call by a transfer or conference is over
+        // without a Released; forget the read-only grants it gave (the engine may find it alone).
+        match *step {
+            Step::Transferred {
+                call,
+                to: dn,
+                consult_call,
+                ..
+            }
+            | Step::Conferenced {
+                call,
+                dn,
+                consult_call,
+            } => {
+                let on =
+                    |c: &str, d: &str| parties_before.get(c).is_some_and(|p| p.contains_key(d));
+                self.ro_via.retain(|_, (x, customer)| {
+                    // A consultation transferred itself is not judged by rule 5 either.
+                    let itself = x.as_str() == CALLS[call];
+                    let explicit = consult_call.is_some_and(|c| CALLS[c] == x.as_str());
+                    let found = customer == CALLS[call] && on(x, DNS[dn]);
+                    !(itself || explicit || found)
+                });
+            }
+            _ => {}
+        }
+        // Rule 9: a record nobody took within orphan_timeout_ms of losing its last holder is stale.
+        if let Step::Advance(_) = step {
+            for (r, t) in &self.lost_at {
+                if self.now >= t + ORPHAN_MS && self.engine.final_of(r).is_none() {
+                    return Err(format!(
+                        "rule 9: {r} unheld since {} ms ago is still live after a tick",
+                        self.now - t
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The data the dialer attaches with each record.
+fn record_data(record: &str) -> Object {
+    json!({ "name": record }).as_object().unwrap().clone()
+}
+
+/// The agent that logs in on each DN (none on D9).
+const DNS_AGENT: [&str; 5] = ["A1", "A2", "A3", "A4", "-"];
+
 trait AllCauses {
     const ALL: [AccessCause; 9];
 }
@@ -1470,14 +2019,24 @@ impl AllCauses for AccessCause {
     ];
 }
 
+/// The test's model as it was before a step, for the rule checks.
+struct Before {
+    call_record: HashMap<String, String>,
+    parties: BTreeMap<String, BTreeMap<String, bool>>,
+    maybe_consult: BTreeSet<String>,
+    ro_via: HashMap<(String, String), (String, String)>,
+    holders: HashMap<String, BTreeMap<String, Access>>,
+    audit_log_len: usize,
+}
+
 /// Runs one sequence: every agent logs in first (checked like any step), then the steps.
 fn run_sequence(steps: &[Step]) -> Result<(), String> {
     bump(&SEQUENCES);
     LONGEST.fetch_max(steps.len() as u64, Ordering::Relaxed);
     let mut h = Harness::new();
-    for a in 0..4 {
+    for (a, name) in AGENTS.iter().enumerate() {
         h.step(&Step::Login(a))
-            .map_err(|e| format!("setup login of {}: {e}", AGENTS[a]))?;
+            .map_err(|e| format!("setup login of {name}: {e}"))?;
     }
     h.next_conn = h.next_conn.max(100);
     for (i, s) in steps.iter().enumerate() {
@@ -1497,6 +2056,10 @@ fn sharing_rules_hold_for_random_sequences() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x0ba7_0001);
+    let max_steps: usize = std::env::var("BATON_PROPTEST_MAX_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
     let config = ProptestConfig {
         cases,
         failure_persistence: None,
@@ -1504,14 +2067,15 @@ fn sharing_rules_hold_for_random_sequences() {
         ..ProptestConfig::default()
     };
     let mut runner = TestRunner::new(config);
-    let result = runner.run(&steps_s(), |steps| {
+    let result = runner.run(&steps_s(max_steps), |steps| {
         run_sequence(&steps).map_err(TestCaseError::fail)
     });
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     eprintln!(
         "model: {} sequences ({cases} cases, seed {seed}), {} steps, longest sequence {} steps; \
          coverage: {} read-only grants, {} transfer grants, {} conference grants, {} finals \
-         ({} stale), {} already_final, {} read_only refusals, {} resumes, {} logout pending",
+         ({} stale), {} already_final, {} read_only refusals, {} resumes, {} logout pending, \
+         {} consultation releases and {} conference leaves judged",
         n(&SEQUENCES),
         n(&STEPS),
         n(&LONGEST),
@@ -1524,6 +2088,8 @@ fn sharing_rules_hold_for_random_sequences() {
         n(&REFUSED_READ_ONLY),
         n(&RESUMED),
         n(&LOGOUT_PENDING),
+        n(&RULE5_JUDGED),
+        n(&RULE7_JUDGED),
     );
     if let Err(e) = result {
         panic!("{e}");
