@@ -1412,6 +1412,7 @@ impl Engine {
             }
         };
         // Request-specific validation, after the access checks so that those come in contract order.
+        let mut finish: Option<(Outcome, FinalExtra)> = None;
         let reply = match request {
             Request::GetRecord(_) => {
                 let rec = &self.records[&record];
@@ -1481,119 +1482,78 @@ impl Engine {
                     return;
                 }
                 self.apply_change(&record, &change);
-                self.accept(out, &agent, &record, type_name);
-                self.finalize(
-                    out,
-                    &record,
-                    Outcome::Processed,
-                    Some(agent.clone()),
-                    Some(&agent),
-                    FinalExtra::default(),
-                );
-                Self::send(out, conn, r#ref, ServerMsg::RecordProcessedAck { record });
-                return;
+                finish = Some((Outcome::Processed, FinalExtra::default()));
+                ServerMsg::RecordProcessedAck {
+                    record: record.clone(),
+                }
             }
             Request::RecordReject(_) => {
-                self.accept(out, &agent, &record, type_name);
-                self.finalize(
-                    out,
-                    &record,
-                    Outcome::Rejected,
-                    Some(agent.clone()),
-                    Some(&agent),
-                    FinalExtra::default(),
-                );
-                Self::send(out, conn, r#ref, ServerMsg::RecordRejected { record });
-                return;
+                finish = Some((Outcome::Rejected, FinalExtra::default()));
+                ServerMsg::RecordRejected {
+                    record: record.clone(),
+                }
             }
             Request::RecordCancel(_) => {
-                self.accept(out, &agent, &record, type_name);
-                self.finalize(
-                    out,
-                    &record,
-                    Outcome::Cancelled,
-                    Some(agent.clone()),
-                    Some(&agent),
-                    FinalExtra::default(),
-                );
-                Self::send(out, conn, r#ref, ServerMsg::RecordCancelled { record });
-                return;
+                finish = Some((Outcome::Cancelled, FinalExtra::default()));
+                ServerMsg::RecordCancelled {
+                    record: record.clone(),
+                }
             }
             Request::DoNotCall(d) => {
-                self.accept(out, &agent, &record, type_name);
                 let extra = FinalExtra {
                     scope: Some(d.scope),
                     ..FinalExtra::default()
                 };
-                self.finalize(
-                    out,
-                    &record,
-                    Outcome::DoNotCall,
-                    Some(agent.clone()),
-                    Some(&agent),
-                    extra,
-                );
-                Self::send(
-                    out,
-                    conn,
-                    r#ref,
-                    ServerMsg::DoNotCallAck {
-                        record,
-                        scope: d.scope,
-                    },
-                );
-                return;
+                finish = Some((Outcome::DoNotCall, extra));
+                ServerMsg::DoNotCallAck {
+                    record: record.clone(),
+                    scope: d.scope,
+                }
             }
             Request::Reschedule(s) => {
                 let when = match parse_rfc3339(&s.at) {
-                    Some(ms) if ms > self.now => ms,
-                    Some(_) => {
+                    Some(ms) if ms > self.now => Ok(ms),
+                    Some(_) => Err("must be in the future"),
+                    None => Err("is not an RFC 3339 time"),
+                };
+                let when = match when {
+                    Ok(ms) => ms,
+                    Err(problem) => {
                         let e = ServerMsg::error(
                             ErrorCode::BadRequest,
-                            format!("Reschedule: field `at` ({}) must be in the future", s.at),
-                        );
-                        self.deny(out, conn, r#ref, &agent, &record, type_name, e);
-                        return;
-                    }
-                    None => {
-                        let e = ServerMsg::error(
-                            ErrorCode::BadRequest,
-                            format!("Reschedule: field `at` ({}) is not an RFC 3339 time", s.at),
+                            format!("Reschedule: field `at` ({}) {problem}", s.at),
                         );
                         self.deny(out, conn, r#ref, &agent, &record, type_name, e);
                         return;
                     }
                 };
                 let at = rfc3339(when);
-                self.accept(out, &agent, &record, type_name);
                 let extra = FinalExtra {
                     callback_at: Some(at.clone()),
                     callback: Some(s.callback),
                     ..FinalExtra::default()
                 };
-                self.finalize(
-                    out,
-                    &record,
-                    Outcome::Rescheduled,
-                    Some(agent.clone()),
-                    Some(&agent),
-                    extra,
-                );
-                Self::send(
-                    out,
-                    conn,
-                    r#ref,
-                    ServerMsg::Rescheduled {
-                        record,
-                        at,
-                        callback: s.callback,
-                    },
-                );
-                return;
+                finish = Some((Outcome::Rescheduled, extra));
+                ServerMsg::Rescheduled {
+                    record: record.clone(),
+                    at,
+                    callback: s.callback,
+                }
             }
             _ => unreachable!(),
         };
         self.accept(out, &agent, &record, type_name);
+        // The final requests: this agent's request decides the outcome, everyone else is told.
+        if let Some((outcome, extra)) = finish {
+            self.finalize(
+                out,
+                &record,
+                outcome,
+                Some(agent.clone()),
+                Some(&agent),
+                extra,
+            );
+        }
         Self::send(out, conn, r#ref, reply);
     }
 
