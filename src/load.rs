@@ -100,6 +100,9 @@ pub struct LoadOptions {
     pub rate: Option<f64>,
     pub mix: Mix,
     pub server_pid: Option<u32>,
+    /// Follow the audit log during the run and measure how far it lags behind the
+    /// acknowledgments (`processed` only).
+    pub tail: bool,
     pub progress: bool,
     /// Prefix of every id this run creates, so runs against one server never collide.
     pub run_id: String,
@@ -156,12 +159,12 @@ impl Summary {
             self.scenario, self.agents, self.elapsed_s, self.completed, self.completed_per_second
         ));
         s.push_str(&format!(
-            "{:<18} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+            "{:<28} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
             "request", "count", "per sec", "p50 us", "p90 us", "p99 us", "p99.9", "max us"
         ));
         for (name, t) in &self.requests {
             s.push_str(&format!(
-                "{:<18} {:>9} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+                "{:<28} {:>9} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
                 name, t.count, t.per_second, t.p50_us, t.p90_us, t.p99_us, t.p999_us, t.max_us
             ));
         }
@@ -253,6 +256,22 @@ struct Run {
     deadline: Option<Instant>,
     started: Instant,
     done_records: Mutex<Vec<String>>,
+    /// `--tail`: when each record's `RecordProcessed` was acknowledged and when its `finalized`
+    /// audit entry reached the tail reader.
+    tail: Option<Arc<TailMarks>>,
+}
+
+/// Per record: (acknowledged, seen on the tail). The two sides race, so either may come first.
+type TailMarks = Mutex<HashMap<String, (Option<Instant>, Option<Instant>)>>;
+
+fn mark(marks: &TailMarks, record: &str, side: usize, at: Instant) {
+    let mut m = marks.lock().unwrap_or_else(|p| p.into_inner());
+    let e = m.entry(record.to_owned()).or_default();
+    if side == 0 {
+        e.0 = Some(at);
+    } else {
+        e.1 = Some(at);
+    }
 }
 
 impl Run {
@@ -655,7 +674,14 @@ async fn hand_out(
 ) -> Result<Vec<String>, ClientError> {
     let mut records = Vec::new();
     let mut scratch = Stats::new();
+    // Handing out thousands of records takes longer than the server's silence limit (3
+    // heartbeats): the desktop, which only listens meanwhile, pings now and then to stay alive.
+    let mut last_ping = Instant::now();
     for j in 0..count {
+        if last_ping.elapsed() >= Duration::from_secs(1) {
+            desk.request(Request::Ping).await?;
+            last_ping = Instant::now();
+        }
         let record = format!("{}-{tag}-r{j}", opts.run_id);
         let call = format!("{}-{tag}-c{j}", opts.run_id);
         dialer.request(attach_req(&call, &record)).await?;
@@ -780,6 +806,11 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
                     _ => desks[k].1.clone(),
                 })
                 .collect();
+            let tail = if opts.tail && opts.scenario == Scenario::Processed {
+                Some(TailReader::start(&opts).await?)
+            } else {
+                None
+            };
             let start = Instant::now();
             let mut o = opts.clone();
             if o.scenario == Scenario::Processed {
@@ -787,7 +818,9 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
             } else if o.records.is_none() && o.duration.is_none() {
                 o.records = Some(100_000);
             }
-            run = Arc::new(Run::new(o, start, deadline_from(start)));
+            let mut r = Run::new(o, start, deadline_from(start));
+            r.tail = tail.as_ref().map(|t| t.marks.clone());
+            run = Arc::new(r);
             let ticker = spawn_progress(run.clone(), bar.clone());
             let handles: Vec<_> = desks
                 .into_iter()
@@ -803,6 +836,9 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
             }
             elapsed = start.elapsed();
             ticker.abort();
+            if let Some(t) = tail {
+                t.finish(&mut stats).await;
+            }
         }
         Scenario::Idle => unreachable!(),
     }
@@ -839,6 +875,9 @@ async fn request_worker(
                 if expect(&mut stats, "RecordProcessed", &r, |m| {
                     matches!(m, ServerMsg::RecordProcessedAck { .. })
                 }) {
+                    if let Some(marks) = &run.tail {
+                        mark(marks, record, 0, Instant::now());
+                    }
                     run.done(None);
                 }
             }
@@ -935,6 +974,98 @@ impl Run {
             deadline,
             started,
             done_records: Mutex::new(Vec::new()),
+            tail: None,
+        }
+    }
+}
+
+/// `--tail`: an admin connection following the audit log from now on.
+struct TailReader {
+    marks: Arc<TailMarks>,
+    stop: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<Result<Stats, ClientError>>,
+}
+
+impl TailReader {
+    async fn start(opts: &LoadOptions) -> Result<TailReader, ClientError> {
+        let mut admin = side_conn(opts, Role::Admin).await?;
+        admin.set_timeout(Duration::from_secs(3600));
+        let r = admin
+            .send(&Request::AuditTail(AuditTail {
+                from_seq: None,
+                follow: true,
+                record: None,
+                agent: None,
+            }))
+            .await?;
+        // Once a later request is answered, the tail is registered: nothing of the run is missed.
+        admin.request(Request::Ping).await?;
+        let marks: Arc<TailMarks> = Arc::default();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let (m, st) = (marks.clone(), stop.clone());
+        let prefix = format!("{}-", opts.run_id);
+        let task = tokio::spawn(async move {
+            let mut stats = Stats::new();
+            loop {
+                let msg = tokio::select! {
+                    msg = admin.reply_to(r) => msg?,
+                    _ = st.notified() => return Ok(stats),
+                };
+                let ServerMsg::Audit(e) = msg else {
+                    stats.error(format!("audit tail: unexpected {msg:?}"));
+                    return Ok(stats);
+                };
+                let Some(record) = e.record.as_deref() else {
+                    continue;
+                };
+                if e.kind != AuditKind::Finalized || !record.starts_with(&prefix) {
+                    continue;
+                }
+                mark(&m, record, 1, Instant::now());
+                // The entry's own time has millisecond resolution.
+                if let Some(ts) = parse_rfc3339(&e.ts) {
+                    let behind = crate::server::now_ms().saturating_sub(ts);
+                    stats.record("audit tail lag (entry time)", Duration::from_millis(behind));
+                }
+            }
+        });
+        Ok(TailReader { marks, stop, task })
+    }
+
+    /// Waits (up to 5 s) until every acknowledged record was seen on the tail, stops the reader
+    /// and measures, per record, how long after its acknowledgment its entry arrived.
+    async fn finish(self, stats: &mut Stats) {
+        for _ in 0..250 {
+            let all_seen = self
+                .marks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .all(|(ack, seen)| ack.is_none() || seen.is_some());
+            if all_seen {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stop.notify_one();
+        match self.task.await {
+            Ok(Ok(s)) => stats.merge(s),
+            Ok(Err(e)) => stats.error(format!("audit tail connection: {e}")),
+            Err(e) => stats.error(format!("audit tail reader panicked: {e}")),
+        }
+        let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        for (ack, seen) in marks.values() {
+            match (ack, seen) {
+                (Some(a), Some(t)) => stats.record(
+                    "audit tail lag (after ack)",
+                    t.saturating_duration_since(*a),
+                ),
+                (Some(_), None) => {
+                    stats.error("audit tail: an acknowledged RecordProcessed never appeared")
+                }
+                // Finalized but not acknowledged to the load tool: the run stopped first.
+                (None, _) => {}
+            }
         }
     }
 }

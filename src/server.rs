@@ -10,16 +10,16 @@ use crate::codec::{FrameCodec, FrameError};
 use crate::config::Config;
 use crate::engine::{ConnId, Engine, EngineConfig, Input, Output};
 use crate::messages::*;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{SledStore, Store, StoreError, WriteBatch};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -36,13 +36,16 @@ const TICK: Duration = Duration::from_millis(100);
 const CONN_BUFFER: usize = 1024;
 /// How long shutdown waits for connections to write their last frames.
 const DRAIN: Duration = Duration::from_secs(3);
-/// Audit entries of reads and refusals (no state change) are written at once but flushed at
+/// Audit entries of reads and refusals (no state change) are written and flushed together at
 /// most this much later, instead of making the reply wait for the disk.
 const LAZY_FLUSH: Duration = Duration::from_millis(20);
 /// Audit entries an audit tail reads from the store at a time.
 const TAIL_CHUNK: usize = 256;
 /// An audit tail whose reader takes nothing for this long is dropped.
 const TAIL_STALL: Duration = Duration::from_secs(30);
+/// Batches of newly durable audit entries kept for following tails that fell behind; one that
+/// falls further behind reads what it missed from the store.
+const TAIL_LIVE_BATCHES: usize = 1024;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -191,28 +194,69 @@ pub async fn start_with_store(
     let stop = CancellationToken::new();
     let config = Arc::new(config);
     let (durable_tx, durable_rx) = watch::channel(snapshot.audit_last_seq);
+    let announcer = Arc::new(Announcer::new(durable_tx));
     let shared = Shared {
         store,
         durable: durable_rx,
+        announcer,
     };
-    let task = tokio::spawn(run(
-        listener,
-        config,
-        stop.clone(),
-        engine,
-        shared,
-        durable_tx,
-    ));
+    let task = tokio::spawn(run(listener, config, stop.clone(), engine, shared));
     info!(%addr, "baton listening");
     Ok(ServerHandle { addr, stop, task })
 }
 
-/// What connection tasks share besides the engine: the store (for audit tails) and the highest
-/// audit `seq` known to be on disk.
+/// What connection tasks share besides the engine: the store (for audit tails), the highest
+/// audit `seq` known to be on disk, and the live feed of newly durable entries.
 #[derive(Clone)]
 struct Shared {
     store: Arc<dyn Store>,
     durable: watch::Receiver<u64>,
+    announcer: Arc<Announcer>,
+}
+
+/// Announces audit entries once they are on disk, in `seq` order: the highest durable `seq` (a
+/// watch) and the entries themselves (a broadcast that following tails read, so that they need
+/// not read back from the store what the engine just wrote). Entries wait here from the moment
+/// they are written until a flush covers them.
+struct Announcer {
+    written: std::sync::Mutex<VecDeque<Arc<AuditEntry>>>,
+    durable: watch::Sender<u64>,
+    live: broadcast::Sender<Arc<[Arc<AuditEntry>]>>,
+}
+
+impl Announcer {
+    fn new(durable: watch::Sender<u64>) -> Announcer {
+        Announcer {
+            written: std::sync::Mutex::new(VecDeque::new()),
+            durable,
+            live: broadcast::channel(TAIL_LIVE_BATCHES).0,
+        }
+    }
+
+    /// Entries handed to the store, not yet known to be flushed.
+    fn written(&self, entries: impl IntoIterator<Item = AuditEntry>) {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        w.extend(entries.into_iter().map(Arc::new));
+    }
+
+    /// Everything up to `seq` is on disk (never moving backwards). The watch moves before the
+    /// entries are broadcast, so a tail that receives an entry finds the watch at or past it.
+    fn durable_up_to(&self, seq: u64) {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        self.durable.send_if_modified(|v| {
+            let newer = seq > *v;
+            if newer {
+                *v = seq;
+            }
+            newer
+        });
+        let n = w.iter().take_while(|e| e.seq <= seq).count();
+        if n > 0 {
+            let batch: Arc<[Arc<AuditEntry>]> = w.drain(..n).collect();
+            // Nobody following is fine: the entries are on disk for later readers.
+            let _ = self.live.send(batch);
+        }
+    }
 }
 
 async fn run(
@@ -221,14 +265,13 @@ async fn run(
     stop: CancellationToken,
     engine: Engine,
     shared: Shared,
-    durable_tx: watch::Sender<u64>,
 ) {
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
     let engine_task = tokio::spawn(engine_loop(
         engine,
         engine_rx,
         shared.store.clone(),
-        durable_tx,
+        shared.announcer.clone(),
     ));
     let retention = (config.audit_retention_entries > 0).then(|| {
         tokio::spawn(retention_loop(
@@ -330,34 +373,61 @@ async fn retention_loop(shared: Shared, keep: u64, stop: CancellationToken) {
 /// What is on disk: the highest audit `seq` written, and since when written entries wait for a
 /// flush (only ever entries of reads and refusals, which acknowledge no change).
 struct Durability {
-    tx: Arc<watch::Sender<u64>>,
+    announcer: Arc<Announcer>,
+    /// Highest audit `seq` handed to the store.
     written: u64,
+    /// Audit entries of reads and refusals not yet handed to the store: they are written together
+    /// (one store batch per `LAZY_FLUSH`, not one per engine batch) or go first into the next
+    /// batch that changes state.
+    deferred: Vec<(u64, Vec<u8>)>,
     lazy_since: Option<tokio::time::Instant>,
+    /// The last write or flush failed: until one succeeds again, reads are written through
+    /// (and refused with `unavailable` if that fails too) instead of deferred.
+    failing: Arc<AtomicBool>,
 }
 
 impl Durability {
-    /// Announces that everything up to `seq` is on disk (never moving backwards).
-    fn durable_up_to(tx: &watch::Sender<u64>, seq: u64) {
-        tx.send_if_modified(|v| {
-            let newer = seq > *v;
-            if newer {
-                *v = seq;
-            }
-            newer
-        });
-    }
-
-    /// Flushes in the background: the engine goes on while the disk works.
+    /// Hands the deferred entries to the store and flushes in the background: the engine goes on
+    /// while the disk works. If the store refuses them they stay deferred and are tried again.
     fn flush_lazy(&mut self, store: &Arc<dyn Store>) {
-        let (s, tx, written) = (store.clone(), self.tx.clone(), self.written);
         self.lazy_since = None;
+        if !self.deferred.is_empty() {
+            let batch = WriteBatch {
+                audit: std::mem::take(&mut self.deferred),
+                ..WriteBatch::default()
+            };
+            // Without a flush, sled only appends to its in-memory log: cheap enough to do inline,
+            // and done here so that store batches keep `seq` order.
+            match store.commit(&batch, false) {
+                Ok(()) => {
+                    if let Some((seq, _)) = batch.audit.last() {
+                        self.written = *seq;
+                    }
+                }
+                Err(e) => {
+                    error!(
+                        "STORAGE FAILURE: writing audit entries of reads failed, will retry: {e}"
+                    );
+                    self.failing.store(true, Ordering::Relaxed);
+                    self.deferred = batch.audit;
+                    self.lazy_since = Some(tokio::time::Instant::now());
+                    return;
+                }
+            }
+        }
+        let (s, announcer, written) = (store.clone(), self.announcer.clone(), self.written);
+        let failing = self.failing.clone();
         tokio::spawn(async move {
             match tokio::task::spawn_blocking(move || s.flush()).await {
-                Ok(Ok(())) => Durability::durable_up_to(&tx, written),
+                Ok(Ok(())) => announcer.durable_up_to(written),
                 Ok(Err(e)) => {
+                    failing.store(true, Ordering::Relaxed);
                     error!("STORAGE FAILURE: flushing audit entries of reads failed: {e}")
                 }
-                Err(e) => error!("STORAGE FAILURE: flush task failed: {e}"),
+                Err(e) => {
+                    failing.store(true, Ordering::Relaxed);
+                    error!("STORAGE FAILURE: flush task failed: {e}")
+                }
             }
         });
     }
@@ -367,13 +437,15 @@ async fn engine_loop(
     mut engine: Engine,
     mut rx: mpsc::Receiver<EngineMsg>,
     store: Arc<dyn Store>,
-    durable: watch::Sender<u64>,
+    announcer: Arc<Announcer>,
 ) {
-    let written = *durable.borrow();
+    let written = *announcer.durable.borrow();
     let mut durable = Durability {
-        tx: Arc::new(durable),
+        announcer,
         written,
+        deferred: Vec::new(),
         lazy_since: None,
+        failing: Arc::new(AtomicBool::new(false)),
     };
     let mut conns: HashMap<ConnId, ConnHandle> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
@@ -455,6 +527,19 @@ async fn engine_loop(
             rx.close();
         }
     }
+    // The last entries of reads go to disk before the store is closed.
+    if !durable.deferred.is_empty() {
+        let batch = WriteBatch {
+            audit: std::mem::take(&mut durable.deferred),
+            ..WriteBatch::default()
+        };
+        let writer = store.clone();
+        match tokio::task::spawn_blocking(move || writer.commit(&batch, true)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!("STORAGE FAILURE: writing the last audit entries failed: {e}"),
+            Err(e) => error!("STORAGE FAILURE: store task failed: {e}"),
+        }
+    }
     debug!("engine stopped");
 }
 
@@ -468,44 +553,63 @@ async fn commit(
     out: &mut Vec<Output>,
     now: u64,
 ) {
-    let batch = engine.take_writes();
+    let mut batch = engine.take_writes();
     if batch.is_empty() {
         return;
     }
+    // The batch's audit entries go to the log (at debug level) and, once flushed, to the tails
+    // that follow; the rest of the outputs are replies and pushes.
+    let mut entries: Vec<AuditEntry> = Vec::with_capacity(batch.audit.len());
+    // A batch that changed records or agents acknowledges changes: it is written and flushed
+    // before anything is sent. One that only adds audit entries (reads, refusals) acknowledges
+    // nothing: its entries wait to be written with others and flushed soon after, so reads
+    // never wait for the disk (unless the disk is known to be failing).
+    let read_only = batch.records.is_empty() && batch.agents.is_empty();
+    if read_only && !durable.failing.load(Ordering::Relaxed) {
+        take_audit(out, &mut entries);
+        durable.announcer.written(entries);
+        durable.deferred.append(&mut batch.audit);
+        match durable.lazy_since {
+            None => durable.lazy_since = Some(tokio::time::Instant::now()),
+            Some(t) if t.elapsed() >= LAZY_FLUSH => durable.flush_lazy(store),
+            Some(_) => {}
+        }
+        return;
+    }
+    let deferred = durable.deferred.len();
+    if deferred > 0 {
+        let mut audit = std::mem::take(&mut durable.deferred);
+        audit.append(&mut batch.audit);
+        batch.audit = audit;
+    }
     let last_seq = batch.audit.last().map(|(seq, _)| *seq);
-    // A batch that changed records or agents acknowledges changes: it is flushed before anything
-    // is sent. One that only adds audit entries (reads, refusals) acknowledges nothing: it is
-    // written now and flushed soon after, so reads never wait for the disk.
-    let changes_state = !batch.records.is_empty() || !batch.agents.is_empty();
-    let flush = changes_state
-        || durable
-            .lazy_since
-            .is_some_and(|t| t.elapsed() >= LAZY_FLUSH);
-    let result = if flush {
-        let writer = store.clone();
-        tokio::task::spawn_blocking(move || writer.commit(&batch, true))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Injected(format!("store task failed: {e}"))))
-    } else {
-        // Without a flush, sled only appends to its in-memory log: cheap enough to do inline.
-        store.commit(&batch, false)
-    };
+    let writer = store.clone();
+    let (result, batch) = tokio::task::spawn_blocking(move || (writer.commit(&batch, true), batch))
+        .await
+        .unwrap_or_else(|e| {
+            (
+                Err(StoreError::Injected(format!("store task failed: {e}"))),
+                WriteBatch::default(),
+            )
+        });
     match result {
         Ok(()) => {
             if let Some(seq) = last_seq {
                 durable.written = seq;
             }
-            if flush {
-                Durability::durable_up_to(&durable.tx, durable.written);
-                durable.lazy_since = None;
-            } else if durable.lazy_since.is_none() {
-                durable.lazy_since = Some(tokio::time::Instant::now());
+            take_audit(out, &mut entries);
+            durable.announcer.written(entries);
+            durable.announcer.durable_up_to(durable.written);
+            durable.lazy_since = None;
+            if durable.failing.swap(false, Ordering::Relaxed) {
+                info!("storage works again");
             }
         }
         Err(e) => {
             error!(
                 "STORAGE FAILURE: {e}; refusing this batch's requests with `unavailable` and returning to the last durable state"
             );
+            durable.failing.store(true, Ordering::Relaxed);
             let mut answered = std::collections::HashSet::new();
             let refused: Vec<Output> = out
                 .drain(..)
@@ -528,9 +632,21 @@ async fn commit(
                 })
                 .collect();
             *out = refused;
+            // Entries of earlier reads went out with this batch: they stay deferred, and the
+            // engine's audit `seq` does not go back below them.
+            let mut batch = batch;
+            batch.audit.truncate(deferred);
+            let kept_last = batch.audit.last().map(|(seq, _)| *seq);
+            durable.deferred = batch.audit;
+            if !durable.deferred.is_empty() && durable.lazy_since.is_none() {
+                durable.lazy_since = Some(tokio::time::Instant::now());
+            }
             let loader = store.clone();
             match tokio::task::spawn_blocking(move || loader.load()).await {
-                Ok(Ok(snapshot)) => {
+                Ok(Ok(mut snapshot)) => {
+                    if let Some(seq) = kept_last {
+                        snapshot.audit_last_seq = snapshot.audit_last_seq.max(seq);
+                    }
                     if let Err(e) = engine.restore(&snapshot, now) {
                         error!("STORAGE FAILURE: cannot return to the durable state: {e}");
                     }
@@ -538,6 +654,16 @@ async fn commit(
                 Ok(Err(e)) => error!("STORAGE FAILURE: cannot reload the durable state: {e}"),
                 Err(e) => error!("STORAGE FAILURE: reload task failed: {e}"),
             }
+        }
+    }
+}
+
+/// Moves the audit entries out of `out` into `entries`, logging each at debug level.
+fn take_audit(out: &mut Vec<Output>, entries: &mut Vec<AuditEntry>) {
+    for o in out.extract_if(.., |o| matches!(o, Output::Audit(_))) {
+        if let Output::Audit(entry) = o {
+            log_audit(&entry);
+            entries.push(entry);
         }
     }
 }
@@ -583,12 +709,8 @@ async fn dispatch(
                         }
                     }
                 }
-                Output::Audit(entry) => {
-                    debug!(target: "baton::audit", seq = entry.seq, kind = entry.kind.as_str(),
-                        record = entry.record.as_deref(), agent = entry.agent.as_deref(),
-                        access = entry.access.map(Access::as_str), code = entry.code.map(ErrorCode::as_str),
-                        cause = entry.cause.as_deref(), "audit");
-                }
+                // Handed to the announcer by `commit`; only a batch that wrote nothing has none.
+                Output::Audit(entry) => log_audit(&entry),
             }
         }
         let mut more = Vec::new();
@@ -600,6 +722,13 @@ async fn dispatch(
         }
         out.append(&mut more);
     }
+}
+
+fn log_audit(entry: &AuditEntry) {
+    debug!(target: "baton::audit", seq = entry.seq, kind = entry.kind.as_str(),
+        record = entry.record.as_deref(), agent = entry.agent.as_deref(),
+        access = entry.access.map(Access::as_str), code = entry.code.map(ErrorCode::as_str),
+        cause = entry.cause.as_deref(), "audit");
 }
 
 struct ConnCtx {
@@ -958,9 +1087,19 @@ async fn audit_tail(
     t: AuditTail,
     cancel: CancellationToken,
 ) {
+    // Subscribed before the durable seq is read: every entry past it arrives on the live feed.
+    let mut live = shared.announcer.live.subscribe();
     let mut durable = shared.durable.clone();
     let start_last = *durable.borrow_and_update();
     let mut cursor = t.from_seq.unwrap_or(start_last + 1).max(1);
+    let wanted = |entry: &AuditEntry| {
+        t.record
+            .as_ref()
+            .is_none_or(|r| entry.record.as_ref() == Some(r))
+            && t.agent
+                .as_ref()
+                .is_none_or(|a| entry.agent.as_ref() == Some(a))
+    };
     let send = |msg: ServerMsg| {
         let tx = tx.clone();
         let frame = Envelope::reply(r#ref, msg).to_bytes();
@@ -1040,14 +1179,7 @@ async fn audit_tail(
                         continue;
                     }
                 };
-                let wanted = t
-                    .record
-                    .as_ref()
-                    .is_none_or(|r| entry.record.as_ref() == Some(r))
-                    && t.agent
-                        .as_ref()
-                        .is_none_or(|a| entry.agent.as_ref() == Some(a));
-                if wanted && !send(ServerMsg::Audit(entry)).await {
+                if wanted(&entry) && !send(ServerMsg::Audit(entry)).await {
                     cancel.cancel();
                     return;
                 }
@@ -1057,9 +1189,39 @@ async fn audit_tail(
             send(ServerMsg::AuditEnd { last_seq: last }).await;
             return;
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            changed = durable.changed() => if changed.is_err() { return },
+        // Caught up: from here on, entries come from the live feed as they become durable. A
+        // reader that falls behind the feed, or finds a hole in it, reads from the store again.
+        'live: loop {
+            let batch = tokio::select! {
+                _ = cancel.cancelled() => return,
+                b = live.recv() => b,
+            };
+            match batch {
+                Ok(entries) => {
+                    for entry in entries.iter() {
+                        if entry.seq < cursor {
+                            continue;
+                        }
+                        if entry.seq > cursor {
+                            break 'live;
+                        }
+                        cursor += 1;
+                        if wanted(entry) && !send(ServerMsg::Audit(AuditEntry::clone(entry))).await
+                        {
+                            cancel.cancel();
+                            return;
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    debug!(
+                        missed,
+                        cursor, "audit tail fell behind the live feed; reading from the store"
+                    );
+                    break 'live;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
         }
         last = *durable.borrow_and_update();
     }
