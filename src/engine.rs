@@ -295,6 +295,9 @@ pub struct Engine {
     pending_logouts: BTreeSet<String>,
     call_order: u64,
     now: u64,
+    /// `now` formatted as RFC 3339, for the audit entries and outcomes of inputs at the same
+    /// millisecond (formatting costs more than the rest of an audit entry).
+    stamp: (u64, String),
 }
 
 impl Engine {
@@ -327,6 +330,7 @@ impl Engine {
             pending_logouts: BTreeSet::new(),
             call_order: 0,
             now: now_ms,
+            stamp: (now_ms, rfc3339(now_ms)),
         }
     }
 
@@ -569,6 +573,21 @@ impl Engine {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// `now` as RFC 3339.
+    fn stamp(&mut self) -> String {
+        if self.stamp.0 != self.now {
+            self.stamp = (self.now, rfc3339(self.now));
+        }
+        self.stamp.1.clone()
+    }
+
+    /// Marks `record` to be written by the next [`Engine::take_writes`].
+    fn mark_dirty(&mut self, record: &str) {
+        if !self.dirty_records.contains(record) {
+            self.dirty_records.insert(record.to_owned());
+        }
+    }
+
     fn audit(
         &mut self,
         out: &mut Vec<Output>,
@@ -578,7 +597,7 @@ impl Engine {
         self.audit_seq += 1;
         let mut entry = AuditEntry {
             seq: self.audit_seq,
-            ts: rfc3339(self.now),
+            ts: self.stamp(),
             kind,
             record: None,
             agent: None,
@@ -595,17 +614,27 @@ impl Engine {
         out.push(Output::Audit(entry));
     }
 
-    fn broadcast_monitor(&self, out: &mut Vec<Output>) {
-        let dns = self.monitored_dns();
-        for conn in &self.switches {
-            Self::send(out, *conn, None, ServerMsg::Monitor { dns: dns.clone() });
+    /// Pushes `msg` to each of `conns` in order, moving it to the last rather than copying it.
+    fn send_all(out: &mut Vec<Output>, conns: &BTreeSet<ConnId>, msg: ServerMsg) {
+        let Some(&last) = conns.last() else {
+            return;
+        };
+        for &conn in conns.range(..last) {
+            Self::send(out, conn, None, msg.clone());
         }
+        Self::send(out, last, None, msg);
+    }
+
+    fn broadcast_monitor(&self, out: &mut Vec<Output>) {
+        if self.switches.is_empty() {
+            return;
+        }
+        let dns = self.monitored_dns();
+        Self::send_all(out, &self.switches, ServerMsg::Monitor { dns });
     }
 
     fn tell_switches(&self, out: &mut Vec<Output>, msg: ServerMsg) {
-        for conn in &self.switches {
-            Self::send(out, *conn, None, msg.clone());
-        }
+        Self::send_all(out, &self.switches, msg);
     }
 
     /// The record a call carries, directly or (for a consultation) through the call it consults.
@@ -648,11 +677,18 @@ impl Engine {
             rec.final_.is_none() || access == Access::Revoked,
             "a final record is never granted"
         );
-        rec.holders.insert(agent.to_owned(), access);
-        self.dirty_records.insert(record.to_owned());
+        match rec.holders.get_mut(agent) {
+            Some(held) => *held = access,
+            None => {
+                rec.holders.insert(agent.to_owned(), access);
+            }
+        }
         let had_live = previous.is_some_and(Access::is_granted);
         let call = rec.call.clone();
-        let (data, context) = if access.is_granted() {
+        // The desktop to tell, if it is connected: a grant carries data and context, worth
+        // copying only for someone who will receive them.
+        let desk = self.agents.get(agent).and_then(|a| a.conn);
+        let (data, context) = if access.is_granted() && desk.is_some() {
             (Some(rec.data.clone()), Some(rec.context.clone()))
         } else {
             (None, None)
@@ -661,16 +697,24 @@ impl Engine {
         let previous = previous.unwrap_or(Access::Revoked);
         if access.is_granted() {
             rec.orphaned_since = None;
-            self.agent_records
-                .entry(agent.to_owned())
-                .or_default()
-                .insert(record.to_owned());
+            match self.agent_records.get_mut(agent) {
+                Some(held) => {
+                    if !held.contains(record) {
+                        held.insert(record.to_owned());
+                    }
+                }
+                None => {
+                    self.agent_records
+                        .insert(agent.to_owned(), BTreeSet::from([record.to_owned()]));
+                }
+            }
         } else if let Some(set) = self.agent_records.get_mut(agent) {
             set.remove(record);
             if set.is_empty() {
                 self.agent_records.remove(agent);
             }
         }
+        self.mark_dirty(record);
         let now = self.now;
         let window = self.lost_window_ms();
         if let Some(a) = self.agents.get_mut(agent) {
@@ -680,10 +724,8 @@ impl Engine {
                 a.lost_while_away.remove(record);
             }
         }
-        self.push_agent(
-            out,
-            agent,
-            ServerMsg::AccessChanged {
+        if let Some(conn) = desk {
+            let msg = ServerMsg::AccessChanged {
                 record: record.to_owned(),
                 access,
                 previous,
@@ -691,8 +733,9 @@ impl Engine {
                 call: Some(call.clone()),
                 data,
                 context,
-            },
-        );
+            };
+            Self::send(out, conn, None, msg);
+        }
         let kind = if access > previous {
             AuditKind::Granted
         } else if access == Access::Revoked {
@@ -724,7 +767,7 @@ impl Engine {
             return;
         }
         rec.orphaned_since = Some(now);
-        self.dirty_records.insert(record.to_owned());
+        self.mark_dirty(record);
         self.orphan_deadlines
             .insert((now + self.cfg.orphan_timeout_ms, record.to_owned()));
         let call = call.to_owned();
@@ -746,6 +789,7 @@ impl Engine {
         extra: FinalExtra,
     ) {
         let now = self.now;
+        let at = self.stamp();
         let Some(rec) = self.records.get_mut(record) else {
             return;
         };
@@ -753,21 +797,28 @@ impl Engine {
         rec.final_ = Some(FinalInfo {
             outcome,
             by: by.clone(),
-            at: rfc3339(now),
+            at: at.clone(),
         });
         rec.orphaned_since = None;
-        self.dirty_records.insert(record.to_owned());
         let call = rec.call.clone();
-        let context = rec.context.clone();
+        // Only the dialers are told the outcome with the context; without one it is not copied.
+        let context = if self.dialers.is_empty() {
+            Context::default()
+        } else {
+            rec.context.clone()
+        };
         let holders: Vec<(String, Access)> = rec
             .holders
             .iter()
             .filter(|(_, a)| a.is_granted())
             .map(|(h, a)| (h.clone(), *a))
             .collect();
-        for (h, _) in &holders {
-            rec.holders.insert(h.clone(), Access::Revoked);
+        for access in rec.holders.values_mut() {
+            if access.is_granted() {
+                *access = Access::Revoked;
+            }
         }
+        self.mark_dirty(record);
         if self.call_record.get(&call).map(String::as_str) == Some(record) {
             self.call_record.remove(&call);
         }
@@ -819,14 +870,12 @@ impl Engine {
             call_result: context.call_result,
             fields: (!context.fields.is_empty()).then_some(context.fields),
             by,
-            at: rfc3339(now),
+            at,
             scope: extra.scope,
             callback_at: extra.callback_at,
             callback: extra.callback,
         };
-        for conn in &self.dialers {
-            Self::send(out, *conn, None, msg.clone());
-        }
+        Self::send_all(out, &self.dialers, msg);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1740,8 +1789,7 @@ impl Engine {
         let rec = &self.records[record];
         let mut context = rec.context.clone();
         merge_change(&mut context, change);
-        let size = serde_json::to_vec(&rec.data).map_or(0, |v| v.len())
-            + serde_json::to_vec(&context).map_or(0, |v| v.len());
+        let size = json_len(&rec.data) + json_len(&context);
         // Leave room for the envelope of an AccessChanged that carries both.
         let limit = self.cfg.max_frame_bytes.saturating_sub(1024);
         if size > limit {
@@ -1759,8 +1807,9 @@ impl Engine {
         let rec = self.records.get_mut(record).expect("checked record");
         merge_change(&mut rec.context, change);
         rec.version += 1;
-        self.dirty_records.insert(record.to_owned());
-        rec.version
+        let version = rec.version;
+        self.mark_dirty(record);
+        version
     }
 
     fn accept(&mut self, out: &mut Vec<Output>, agent: &str, record: &str, request: &str) {
@@ -1827,7 +1876,7 @@ impl Engine {
             );
             return;
         }
-        let size = serde_json::to_vec(&a.data).map_or(0, |v| v.len());
+        let size = json_len(&a.data);
         let limit = self.cfg.max_frame_bytes.saturating_sub(1024);
         if size > limit {
             let msg = format!(
@@ -1878,10 +1927,12 @@ impl Engine {
             );
             return;
         }
+        let chain_n = a.chain_n.unwrap_or(0);
+        let cause = format!("campaign {}, chain_n {chain_n}", a.campaign);
         let record = Record {
             call: a.call.clone(),
             campaign: a.campaign,
-            chain_n: a.chain_n.unwrap_or(0),
+            chain_n,
             phone: a.phone.clone(),
             data: a.data,
             chain: a.chain,
@@ -1891,23 +1942,21 @@ impl Engine {
             holders: BTreeMap::new(),
             orphaned_since: None,
         };
-        let campaign = record.campaign.clone();
-        let chain_n = record.chain_n;
         self.records.insert(a.record.clone(), record);
-        self.dirty_records.insert(a.record.clone());
+        self.mark_dirty(&a.record);
         self.call_record.insert(a.call.clone(), a.record.clone());
         let (rid, cid) = (a.record.clone(), a.call.clone());
         self.audit(out, AuditKind::Attached, |e| {
             e.record = Some(rid);
             e.call = Some(cid);
-            e.cause = Some(format!("campaign {campaign}, chain_n {chain_n}"));
+            e.cause = Some(cause);
         });
         Self::send(
             out,
             conn,
             r#ref,
             ServerMsg::RecordAttached {
-                record: a.record.clone(),
+                record: a.record,
                 call: a.call.clone(),
             },
         );
@@ -2540,6 +2589,22 @@ struct FinalExtra {
     scope: Option<DncScope>,
     callback_at: Option<String>,
     callback: Option<Callback>,
+}
+
+/// How many bytes `value` takes as JSON (0 if it cannot be written), counted without building it.
+fn json_len<T: Serialize>(value: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, value).map_or(0, |()| counter.0)
 }
 
 fn merge_change(context: &mut Context, change: &RecordChange) {
