@@ -16,6 +16,11 @@ use rand::{rngs::StdRng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+/// The engine's hash maps. Every request touches several of them with short string keys, where
+/// std's SipHash costs more than the lookup itself; foldhash is much cheaper and still seeded
+/// per process, so clients cannot line their ids up on one bucket.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Identifies one client connection; assigned by the shell, never reused while the server runs.
 pub type ConnId = u64;
 
@@ -82,10 +87,85 @@ enum PartyState {
     Established,
 }
 
+/// The DNs on a call and their state, sorted by DN. A call has a handful, so a sorted vector
+/// beats a tree: one small allocation, and lookups that stay within a cache line or two.
+#[derive(Debug, Clone, Default)]
+struct Parties(Vec<(String, PartyState)>);
+
+impl Parties {
+    fn position(&self, dn: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(d, _)| d.as_str().cmp(dn))
+    }
+    fn get(&self, dn: &str) -> Option<PartyState> {
+        self.position(dn).ok().map(|i| self.0[i].1)
+    }
+    fn contains_key(&self, dn: &str) -> bool {
+        self.position(dn).is_ok()
+    }
+    /// Adds `dn` as `state` if it is not a party yet; `Established` also upgrades one alerting.
+    fn add(&mut self, dn: &str, state: PartyState) {
+        match self.position(dn) {
+            Ok(i) => {
+                if state == PartyState::Established {
+                    self.0[i].1 = PartyState::Established;
+                }
+            }
+            Err(i) => self.0.insert(i, (dn.to_owned(), state)),
+        }
+    }
+    fn remove(&mut self, dn: &str) -> Option<PartyState> {
+        self.position(dn).ok().map(|i| self.0.remove(i).1)
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// The DNs, in order.
+    fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(d, _)| d)
+    }
+    /// The DNs that answered, in order.
+    fn established(&self) -> impl Iterator<Item = &String> {
+        self.0
+            .iter()
+            .filter(|(_, p)| *p == PartyState::Established)
+            .map(|(d, _)| d)
+    }
+}
+
+/// A sorted set of call ids: the calls on one DN, rarely more than two or three. Unlike a tree
+/// set it keeps its buffer when emptied, so a DN's next call needs no allocation for it.
+#[derive(Debug, Clone, Default)]
+struct CallSet(Vec<String>);
+
+impl CallSet {
+    fn position(&self, call: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|c| c.as_str().cmp(call))
+    }
+    fn insert(&mut self, call: &str) {
+        if let Err(i) = self.position(call) {
+            self.0.insert(i, call.to_owned());
+        }
+    }
+    fn remove(&mut self, call: &str) {
+        if let Ok(i) = self.position(call) {
+            self.0.remove(i);
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// The calls, in order.
+    fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Call {
-    parties: BTreeMap<String, PartyState>,
+    parties: Parties,
     ani: Option<String>,
+    /// The keys of `ani_calls` this call is filed under, so that ending it touches only those.
+    ani_keys: Vec<String>,
     /// The call this one is a consultation of.
     consult_of: Option<String>,
     /// Set once a consultation has ended (released, transferred or conferenced): it grants nothing more.
@@ -183,22 +263,26 @@ pub struct Engine {
     cfg: EngineConfig,
     rng: StdRng,
     started_ms: u64,
-    conns: HashMap<ConnId, ConnState>,
+    conns: FastMap<ConnId, ConnState>,
     switches: BTreeSet<ConnId>,
     dialers: BTreeSet<ConnId>,
-    agents: HashMap<String, Agent>,
+    agents: FastMap<String, Agent>,
     /// DN -> agent logged in on it. Exactly the monitored DNs.
-    dn_agent: BTreeMap<String, String>,
-    calls: HashMap<String, Call>,
-    /// DN -> live calls with a party on it.
-    dn_calls: HashMap<String, BTreeSet<String>>,
+    dn_agent: FastMap<String, String>,
+    /// The keys of `dn_agent`, sorted: the `Monitor` list, kept ready since every login and
+    /// logout sends it.
+    monitored: Vec<String>,
+    calls: FastMap<String, Call>,
+    /// DN -> live calls with a party on it. A monitored DN keeps its entry while it has no call,
+    /// so that calls coming and going do not allocate the key over and over; other DNs lose it.
+    dn_calls: FastMap<String, CallSet>,
     /// Effective ANI (the call's, or its record's phone) -> calls, for linking consultations.
-    ani_calls: HashMap<String, BTreeSet<String>>,
-    records: HashMap<String, Record>,
+    ani_calls: FastMap<String, BTreeSet<String>>,
+    records: FastMap<String, Record>,
     /// Call -> the live record attached to it.
-    call_record: HashMap<String, String>,
+    call_record: FastMap<String, String>,
     /// Agent -> records it holds with `full` or `read_only`.
-    agent_records: HashMap<String, BTreeSet<String>>,
+    agent_records: FastMap<String, BTreeSet<String>>,
     grace_deadlines: BTreeSet<(u64, String)>,
     orphan_deadlines: BTreeSet<(u64, String)>,
     audit_seq: u64,
@@ -211,6 +295,9 @@ pub struct Engine {
     pending_logouts: BTreeSet<String>,
     call_order: u64,
     now: u64,
+    /// `now` formatted as RFC 3339, for the audit entries and outcomes of inputs at the same
+    /// millisecond (formatting costs more than the rest of an audit entry).
+    stamp: (u64, String),
 }
 
 impl Engine {
@@ -221,17 +308,18 @@ impl Engine {
             cfg,
             rng: StdRng::from_seed(seed),
             started_ms: now_ms,
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             switches: BTreeSet::new(),
             dialers: BTreeSet::new(),
-            agents: HashMap::new(),
-            dn_agent: BTreeMap::new(),
-            calls: HashMap::new(),
-            dn_calls: HashMap::new(),
-            ani_calls: HashMap::new(),
-            records: HashMap::new(),
-            call_record: HashMap::new(),
-            agent_records: HashMap::new(),
+            agents: FastMap::default(),
+            dn_agent: FastMap::default(),
+            monitored: Vec::new(),
+            calls: FastMap::default(),
+            dn_calls: FastMap::default(),
+            ani_calls: FastMap::default(),
+            records: FastMap::default(),
+            call_record: FastMap::default(),
+            agent_records: FastMap::default(),
             grace_deadlines: BTreeSet::new(),
             orphan_deadlines: BTreeSet::new(),
             audit_seq: 0,
@@ -242,6 +330,7 @@ impl Engine {
             pending_logouts: BTreeSet::new(),
             call_order: 0,
             now: now_ms,
+            stamp: (now_ms, rfc3339(now_ms)),
         }
     }
 
@@ -286,7 +375,8 @@ impl Engine {
 
     /// The DNs the telephony link must monitor, sorted.
     pub fn monitored_dns(&self) -> Vec<String> {
-        self.dn_agent.keys().cloned().collect()
+        debug_assert_eq!(self.monitored.len(), self.dn_agent.len());
+        self.monitored.clone()
     }
 
     /// The access `agent` has to `record`, if it ever held it.
@@ -332,7 +422,8 @@ impl Engine {
     /// Agents come back away (their desktops may resume within `resume_grace_ms` of `now_ms`).
     pub fn restore(&mut self, snapshot: &Snapshot, now_ms: u64) -> Result<(), String> {
         self.now = self.now.max(now_ms);
-        let mut records = HashMap::with_capacity(snapshot.records.len());
+        let mut records =
+            FastMap::with_capacity_and_hasher(snapshot.records.len(), Default::default());
         for (id, bytes) in &snapshot.records {
             let rec: Record = serde_json::from_slice(bytes)
                 .map_err(|e| format!("record {id} cannot be read back: {e}"))?;
@@ -372,6 +463,7 @@ impl Engine {
             .collect();
         self.agents.clear();
         self.dn_agent.clear();
+        self.monitored.clear();
         self.grace_deadlines.clear();
         for (id, a) in agents {
             let conn = bound.get(&id).copied();
@@ -380,7 +472,7 @@ impl Engine {
                 self.grace_deadlines
                     .insert((self.now + self.cfg.resume_grace_ms, id.clone()));
             }
-            self.dn_agent.insert(a.dn.clone(), id.clone());
+            self.monitor_dn(&a.dn, &id);
             self.agents.insert(
                 id,
                 Agent {
@@ -393,6 +485,9 @@ impl Engine {
                 },
             );
         }
+        let dn_agent = &self.dn_agent;
+        self.dn_calls
+            .retain(|dn, calls| !calls.is_empty() || dn_agent.contains_key(dn));
         for state in self.conns.values_mut() {
             if state
                 .agent
@@ -434,8 +529,37 @@ impl Engine {
     }
 
     fn push_dn(&self, out: &mut Vec<Output>, dn: &str, msg: ServerMsg) {
-        if let Some(agent) = self.dn_agent.get(dn) {
-            self.push_agent(out, agent, msg);
+        if let Some(conn) = self.conn_on_dn(dn) {
+            Self::send(out, conn, None, msg);
+        }
+    }
+
+    /// The connection of the desktop logged in on `dn`, if it is connected: pushes for the DN go
+    /// there, and a push nobody would receive need not be built.
+    fn conn_on_dn(&self, dn: &str) -> Option<ConnId> {
+        self.agents.get(self.dn_agent.get(dn)?)?.conn
+    }
+
+    fn monitor_dn(&mut self, dn: &str, agent: &str) {
+        if self
+            .dn_agent
+            .insert(dn.to_owned(), agent.to_owned())
+            .is_none()
+        {
+            if let Err(i) = self.monitored.binary_search_by(|d| d.as_str().cmp(dn)) {
+                self.monitored.insert(i, dn.to_owned());
+            }
+        }
+    }
+
+    fn unmonitor_dn(&mut self, dn: &str) {
+        if self.dn_agent.remove(dn).is_some() {
+            if let Ok(i) = self.monitored.binary_search_by(|d| d.as_str().cmp(dn)) {
+                self.monitored.remove(i);
+            }
+            if self.dn_calls.get(dn).is_some_and(CallSet::is_empty) {
+                self.dn_calls.remove(dn);
+            }
         }
     }
 
@@ -449,6 +573,21 @@ impl Engine {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// `now` as RFC 3339.
+    fn stamp(&mut self) -> String {
+        if self.stamp.0 != self.now {
+            self.stamp = (self.now, rfc3339(self.now));
+        }
+        self.stamp.1.clone()
+    }
+
+    /// Marks `record` to be written by the next [`Engine::take_writes`].
+    fn mark_dirty(&mut self, record: &str) {
+        if !self.dirty_records.contains(record) {
+            self.dirty_records.insert(record.to_owned());
+        }
+    }
+
     fn audit(
         &mut self,
         out: &mut Vec<Output>,
@@ -458,7 +597,7 @@ impl Engine {
         self.audit_seq += 1;
         let mut entry = AuditEntry {
             seq: self.audit_seq,
-            ts: rfc3339(self.now),
+            ts: self.stamp(),
             kind,
             record: None,
             agent: None,
@@ -475,27 +614,42 @@ impl Engine {
         out.push(Output::Audit(entry));
     }
 
-    fn broadcast_monitor(&self, out: &mut Vec<Output>) {
-        let dns = self.monitored_dns();
-        for conn in &self.switches {
-            Self::send(out, *conn, None, ServerMsg::Monitor { dns: dns.clone() });
+    /// Pushes `msg` to each of `conns` in order, moving it to the last rather than copying it.
+    fn send_all(out: &mut Vec<Output>, conns: &BTreeSet<ConnId>, msg: ServerMsg) {
+        let Some(&last) = conns.last() else {
+            return;
+        };
+        for &conn in conns.range(..last) {
+            Self::send(out, conn, None, msg.clone());
         }
+        Self::send(out, last, None, msg);
+    }
+
+    fn broadcast_monitor(&self, out: &mut Vec<Output>) {
+        if self.switches.is_empty() {
+            return;
+        }
+        let dns = self.monitored_dns();
+        Self::send_all(out, &self.switches, ServerMsg::Monitor { dns });
     }
 
     fn tell_switches(&self, out: &mut Vec<Output>, msg: ServerMsg) {
-        for conn in &self.switches {
-            Self::send(out, *conn, None, msg.clone());
-        }
+        Self::send_all(out, &self.switches, msg);
     }
 
     /// The record a call carries, directly or (for a consultation) through the call it consults.
     fn record_of_call(&self, call: &str) -> Option<(String, bool)> {
+        self.record_ref_of_call(call)
+            .map(|(r, via_consult)| (r.to_owned(), via_consult))
+    }
+
+    fn record_ref_of_call(&self, call: &str) -> Option<(&str, bool)> {
         if let Some(r) = self.call_record.get(call) {
-            return Some((r.clone(), false));
+            return Some((r, false));
         }
         let c = self.calls.get(call)?;
         let original = c.consult_of.as_ref()?;
-        self.call_record.get(original).map(|r| (r.clone(), true))
+        self.call_record.get(original).map(|r| (r.as_str(), true))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -523,11 +677,18 @@ impl Engine {
             rec.final_.is_none() || access == Access::Revoked,
             "a final record is never granted"
         );
-        rec.holders.insert(agent.to_owned(), access);
-        self.dirty_records.insert(record.to_owned());
+        match rec.holders.get_mut(agent) {
+            Some(held) => *held = access,
+            None => {
+                rec.holders.insert(agent.to_owned(), access);
+            }
+        }
         let had_live = previous.is_some_and(Access::is_granted);
         let call = rec.call.clone();
-        let (data, context) = if access.is_granted() {
+        // The desktop to tell, if it is connected: a grant carries data and context, worth
+        // copying only for someone who will receive them.
+        let desk = self.agents.get(agent).and_then(|a| a.conn);
+        let (data, context) = if access.is_granted() && desk.is_some() {
             (Some(rec.data.clone()), Some(rec.context.clone()))
         } else {
             (None, None)
@@ -536,16 +697,24 @@ impl Engine {
         let previous = previous.unwrap_or(Access::Revoked);
         if access.is_granted() {
             rec.orphaned_since = None;
-            self.agent_records
-                .entry(agent.to_owned())
-                .or_default()
-                .insert(record.to_owned());
+            match self.agent_records.get_mut(agent) {
+                Some(held) => {
+                    if !held.contains(record) {
+                        held.insert(record.to_owned());
+                    }
+                }
+                None => {
+                    self.agent_records
+                        .insert(agent.to_owned(), BTreeSet::from([record.to_owned()]));
+                }
+            }
         } else if let Some(set) = self.agent_records.get_mut(agent) {
             set.remove(record);
             if set.is_empty() {
                 self.agent_records.remove(agent);
             }
         }
+        self.mark_dirty(record);
         let now = self.now;
         let window = self.lost_window_ms();
         if let Some(a) = self.agents.get_mut(agent) {
@@ -555,10 +724,8 @@ impl Engine {
                 a.lost_while_away.remove(record);
             }
         }
-        self.push_agent(
-            out,
-            agent,
-            ServerMsg::AccessChanged {
+        if let Some(conn) = desk {
+            let msg = ServerMsg::AccessChanged {
                 record: record.to_owned(),
                 access,
                 previous,
@@ -566,8 +733,9 @@ impl Engine {
                 call: Some(call.clone()),
                 data,
                 context,
-            },
-        );
+            };
+            Self::send(out, conn, None, msg);
+        }
         let kind = if access > previous {
             AuditKind::Granted
         } else if access == Access::Revoked {
@@ -599,7 +767,7 @@ impl Engine {
             return;
         }
         rec.orphaned_since = Some(now);
-        self.dirty_records.insert(record.to_owned());
+        self.mark_dirty(record);
         self.orphan_deadlines
             .insert((now + self.cfg.orphan_timeout_ms, record.to_owned()));
         let call = call.to_owned();
@@ -621,6 +789,7 @@ impl Engine {
         extra: FinalExtra,
     ) {
         let now = self.now;
+        let at = self.stamp();
         let Some(rec) = self.records.get_mut(record) else {
             return;
         };
@@ -628,21 +797,28 @@ impl Engine {
         rec.final_ = Some(FinalInfo {
             outcome,
             by: by.clone(),
-            at: rfc3339(now),
+            at: at.clone(),
         });
         rec.orphaned_since = None;
-        self.dirty_records.insert(record.to_owned());
         let call = rec.call.clone();
-        let context = rec.context.clone();
+        // Only the dialers are told the outcome with the context; without one it is not copied.
+        let context = if self.dialers.is_empty() {
+            Context::default()
+        } else {
+            rec.context.clone()
+        };
         let holders: Vec<(String, Access)> = rec
             .holders
             .iter()
             .filter(|(_, a)| a.is_granted())
             .map(|(h, a)| (h.clone(), *a))
             .collect();
-        for (h, _) in &holders {
-            rec.holders.insert(h.clone(), Access::Revoked);
+        for access in rec.holders.values_mut() {
+            if access.is_granted() {
+                *access = Access::Revoked;
+            }
         }
+        self.mark_dirty(record);
         if self.call_record.get(&call).map(String::as_str) == Some(record) {
             self.call_record.remove(&call);
         }
@@ -694,14 +870,12 @@ impl Engine {
             call_result: context.call_result,
             fields: (!context.fields.is_empty()).then_some(context.fields),
             by,
-            at: rfc3339(now),
+            at,
             scope: extra.scope,
             callback_at: extra.callback_at,
             callback: extra.callback,
         };
-        for conn in &self.dialers {
-            Self::send(out, *conn, None, msg.clone());
-        }
+        Self::send_all(out, &self.dialers, msg);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1152,7 +1326,7 @@ impl Engine {
                 lost_while_away: BTreeMap::new(),
             },
         );
-        self.dn_agent.insert(l.dn.clone(), l.agent.clone());
+        self.monitor_dn(&l.dn, &l.agent);
         self.dirty_agents.insert(l.agent.clone());
         if let Some(c) = self.conns.get_mut(&conn) {
             c.agent = Some(l.agent.clone());
@@ -1190,11 +1364,8 @@ impl Engine {
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
         for call in calls {
-            let established = self
-                .calls
-                .get(&call)
-                .and_then(|c| c.parties.get(&l.dn))
-                .is_some_and(|p| *p == PartyState::Established);
+            let established = self.calls.get(&call).and_then(|c| c.parties.get(&l.dn))
+                == Some(PartyState::Established);
             if established {
                 self.grant_for_party(out, &call, &l.agent, true);
             }
@@ -1267,7 +1438,7 @@ impl Engine {
         self.agents.remove(agent);
         self.dirty_agents.insert(agent.to_owned());
         if self.dn_agent.get(&a.dn).map(String::as_str) == Some(agent) {
-            self.dn_agent.remove(&a.dn);
+            self.unmonitor_dn(&a.dn);
         }
         if let Some(conn) = a.conn {
             if let Some(c) = self.conns.get_mut(&conn) {
@@ -1618,8 +1789,7 @@ impl Engine {
         let rec = &self.records[record];
         let mut context = rec.context.clone();
         merge_change(&mut context, change);
-        let size = serde_json::to_vec(&rec.data).map_or(0, |v| v.len())
-            + serde_json::to_vec(&context).map_or(0, |v| v.len());
+        let size = json_len(&rec.data) + json_len(&context);
         // Leave room for the envelope of an AccessChanged that carries both.
         let limit = self.cfg.max_frame_bytes.saturating_sub(1024);
         if size > limit {
@@ -1637,8 +1807,9 @@ impl Engine {
         let rec = self.records.get_mut(record).expect("checked record");
         merge_change(&mut rec.context, change);
         rec.version += 1;
-        self.dirty_records.insert(record.to_owned());
-        rec.version
+        let version = rec.version;
+        self.mark_dirty(record);
+        version
     }
 
     fn accept(&mut self, out: &mut Vec<Output>, agent: &str, record: &str, request: &str) {
@@ -1705,7 +1876,7 @@ impl Engine {
             );
             return;
         }
-        let size = serde_json::to_vec(&a.data).map_or(0, |v| v.len());
+        let size = json_len(&a.data);
         let limit = self.cfg.max_frame_bytes.saturating_sub(1024);
         if size > limit {
             let msg = format!(
@@ -1756,10 +1927,12 @@ impl Engine {
             );
             return;
         }
+        let chain_n = a.chain_n.unwrap_or(0);
+        let cause = format!("campaign {}, chain_n {chain_n}", a.campaign);
         let record = Record {
             call: a.call.clone(),
             campaign: a.campaign,
-            chain_n: a.chain_n.unwrap_or(0),
+            chain_n,
             phone: a.phone.clone(),
             data: a.data,
             chain: a.chain,
@@ -1769,23 +1942,21 @@ impl Engine {
             holders: BTreeMap::new(),
             orphaned_since: None,
         };
-        let campaign = record.campaign.clone();
-        let chain_n = record.chain_n;
         self.records.insert(a.record.clone(), record);
-        self.dirty_records.insert(a.record.clone());
+        self.mark_dirty(&a.record);
         self.call_record.insert(a.call.clone(), a.record.clone());
         let (rid, cid) = (a.record.clone(), a.call.clone());
         self.audit(out, AuditKind::Attached, |e| {
             e.record = Some(rid);
             e.call = Some(cid);
-            e.cause = Some(format!("campaign {campaign}, chain_n {chain_n}"));
+            e.cause = Some(cause);
         });
         Self::send(
             out,
             conn,
             r#ref,
             ServerMsg::RecordAttached {
-                record: a.record.clone(),
+                record: a.record,
                 call: a.call.clone(),
             },
         );
@@ -1794,12 +1965,8 @@ impl Engine {
                 self.index_ani(&a.call, &phone);
             }
             // The call may already be answered on an agent's DN: grant at once (rule 1).
-            let established: Vec<String> = self.calls[&a.call]
-                .parties
-                .iter()
-                .filter(|(_, p)| **p == PartyState::Established)
-                .map(|(dn, _)| dn.clone())
-                .collect();
+            let established: Vec<String> =
+                self.calls[&a.call].parties.established().cloned().collect();
             for dn in established {
                 if let Some(agent) = self.agent_on(&dn) {
                     self.grant_for_party(out, &a.call, &agent, false);
@@ -1961,8 +2128,9 @@ impl Engine {
             self.calls.insert(
                 call.to_owned(),
                 Call {
-                    parties: BTreeMap::new(),
+                    parties: Parties::default(),
                     ani: None,
+                    ani_keys: Vec::new(),
                     consult_of: None,
                     consult_over: false,
                     order,
@@ -1984,32 +2152,47 @@ impl Engine {
         if ani.is_empty() {
             return;
         }
-        self.ani_calls
+        let filed = self
+            .ani_calls
             .entry(ani.to_owned())
             .or_default()
             .insert(call.to_owned());
+        debug_assert!(
+            self.calls.contains_key(call),
+            "only live calls are filed by ANI"
+        );
+        if filed {
+            if let Some(c) = self.calls.get_mut(call) {
+                c.ani_keys.push(ani.to_owned());
+            }
+        }
     }
 
     fn add_party(&mut self, call: &str, dn: &str, state: PartyState) {
-        let c = self.call_entry(call);
-        let entry = c.parties.entry(dn.to_owned()).or_insert(state);
-        if state == PartyState::Established {
-            *entry = PartyState::Established;
+        self.call_entry(call).parties.add(dn, state);
+        match self.dn_calls.get_mut(dn) {
+            Some(set) => set.insert(call),
+            None => {
+                let mut set = CallSet::default();
+                set.insert(call);
+                self.dn_calls.insert(dn.to_owned(), set);
+            }
         }
-        self.dn_calls
-            .entry(dn.to_owned())
-            .or_default()
-            .insert(call.to_owned());
+    }
+
+    /// Takes `call` off `dn`'s calls, dropping the entry of an unmonitored DN left without any.
+    fn unfile_call(&mut self, dn: &str, call: &str) {
+        if let Some(set) = self.dn_calls.get_mut(dn) {
+            set.remove(call);
+            if set.is_empty() && !self.dn_agent.contains_key(dn) {
+                self.dn_calls.remove(dn);
+            }
+        }
     }
 
     fn remove_party(&mut self, call: &str, dn: &str) -> Option<PartyState> {
         let state = self.calls.get_mut(call)?.parties.remove(dn);
-        if let Some(set) = self.dn_calls.get_mut(dn) {
-            set.remove(call);
-            if set.is_empty() {
-                self.dn_calls.remove(dn);
-            }
-        }
+        self.unfile_call(dn, call);
         state
     }
 
@@ -2036,17 +2219,16 @@ impl Engine {
             return;
         };
         for dn in c.parties.keys() {
-            if let Some(set) = self.dn_calls.get_mut(dn) {
+            self.unfile_call(dn, call);
+        }
+        for ani in &c.ani_keys {
+            if let Some(set) = self.ani_calls.get_mut(ani) {
                 set.remove(call);
                 if set.is_empty() {
-                    self.dn_calls.remove(dn);
+                    self.ani_calls.remove(ani);
                 }
             }
         }
-        self.ani_calls.retain(|_, set| {
-            set.remove(call);
-            !set.is_empty()
-        });
     }
 
     /// The live call a consultation without `consult_of` belongs to: same customer ANI, carrying a
@@ -2074,11 +2256,11 @@ impl Engine {
     }
 
     fn ringing(&mut self, out: &mut Vec<Output>, e: Ringing) {
-        let mut dns = vec![e.dn.as_str()];
-        if let Some(f) = &e.from_dn {
-            dns.push(f);
-        }
-        if !self.relevant(&e.call, &dns) {
+        let relevant = match &e.from_dn {
+            Some(from) => self.relevant(&e.call, &[&e.dn, from]),
+            None => self.relevant(&e.call, &[&e.dn]),
+        };
+        if !relevant {
             return;
         }
         self.add_party(&e.call, &e.dn, PartyState::Alerting);
@@ -2104,14 +2286,16 @@ impl Engine {
             }
         }
         let c = &self.calls[&e.call];
-        if c.parties.get(&e.dn) == Some(&PartyState::Alerting) {
-            let msg = ServerMsg::CallAlerting {
-                call: e.call.clone(),
-                dn: e.dn.clone(),
-                record: self.record_of_call(&e.call).map(|(r, _)| r),
-                consult_of: c.consult_of.clone(),
-            };
-            self.push_dn(out, &e.dn, msg);
+        if c.parties.get(&e.dn) == Some(PartyState::Alerting) {
+            if let Some(conn) = self.conn_on_dn(&e.dn) {
+                let msg = ServerMsg::CallAlerting {
+                    record: self.record_of_call(&e.call).map(|(r, _)| r),
+                    consult_of: c.consult_of.clone(),
+                    call: e.call,
+                    dn: e.dn,
+                };
+                Self::send(out, conn, None, msg);
+            }
         }
     }
 
@@ -2119,21 +2303,20 @@ impl Engine {
         if !self.relevant(&e.call, &[&e.dn]) {
             return;
         }
-        let before = self
-            .calls
-            .get(&e.call)
-            .and_then(|c| c.parties.get(&e.dn))
-            .copied();
+        let before = self.calls.get(&e.call).and_then(|c| c.parties.get(&e.dn));
         self.add_party(&e.call, &e.dn, PartyState::Established);
         if before != Some(PartyState::Established) {
-            self.push_dn(
-                out,
-                &e.dn,
-                ServerMsg::CallEstablished {
+            if let Some(conn) = self.conn_on_dn(&e.dn) {
+                let msg = ServerMsg::CallEstablished {
                     call: e.call.clone(),
                     dn: e.dn.clone(),
-                },
-            );
+                };
+                Self::send(out, conn, None, msg);
+            }
+        }
+        // Most calls carry no record: then there is nothing to grant, and no agent id to copy.
+        if self.record_ref_of_call(&e.call).is_none() {
+            return;
         }
         if let Some(agent) = self.agent_on(&e.dn) {
             self.grant_for_party(out, &e.call, &agent, false);
@@ -2144,32 +2327,33 @@ impl Engine {
         if !self.relevant(&e.call, &[&e.dn]) {
             return;
         }
-        let Some(call) = self.calls.get(&e.call).cloned() else {
+        let Some(call) = self.calls.get(&e.call) else {
             return;
+        };
+        let linked = self.record_of_call(&e.call);
+        // A consultation's parties as they were before this one left (sorted, as parties are).
+        let consult_dns: Vec<String> = match linked {
+            Some((_, true)) => call.parties.keys().cloned().collect(),
+            _ => Vec::new(),
         };
         let Some(state) = self.remove_party(&e.call, &e.dn) else {
             return;
         };
-        let cause = e.cause.clone().unwrap_or_else(|| "hangup".to_owned());
-        self.push_dn(
-            out,
-            &e.dn,
-            ServerMsg::CallCleared {
+        if let Some(conn) = self.conn_on_dn(&e.dn) {
+            let msg = ServerMsg::CallCleared {
                 call: e.call.clone(),
                 dn: e.dn.clone(),
-                cause,
-            },
-        );
-        let agent = self.agent_on(&e.dn);
-        match self.record_of_call(&e.call) {
+                cause: e.cause.unwrap_or_else(|| "hangup".to_owned()),
+            };
+            Self::send(out, conn, None, msg);
+        }
+        match linked {
             Some((record, true)) => {
                 // A consultation ends when either side leaves (rule 5): read-only access it gave is over.
                 if let Some(c) = self.calls.get_mut(&e.call) {
                     c.consult_over = true;
                 }
-                let mut dns: Vec<String> = call.parties.keys().cloned().collect();
-                dns.sort();
-                for dn in dns {
+                for dn in consult_dns {
                     if let Some(a) = self.agent_on(&dn) {
                         if self.access_of(&record, &a) == Some(Access::ReadOnly) {
                             self.set_access(
@@ -2184,14 +2368,13 @@ impl Engine {
                 }
             }
             Some((record, false)) => {
-                if let Some(agent) = agent {
+                if let Some(agent) = self.agent_on(&e.dn) {
                     // Only answered parties count: someone still ringing may never join.
                     let remaining_agents = self.calls[&e.call]
                         .parties
-                        .iter()
-                        .filter(|(_, p)| **p == PartyState::Established)
-                        .filter_map(|(dn, _)| self.agent_on(dn))
-                        .any(|a| a != agent);
+                        .established()
+                        .filter_map(|dn| self.dn_agent.get(dn))
+                        .any(|a| *a != agent);
                     let held = self
                         .access_of(&record, &agent)
                         .is_some_and(Access::is_granted);
@@ -2216,7 +2399,7 @@ impl Engine {
 
     /// Ends consultation `c2` because it was merged into the customer call; its parties are told.
     fn merge_consultation(&mut self, out: &mut Vec<Output>, c2: &str, cause: &str) {
-        let Some(call) = self.calls.get(c2).cloned() else {
+        let Some(call) = self.calls.get(c2) else {
             return;
         };
         for dn in call.parties.keys() {
@@ -2287,7 +2470,7 @@ impl Engine {
             TransferKind::TwoStep => PartyState::Established,
             _ => PartyState::Alerting,
         };
-        let before = self.calls[&e.call].parties.get(&e.to_dn).copied();
+        let before = self.calls[&e.call].parties.get(&e.to_dn);
         self.add_party(&e.call, &e.to_dn, arriving);
         let record = self.call_record.get(&e.call).cloned();
         match (before, arriving) {
@@ -2342,7 +2525,7 @@ impl Engine {
         if let Some(c2) = &consult {
             self.merge_consultation(out, c2, "conferenced");
         }
-        let before = self.calls[&e.call].parties.get(&e.dn).copied();
+        let before = self.calls[&e.call].parties.get(&e.dn);
         self.add_party(&e.call, &e.dn, PartyState::Established);
         if before != Some(PartyState::Established) {
             self.push_dn(
@@ -2360,12 +2543,7 @@ impl Engine {
         if self.records.get(&record).is_none_or(|r| r.final_.is_some()) {
             return;
         }
-        let dns: Vec<String> = self.calls[&e.call]
-            .parties
-            .iter()
-            .filter(|(_, p)| **p == PartyState::Established)
-            .map(|(dn, _)| dn.clone())
-            .collect();
+        let dns: Vec<String> = self.calls[&e.call].parties.established().cloned().collect();
         for dn in dns {
             if let Some(agent) = self.agent_on(&dn) {
                 self.set_access(out, &record, &agent, Access::Full, AccessCause::Conference);
@@ -2411,6 +2589,22 @@ struct FinalExtra {
     scope: Option<DncScope>,
     callback_at: Option<String>,
     callback: Option<Callback>,
+}
+
+/// How many bytes `value` takes as JSON (0 if it cannot be written), counted without building it.
+fn json_len<T: Serialize>(value: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, value).map_or(0, |()| counter.0)
 }
 
 fn merge_change(context: &mut Context, change: &RecordChange) {
