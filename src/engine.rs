@@ -11,7 +11,7 @@
 //! audit entry and keeps the orphan clock, so no rule can forget one of the three.
 
 use crate::messages::*;
-use crate::store::{Snapshot, WriteBatch};
+use crate::store::{Snapshot, Stored, WriteBatch};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -420,20 +420,14 @@ impl Engine {
     /// Replaces records, agents and the audit position with what the store holds: at start, and
     /// after a failed commit (to return to the last durable state). Connections and calls stay.
     /// Agents come back away (their desktops may resume within `resume_grace_ms` of `now_ms`).
-    pub fn restore(&mut self, snapshot: &Snapshot, now_ms: u64) -> Result<(), String> {
+    pub fn restore(&mut self, snapshot: Snapshot, now_ms: u64) -> Result<(), String> {
         self.now = self.now.max(now_ms);
-        let mut records =
-            FastMap::with_capacity_and_hasher(snapshot.records.len(), Default::default());
-        for (id, bytes) in &snapshot.records {
-            let rec: Record = serde_json::from_slice(bytes)
-                .map_err(|e| format!("record {id} cannot be read back: {e}"))?;
-            records.insert(id.clone(), rec);
-        }
+        let records = parse_records(snapshot.records)?;
         let mut agents = Vec::with_capacity(snapshot.agents.len());
-        for (id, bytes) in &snapshot.agents {
-            let a: AgentState = serde_json::from_slice(bytes)
+        for (id, bytes) in snapshot.agents {
+            let a: AgentState = serde_json::from_slice(&bytes)
                 .map_err(|e| format!("agent {id} cannot be read back: {e}"))?;
-            agents.push((id.clone(), a));
+            agents.push((id, a));
         }
         self.records = records;
         self.call_record.clear();
@@ -2579,6 +2573,44 @@ impl Engine {
             self.ignored_events += 1;
         }
     }
+}
+
+/// Parses stored records on every core: at start this is most of the work for a big store.
+fn parse_records(stored: Vec<(String, Stored)>) -> Result<FastMap<String, Record>, String> {
+    fn parse(part: &[(String, Stored)]) -> Result<Vec<Record>, String> {
+        part.iter()
+            .map(|(id, bytes)| {
+                serde_json::from_slice(bytes)
+                    .map_err(|e| format!("record {id} cannot be read back: {e}"))
+            })
+            .collect()
+    }
+    // Below this, threads cost more than they save.
+    const PER_THREAD: usize = 20_000;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(stored.len() / PER_THREAD)
+        .max(1);
+    let parsed: Vec<Vec<Record>> = if threads == 1 {
+        vec![parse(&stored)?]
+    } else {
+        let chunk = stored.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = stored
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || parse(part)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<Vec<_>, String>>()
+        })?
+    };
+    let mut records = FastMap::with_capacity_and_hasher(stored.len(), Default::default());
+    for (rec, (id, _)) in parsed.into_iter().flatten().zip(stored) {
+        records.insert(id, rec);
+    }
+    Ok(records)
 }
 
 /// Details of a final outcome that only some outcomes have.

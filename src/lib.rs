@@ -16,5 +16,6 @@ pub mod config;
 pub mod engine;
 pub mod load;
 pub mod messages;
+pub mod restart;
 pub mod server;
 pub mod store;

@@ -144,6 +144,7 @@ impl ServerHandle {
 pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     let dir = config.data_dir.clone();
+    let opening = std::time::Instant::now();
     let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
         .await
         .expect("store open does not panic")
@@ -151,6 +152,11 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             dir: config.data_dir.display().to_string(),
             source,
         })?;
+    info!(
+        dir = %config.data_dir.display(),
+        open_ms = opening.elapsed().as_millis() as u64,
+        "store opened"
+    );
     start_with_store(config, Arc::new(store)).await
 }
 
@@ -166,19 +172,26 @@ pub async fn start_with_store(
         .await
         .expect("store load does not panic")
         .map_err(|e| ServerError::Load(e.to_string()))?;
+    let loaded = started.elapsed();
     let mut engine = Engine::new(
         EngineConfig::from_config(&config),
         rand::random::<[u8; 32]>(),
         now_ms(),
     );
+    let (records, agents, audit_last_seq) = (
+        snapshot.records.len(),
+        snapshot.agents.len(),
+        snapshot.audit_last_seq,
+    );
     engine
-        .restore(&snapshot, now_ms())
+        .restore(snapshot, now_ms())
         .map_err(ServerError::Load)?;
     info!(
-        records = snapshot.records.len(),
-        agents = snapshot.agents.len(),
-        audit_last_seq = snapshot.audit_last_seq,
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        records,
+        agents,
+        audit_last_seq,
+        load_ms = loaded.as_millis() as u64,
+        restore_ms = (started.elapsed() - loaded).as_millis() as u64,
         "state loaded"
     );
     let listener = TcpListener::bind(config.listen)
@@ -193,7 +206,7 @@ pub async fn start_with_store(
     })?;
     let stop = CancellationToken::new();
     let config = Arc::new(config);
-    let (durable_tx, durable_rx) = watch::channel(snapshot.audit_last_seq);
+    let (durable_tx, durable_rx) = watch::channel(audit_last_seq);
     let announcer = Arc::new(Announcer::new(durable_tx));
     let shared = Shared {
         store,
@@ -647,7 +660,7 @@ async fn commit(
                     if let Some(seq) = kept_last {
                         snapshot.audit_last_seq = snapshot.audit_last_seq.max(seq);
                     }
-                    if let Err(e) = engine.restore(&snapshot, now) {
+                    if let Err(e) = engine.restore(snapshot, now) {
                         error!("STORAGE FAILURE: cannot return to the durable state: {e}");
                     }
                 }

@@ -41,11 +41,15 @@ impl WriteBatch {
     }
 }
 
+/// A stored value as loaded: shares sled's buffer instead of copying it (a big store holds
+/// gigabytes of records, and each copy is an allocation and a memcpy at start).
+pub type Stored = sled::IVec;
+
 /// What the server loads at start.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub records: Vec<(String, Vec<u8>)>,
-    pub agents: Vec<(String, Vec<u8>)>,
+    pub records: Vec<(String, Stored)>,
+    pub agents: Vec<(String, Stored)>,
     /// Highest audit `seq` on disk (0 for an empty log).
     pub audit_last_seq: u64,
     /// Lowest audit `seq` still kept (0 for an empty log).
@@ -112,11 +116,11 @@ impl Store for SledStore {
         let mut snap = Snapshot::default();
         for item in self.db.scan_prefix(RECORD) {
             let (k, v) = item?;
-            snap.records.push((id_of(RECORD, &k)?, v.to_vec()));
+            snap.records.push((id_of(RECORD, &k)?, v));
         }
         for item in self.db.scan_prefix(AGENT) {
             let (k, v) = item?;
-            snap.agents.push((id_of(AGENT, &k)?, v.to_vec()));
+            snap.agents.push((id_of(AGENT, &k)?, v));
         }
         if let Some(item) = self.db.scan_prefix(AUDIT).next_back() {
             snap.audit_last_seq = seq_of(&item?.0)?;
@@ -236,12 +240,12 @@ impl Store for MemoryStore {
             records: inner
                 .records
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), Stored::from(v.as_slice())))
                 .collect(),
             agents: inner
                 .agents
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), Stored::from(v.as_slice())))
                 .collect(),
             audit_last_seq: inner.audit.keys().next_back().copied().unwrap_or(0),
             audit_first_seq: inner.audit.keys().next().copied().unwrap_or(0),
@@ -330,7 +334,10 @@ mod tests {
             )
             .unwrap();
         let snap = store.load().unwrap();
-        assert_eq!(snap.records, vec![("R1".to_string(), b"one".to_vec())]);
+        assert_eq!(
+            snap.records,
+            vec![("R1".to_string(), Stored::from(&b"one"[..]))]
+        );
         assert!(snap.agents.is_empty());
         assert_eq!((snap.audit_first_seq, snap.audit_last_seq), (1, 300));
         // Big-endian keys keep numeric order across byte boundaries (255 -> 256).
