@@ -287,6 +287,8 @@ pub struct Engine {
     orphan_deadlines: BTreeSet<(u64, String)>,
     audit_seq: u64,
     ignored_events: u64,
+    /// Records with a final outcome, kept as they change so that `Status` need not walk them all.
+    finals: u64,
     /// What changed since the last [`Engine::take_writes`], for the store.
     dirty_records: BTreeSet<String>,
     dirty_agents: BTreeSet<String>,
@@ -324,6 +326,7 @@ impl Engine {
             orphan_deadlines: BTreeSet::new(),
             audit_seq: 0,
             ignored_events: 0,
+            finals: 0,
             dirty_records: BTreeSet::new(),
             dirty_agents: BTreeSet::new(),
             pending_audit: Vec::new(),
@@ -360,7 +363,7 @@ impl Engine {
 
     /// Counts for `Status` (and for tests).
     pub fn counts(&self) -> Counts {
-        let finals = self.records.values().filter(|r| r.final_.is_some()).count() as u64;
+        let finals = self.finals;
         Counts {
             agents: self.agents.len() as u64,
             dns: self.dn_agent.len() as u64,
@@ -430,6 +433,7 @@ impl Engine {
             agents.push((id, a));
         }
         self.records = records;
+        self.finals = self.records.values().filter(|r| r.final_.is_some()).count() as u64;
         self.call_record.clear();
         self.agent_records.clear();
         self.orphan_deadlines.clear();
@@ -788,6 +792,7 @@ impl Engine {
             return;
         };
         debug_assert!(rec.final_.is_none(), "one final outcome per record");
+        self.finals += 1;
         rec.final_ = Some(FinalInfo {
             outcome,
             by: by.clone(),
@@ -1936,7 +1941,12 @@ impl Engine {
             holders: BTreeMap::new(),
             orphaned_since: None,
         };
-        self.records.insert(a.record.clone(), record);
+        if let Some(old) = self.records.insert(a.record.clone(), record) {
+            if old.final_.is_some() {
+                // A final record attached again is live again.
+                self.finals -= 1;
+            }
+        }
         self.mark_dirty(&a.record);
         self.call_record.insert(a.call.clone(), a.record.clone());
         let (rid, cid) = (a.record.clone(), a.call.clone());

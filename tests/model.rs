@@ -1239,6 +1239,17 @@ impl Harness {
             ));
         }
 
+        // Status counts: records with a final outcome and live ones, as the audit told them.
+        let counts = self.engine.counts();
+        let model_finals = self.life.values().filter(|(open, _)| !*open).count() as u64;
+        let model_live = self.life.len() as u64 - model_finals;
+        if (counts.records_final, counts.records_live) != (model_finals, model_live) {
+            return Err(format!(
+                "status counts: engine reports {} final and {} live records, the audit {} and {}",
+                counts.records_final, counts.records_live, model_finals, model_live
+            ));
+        }
+
         // Invariant 1: one dialer outcome per final.
         finalized.sort();
         outcomes.sort();
