@@ -324,6 +324,51 @@ async fn storage_failure_acknowledges_nothing_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn reads_answered_before_a_storage_failure_keep_their_audit_entries() {
+    let store = Arc::new(MemoryStore::new());
+    let server = TestServer::start_with_store(store.clone()).await;
+    let (mut switch, _) = server.switch().await;
+    let mut dialer = server.connect(Role::Dialer).await;
+    let (mut a, _) = server.desktop("A", "7001").await;
+    give(&mut switch, &mut dialer, &mut a, "C1", "R1", "7001").await;
+    let mut admin = server.connect(Role::Admin).await;
+    let before = all_audit(&mut admin).await.len() as u64;
+
+    // A read is answered at once; its audit entry waits to be written with later ones.
+    assert!(matches!(
+        a.request(record_req("GetRecord", "R1")).await.unwrap(),
+        ServerMsg::Record { .. }
+    ));
+    // The disk fails before that entry is written: the next write fails with it.
+    store.set_failing(true);
+    let reply = a.request(update("R1", json!({"x": 1}))).await.unwrap();
+    expect_error(&reply, ErrorCode::Unavailable);
+    store.set_failing(false);
+    let reply = a.request(update("R1", json!({"x": 2}))).await.unwrap();
+    assert!(
+        matches!(reply, ServerMsg::RecordUpdated { .. }),
+        "{reply:?}"
+    );
+
+    // The read's entry survived the failure, in its place, and nothing of the refused update did.
+    let entries = all_audit(&mut admin).await;
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let after: Vec<(AuditKind, Option<&str>)> = entries
+        .iter()
+        .filter(|e| e.seq > before)
+        .map(|e| (e.kind, e.request.as_deref()))
+        .collect();
+    assert_eq!(
+        after,
+        vec![
+            (AuditKind::Accepted, Some("GetRecord")),
+            (AuditKind::Accepted, Some("UpdateRecord")),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn audit_tail_filters_from_seq_and_follow() {
     let server = TestServer::start().await;
     let (mut switch, _) = server.switch().await;
