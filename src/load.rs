@@ -388,7 +388,12 @@ fn attach_req(call: &str, record: &str) -> Request {
     })
 }
 
-fn ev_ring(call: &str, dn: &str, consult_of: Option<&str>, from: Option<&str>) -> Request {
+pub(crate) fn ev_ring(
+    call: &str,
+    dn: &str,
+    consult_of: Option<&str>,
+    from: Option<&str>,
+) -> Request {
     Request::Ringing(Ringing {
         call: call.into(),
         dn: dn.into(),
@@ -398,14 +403,14 @@ fn ev_ring(call: &str, dn: &str, consult_of: Option<&str>, from: Option<&str>) -
     })
 }
 
-fn ev_est(call: &str, dn: &str) -> Request {
+pub(crate) fn ev_est(call: &str, dn: &str) -> Request {
     Request::Established(CallDn {
         call: call.into(),
         dn: dn.into(),
     })
 }
 
-fn ev_rel(call: &str, dn: &str) -> Request {
+pub(crate) fn ev_rel(call: &str, dn: &str) -> Request {
     Request::Released(Released {
         call: call.into(),
         dn: dn.into(),
@@ -1140,10 +1145,15 @@ fn summarize(
 
 /// Resident set size of a local process, from /proc (Linux).
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// One memory figure (`VmRSS:`, `VmHWM:`, ...) of a local process, in KiB, from /proc.
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()

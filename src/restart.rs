@@ -16,6 +16,7 @@
 use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::engine::{ConnId, Engine, EngineConfig, Input, Output};
+use crate::load::{ev_est, ev_rel, ev_ring, proc_status_kib};
 use crate::messages::*;
 use crate::store::{SledStore, Store, StoreError, WriteBatch};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -203,31 +204,6 @@ impl Driver {
     }
 }
 
-fn ring(call: &str, dn: &str) -> Request {
-    Request::Ringing(Ringing {
-        call: call.into(),
-        dn: dn.into(),
-        ani: None,
-        from_dn: None,
-        consult_of: None,
-    })
-}
-
-fn established(call: &str, dn: &str) -> Request {
-    Request::Established(CallDn {
-        call: call.into(),
-        dn: dn.into(),
-    })
-}
-
-fn released(call: &str, dn: &str) -> Request {
-    Request::Released(Released {
-        call: call.into(),
-        dn: dn.into(),
-        cause: None,
-    })
-}
-
 fn object(v: serde_json::Value) -> Object {
     match v {
         serde_json::Value::Object(m) => m,
@@ -280,8 +256,8 @@ fn play(d: &mut Driver, n: u64, agents: usize, audit_goal: u64) -> Result<Flow, 
     match flow {
         Flow::Waiting => return Ok(flow),
         Flow::Unanswered => {
-            d.switch(ring(&call, &dn_of(a)))?;
-            d.switch(released(&call, &dn_of(a)))?;
+            d.switch(ev_ring(&call, &dn_of(a), None, None))?;
+            d.switch(ev_rel(&call, &dn_of(a)))?;
             d.request(
                 DIALER,
                 Request::CancelRecord(RecordRef {
@@ -292,8 +268,8 @@ fn play(d: &mut Driver, n: u64, agents: usize, audit_goal: u64) -> Result<Flow, 
         }
         _ => {}
     }
-    d.switch(ring(&call, &dn_of(a)))?;
-    d.switch(established(&call, &dn_of(a)))?;
+    d.switch(ev_ring(&call, &dn_of(a), None, None))?;
+    d.switch(ev_est(&call, &dn_of(a)))?;
     let mut finisher = a;
     if flow == Flow::Transferred {
         d.switch(Request::Transferred(Transferred {
@@ -303,7 +279,7 @@ fn play(d: &mut Driver, n: u64, agents: usize, audit_goal: u64) -> Result<Flow, 
             kind: TransferKind::SingleStep,
             consult_call: None,
         }))?;
-        d.switch(established(&call, &dn_of(b)))?;
+        d.switch(ev_est(&call, &dn_of(b)))?;
         finisher = b;
     }
     // The entries still to come for this record once the reads are done: the update, the final
@@ -365,7 +341,7 @@ fn play(d: &mut Driver, n: u64, agents: usize, audit_goal: u64) -> Result<Flow, 
             }),
         )?,
     }
-    d.switch(released(&call, &dn_of(finisher)))?;
+    d.switch(ev_rel(&call, &dn_of(finisher)))?;
     Ok(flow)
 }
 
@@ -620,12 +596,6 @@ impl MeasureSummary {
     }
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// The server's start-up figures, from one line of its JSON log.
 fn start_figures(line: &str, run: &mut Run) {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -786,7 +756,7 @@ async fn measure_once(
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     let checked = check(opts.listen, token, m).await;
-    let peak = peak_rss_kib(child.id());
+    let peak = proc_status_kib(child.id(), "VmHWM:");
     stop(&mut child);
     let _ = reader.join();
     checked?;

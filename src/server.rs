@@ -206,24 +206,18 @@ pub async fn start_with_store(
     })?;
     let stop = CancellationToken::new();
     let config = Arc::new(config);
-    let (durable_tx, durable_rx) = watch::channel(audit_last_seq);
-    let announcer = Arc::new(Announcer::new(durable_tx));
-    let shared = Shared {
-        store,
-        durable: durable_rx,
-        announcer,
-    };
+    let announcer = Arc::new(Announcer::new(watch::channel(audit_last_seq).0));
+    let shared = Shared { store, announcer };
     let task = tokio::spawn(run(listener, config, stop.clone(), engine, shared));
     info!(%addr, "baton listening");
     Ok(ServerHandle { addr, stop, task })
 }
 
-/// What connection tasks share besides the engine: the store (for audit tails), the highest
-/// audit `seq` known to be on disk, and the live feed of newly durable entries.
+/// What connection tasks share besides the engine: the store (for audit tails) and the announcer
+/// (the highest audit `seq` known to be on disk, and the live feed of newly durable entries).
 #[derive(Clone)]
 struct Shared {
     store: Arc<dyn Store>,
-    durable: watch::Receiver<u64>,
     announcer: Arc<Announcer>,
 }
 
@@ -246,8 +240,12 @@ impl Announcer {
         }
     }
 
-    /// Entries handed to the store, not yet known to be flushed.
+    /// Entries handed to the store, not yet known to be flushed. Kept only while a tail follows:
+    /// one that starts later reads them from the store (it finds the hole in the feed).
     fn written(&self, entries: impl IntoIterator<Item = AuditEntry>) {
+        if self.live.receiver_count() == 0 {
+            return;
+        }
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
         w.extend(entries.into_iter().map(Arc::new));
     }
@@ -352,7 +350,7 @@ async fn run(
 /// Keeps the audit log within `keep` entries, trimming the oldest in the background as new ones
 /// become durable (in steps of about 1% of `keep`, so trimming is not a write per entry).
 async fn retention_loop(shared: Shared, keep: u64, stop: CancellationToken) {
-    let mut durable = shared.durable.clone();
+    let mut durable = shared.announcer.durable.subscribe();
     let store = shared.store.clone();
     let mut first = tokio::task::spawn_blocking(move || store.audit_first_seq())
         .await
@@ -1102,7 +1100,7 @@ async fn audit_tail(
 ) {
     // Subscribed before the durable seq is read: every entry past it arrives on the live feed.
     let mut live = shared.announcer.live.subscribe();
-    let mut durable = shared.durable.clone();
+    let mut durable = shared.announcer.durable.subscribe();
     let start_last = *durable.borrow_and_update();
     let mut cursor = t.from_seq.unwrap_or(start_last + 1).max(1);
     let wanted = |entry: &AuditEntry| {
