@@ -83,8 +83,21 @@ pub enum Output {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PartyState {
+    /// Ringing on this DN; it may never answer.
     Alerting,
+    /// This DN placed the call (`Ringing.from_dn`) and is on it, dialing. It is on the call as
+    /// far as leaving it goes (its `Released` ends a consultation, rule 5), and its desktop sees
+    /// the call as established; but it answered nothing, so it gains no access by being here.
+    Dialing,
+    /// Answered (or joined by transfer or conference).
     Established,
+}
+
+impl PartyState {
+    /// What the DN's desktop has been told: a dialing caller sees its call as established.
+    fn shown_established(state: Option<PartyState>) -> bool {
+        matches!(state, Some(PartyState::Established | PartyState::Dialing))
+    }
 }
 
 /// The DNs on a call and their state, sorted by DN. A call has a handful, so a sorted vector
@@ -102,7 +115,8 @@ impl Parties {
     fn contains_key(&self, dn: &str) -> bool {
         self.position(dn).is_ok()
     }
-    /// Adds `dn` as `state` if it is not a party yet; `Established` also upgrades one alerting.
+    /// Adds `dn` as `state` if it is not a party yet; `Established` also upgrades one alerting
+    /// or dialing.
     fn add(&mut self, dn: &str, state: PartyState) {
         match self.position(dn) {
             Ok(i) => {
@@ -1298,7 +1312,7 @@ impl Engine {
                         consult_of: call.consult_of.clone(),
                     },
                 ),
-                Some(PartyState::Established) => Self::send(
+                Some(PartyState::Established | PartyState::Dialing) => Self::send(
                     out,
                     conn,
                     None,
@@ -2289,6 +2303,20 @@ impl Engine {
                 self.calls.get_mut(&e.call).expect("exists").consult_of = Some(c1);
             }
         }
+        // The caller is on the call from now on (CONTRACT section 5): when it hangs up, its
+        // `Released` must find it, whether or not the switch ever sends `Established` for it.
+        if let Some(from) = e.from_dn.as_deref().filter(|f| *f != e.dn) {
+            if !self.calls[&e.call].parties.contains_key(from) {
+                self.add_party(&e.call, from, PartyState::Dialing);
+                if let Some(conn) = self.conn_on_dn(from) {
+                    let msg = ServerMsg::CallEstablished {
+                        call: e.call.clone(),
+                        dn: from.to_owned(),
+                    };
+                    Self::send(out, conn, None, msg);
+                }
+            }
+        }
         let c = &self.calls[&e.call];
         if c.parties.get(&e.dn) == Some(PartyState::Alerting) {
             if let Some(conn) = self.conn_on_dn(&e.dn) {
@@ -2309,7 +2337,7 @@ impl Engine {
         }
         let before = self.calls.get(&e.call).and_then(|c| c.parties.get(&e.dn));
         self.add_party(&e.call, &e.dn, PartyState::Established);
-        if before != Some(PartyState::Established) {
+        if !PartyState::shown_established(before) {
             if let Some(conn) = self.conn_on_dn(&e.dn) {
                 let msg = ServerMsg::CallEstablished {
                     call: e.call.clone(),
@@ -2478,8 +2506,8 @@ impl Engine {
         self.add_party(&e.call, &e.to_dn, arriving);
         let record = self.call_record.get(&e.call).cloned();
         match (before, arriving) {
-            (Some(PartyState::Established), _) => {}
-            (_, PartyState::Established) => self.push_dn(
+            (Some(PartyState::Established | PartyState::Dialing), _) => {}
+            (_, PartyState::Established | PartyState::Dialing) => self.push_dn(
                 out,
                 &e.to_dn,
                 ServerMsg::CallEstablished {
@@ -2531,7 +2559,7 @@ impl Engine {
         }
         let before = self.calls[&e.call].parties.get(&e.dn);
         self.add_party(&e.call, &e.dn, PartyState::Established);
-        if before != Some(PartyState::Established) {
+        if !PartyState::shown_established(before) {
             self.push_dn(
                 out,
                 &e.dn,

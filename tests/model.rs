@@ -110,13 +110,21 @@ enum Step {
         call: usize,
         dn: usize,
     },
-    /// `Ringing call dn consult_of of`, then (if answered) `Established call dn`.
+    /// `Ringing call dn consult_of of` (with `from_dn` the caller, if any), then (with
+    /// `caller_answer`) `Established call caller`, then (if answered) `Established call dn`.
     Consult {
         call: usize,
         of: usize,
         dn: usize,
         answer: bool,
+        /// `None`: no `from_dn`; `Some(None)`: a DN on the consulted call, as the test's switch
+        /// knows it; `Some(Some(dn))`: that DN.
+        caller: Option<Option<usize>>,
+        caller_answer: bool,
     },
+    /// The DN that placed `call` (its `from_dn`) hangs up: `Released` on the caller's DN, or on
+    /// a DN the call is on if the test's switch knows no caller.
+    CallerHangsUp(usize),
     /// `dn: None`: a DN the call is on, as far as the test's switch knows.
     Released {
         call: usize,
@@ -219,9 +227,24 @@ fn step_s() -> BoxedStrategy<Step> {
         10 => (call_s(), dn_s())
             .prop_map(|(call, dn)| Step::Established { call, dn })
             .boxed(),
-        4 => (call_s(), call_s(), dn_s(), prop::bool::weighted(0.8))
-            .prop_map(|(call, of, dn, answer)| Step::Consult { call, of, dn, answer })
+        4 => (
+            call_s(),
+            call_s(),
+            dn_s(),
+            prop::bool::weighted(0.8),
+            prop::option::weighted(0.7, prop::option::weighted(0.2, dn_s())),
+            prop::bool::weighted(0.4),
+        )
+            .prop_map(|(call, of, dn, answer, caller, caller_answer)| Step::Consult {
+                call,
+                of,
+                dn,
+                answer,
+                caller,
+                caller_answer
+            })
             .boxed(),
+        2 => call_s().prop_map(Step::CallerHangsUp).boxed(),
         4 => (call_s(), prop::option::weighted(0.3, dn_s()), prop::bool::weighted(0.3))
             .prop_map(|(call, dn, rona)| Step::Released { call, dn, rona })
             .boxed(),
@@ -293,6 +316,7 @@ static REFUSED_READ_ONLY: AtomicU64 = AtomicU64::new(0);
 static ALREADY_FINAL: AtomicU64 = AtomicU64::new(0);
 static LOGOUT_PENDING: AtomicU64 = AtomicU64::new(0);
 static RULE5_JUDGED: AtomicU64 = AtomicU64::new(0);
+static RULE5_CALLER_JUDGED: AtomicU64 = AtomicU64::new(0);
 static RULE7_JUDGED: AtomicU64 = AtomicU64::new(0);
 
 fn bump(c: &AtomicU64) {
@@ -364,8 +388,8 @@ struct Harness {
     /// Call -> live record attached to it (from `attached` / `finalized` audit entries).
     call_record: HashMap<String, String>,
     /// The test's own idea of the switch: call -> DNs on it (only to pick plausible parameters).
-    /// Mirrors the engine's call parties (DN -> answered) for calls never linked as consultations.
-    parties: BTreeMap<String, BTreeMap<String, bool>>,
+    /// Mirrors the engine's call parties (DN -> state) for calls never linked as consultations.
+    parties: BTreeMap<String, BTreeMap<String, Party>>,
     /// Calls that may be linked as a consultation (Ringing with consult_of or ani while they had
     /// no record): the engine may merge them away, so their parties are not judged (rule 7).
     /// Never cleared: a call id once flagged stays unjudged for the rest of the sequence.
@@ -389,6 +413,15 @@ struct Harness {
     logout_pending: [bool; 4],
     /// (call, dn) of the `CallCleared` pushes of the current step.
     cleared: BTreeSet<(String, String)>,
+}
+
+/// A DN on a call, as the test's switch knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Party {
+    Alerting,
+    /// Placed the call (`from_dn`) and has not been reported answered.
+    Dialing,
+    Answered,
 }
 
 fn agent_idx(name: &str) -> Option<usize> {
@@ -522,14 +555,18 @@ impl Harness {
         self.consult.remove(call);
     }
 
-    fn add_party(&mut self, call: &str, dn: &str, answered: bool) {
-        let state = self
+    /// Adds `dn` to `call` as `state` if it is not on it; answering upgrades a ringing or dialing
+    /// party, nothing else changes one.
+    fn add_party(&mut self, call: &str, dn: &str, state: Party) {
+        let held = self
             .parties
             .entry(call.to_owned())
             .or_default()
             .entry(dn.to_owned())
-            .or_insert(answered);
-        *state |= answered;
+            .or_insert(state);
+        if state == Party::Answered {
+            *held = Party::Answered;
+        }
     }
 
     /// What the contract says a record request must get, from the state before it.
@@ -569,6 +606,18 @@ impl Harness {
     /// Fills in the DNs a step leaves to the test's switch model, so checks see what was sent.
     fn resolve(&self, step: &Step) -> Step {
         match step.clone() {
+            Step::CallerHangsUp(call) => {
+                let caller = self.parties.get(CALLS[call]).and_then(|p| {
+                    p.iter()
+                        .find(|(_, s)| **s == Party::Dialing)
+                        .and_then(|(d, _)| DNS.iter().position(|x| x == d))
+                });
+                Step::Released {
+                    call,
+                    dn: Some(caller.unwrap_or_else(|| self.some_party(CALLS[call]))),
+                    rona: false,
+                }
+            }
             Step::Released {
                 call,
                 dn: None,
@@ -590,6 +639,21 @@ impl Harness {
                 to,
                 kind,
                 consult_call,
+            },
+            Step::Consult {
+                call,
+                of,
+                dn,
+                answer,
+                caller: Some(None),
+                caller_answer,
+            } => Step::Consult {
+                call,
+                of,
+                dn,
+                answer,
+                caller: Some(Some(self.some_party(CALLS[of]))),
+                caller_answer,
             },
             Step::PhoneLogout { agent, dn: None } => Step::PhoneLogout {
                 agent,
@@ -614,6 +678,7 @@ impl Harness {
         let mut out = Vec::new();
         let mut sent = Vec::new();
         match step.clone() {
+            Step::CallerHangsUp(_) => unreachable!("resolved into a Released"),
             Step::Login(a) => {
                 let conn = match self.desk[a] {
                     Some(c) => c,
@@ -715,7 +780,11 @@ impl Harness {
                 {
                     self.maybe_consult.insert(call_s.into());
                 }
-                self.add_party(call_s, DNS[dn], false);
+                self.add_party(call_s, DNS[dn], Party::Alerting);
+                // CONTRACT 5: the caller is on the call from the Ringing on, dialing.
+                if let Some(from) = from_dn.filter(|f| *f != dn) {
+                    self.add_party(call_s, DNS[from], Party::Dialing);
+                }
                 let req = Request::Ringing(Ringing {
                     call: call_s.into(),
                     dn: DNS[dn].into(),
@@ -730,6 +799,8 @@ impl Harness {
                 of,
                 dn,
                 answer,
+                caller,
+                caller_answer,
             } => {
                 let call_s = CALLS[call];
                 if of != call
@@ -741,15 +812,33 @@ impl Harness {
                 if !self.call_record.contains_key(call_s) {
                     self.maybe_consult.insert(call_s.into());
                 }
-                self.add_party(call_s, DNS[dn], answer);
+                let state = if answer {
+                    Party::Answered
+                } else {
+                    Party::Alerting
+                };
+                self.add_party(call_s, DNS[dn], state);
+                let caller = caller.flatten().filter(|c| *c != dn);
+                if let Some(from) = caller {
+                    self.add_party(call_s, DNS[from], Party::Dialing);
+                }
                 let req = Request::Ringing(Ringing {
                     call: call_s.into(),
                     dn: DNS[dn].into(),
                     ani: None,
-                    from_dn: None,
+                    from_dn: caller.map(|c| DNS[c].into()),
                     consult_of: Some(CALLS[of].into()),
                 });
                 self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
+                // Some switches also report the caller's side answered, most do not.
+                if let (Some(from), true) = (caller, caller_answer) {
+                    self.add_party(call_s, DNS[from], Party::Answered);
+                    let req = Request::Established(CallDn {
+                        call: call_s.into(),
+                        dn: DNS[from].into(),
+                    });
+                    self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
+                }
                 if answer {
                     let req = Request::Established(CallDn {
                         call: call_s.into(),
@@ -759,7 +848,7 @@ impl Harness {
                 }
             }
             Step::Established { call, dn } => {
-                self.add_party(CALLS[call], DNS[dn], true);
+                self.add_party(CALLS[call], DNS[dn], Party::Answered);
                 let req = Request::Established(CallDn {
                     call: CALLS[call].into(),
                     dn: DNS[dn].into(),
@@ -795,7 +884,12 @@ impl Harness {
                     if let Some(p) = self.parties.get_mut(CALLS[call]) {
                         p.remove(DNS[from]);
                     }
-                    self.add_party(CALLS[call], DNS[to], kind == TransferKind::TwoStep);
+                    let state = if kind == TransferKind::TwoStep {
+                        Party::Answered
+                    } else {
+                        Party::Alerting
+                    };
+                    self.add_party(CALLS[call], DNS[to], state);
                 }
                 let req = Request::Transferred(Transferred {
                     call: CALLS[call].into(),
@@ -814,7 +908,7 @@ impl Harness {
                 let consult_call = consult_call.filter(|c| *c != call);
                 // A merged consultation is dropped by the engine; its parties stay here, but it is
                 // in `maybe_consult` and never judged by them.
-                self.add_party(CALLS[call], DNS[dn], true);
+                self.add_party(CALLS[call], DNS[dn], Party::Answered);
                 let req = Request::Conferenced(Conferenced {
                     call: CALLS[call].into(),
                     dn: DNS[dn].into(),
@@ -1399,7 +1493,7 @@ impl Harness {
                 .parties
                 .iter()
                 .filter(|(c, _)| judged(c))
-                .filter_map(|(c, p)| p.get(DNS[a]).map(|s| (c, *s)))
+                .filter_map(|(c, p)| p.get(DNS[a]).map(|s| (c, *s != Party::Alerting)))
                 .collect();
             if told != actual {
                 return Err(format!(
@@ -1907,7 +2001,7 @@ impl Harness {
                 let was_full = |r: &String| {
                     holders_before.get(r).and_then(|h| h.get(x)) == Some(&Access::Full)
                 };
-                if let (false, Some(r), Some(_), Some(&answered)) = (
+                if let (false, Some(r), Some(_), Some(&state)) = (
                     maybe_consult_before.contains(c),
                     live_record(call).filter(was_full),
                     agent_on(dn),
@@ -1918,7 +2012,7 @@ impl Harness {
                         .get(c)
                         .map(|p| {
                             p.iter()
-                                .filter(|(d, answered)| **answered && d.as_str() != DNS[dn])
+                                .filter(|(d, s)| **s == Party::Answered && d.as_str() != DNS[dn])
                                 .filter_map(|(d, _)| DNS.iter().position(|x| x == d))
                                 .filter_map(agent_on)
                                 .collect()
@@ -1931,18 +2025,24 @@ impl Harness {
                             "rule 7: {x} left {c} while {others:?} remain, but still holds {now:?} on {r}"
                         ));
                     }
-                    if others.is_empty() && answered && now != Access::Full {
+                    // A caller that leaves while dialing is on the call as much as one that answered.
+                    if others.is_empty() && state != Party::Alerting && now != Access::Full {
                         return Err(format!(
                             "rule 7: {x} was the last agent to leave {c} but holds {now:?} on {r}"
                         ));
                     }
                 }
-                // Only judged when the engine showed (by `CallCleared`) that the DN left the call,
-                // and B is still a party of the consultation.
+                // Judged when the engine showed (by `CallCleared`) that the DN left the call, or
+                // the DN was the consultation's caller (CONTRACT 5: on the call from its Ringing,
+                // with or without an Established), and B is still a party of the consultation.
                 let c2 = CALLS[call];
                 let on =
                     |c: &str, d: &str| parties_before.get(c).is_some_and(|p| p.contains_key(d));
-                let left = self.cleared.contains(&(c2.to_owned(), DNS[dn].to_owned()));
+                let caller = parties_before
+                    .get(c2)
+                    .and_then(|p| p.get(DNS[dn]))
+                    .is_some_and(|s| *s == Party::Dialing);
+                let left = caller || self.cleared.contains(&(c2.to_owned(), DNS[dn].to_owned()));
                 for ((r, b), (x, _customer)) in ro_via_before {
                     let Some(bi) = agent_idx(b) else { continue };
                     if x != c2 || !left || !on(x, DNS[bi]) {
@@ -1952,6 +2052,9 @@ impl Harness {
                         == Some(&Access::Full);
                     if bi == dn || a_full {
                         bump(&RULE5_JUDGED);
+                        if caller {
+                            bump(&RULE5_CALLER_JUDGED);
+                        }
                     }
                     if (bi == dn || a_full) && acc(r, b) != Access::Revoked {
                         return Err(format!(
@@ -2033,7 +2136,7 @@ impl AllCauses for AccessCause {
 /// The test's model as it was before a step, for the rule checks.
 struct Before {
     call_record: HashMap<String, String>,
-    parties: BTreeMap<String, BTreeMap<String, bool>>,
+    parties: BTreeMap<String, BTreeMap<String, Party>>,
     maybe_consult: BTreeSet<String>,
     ro_via: HashMap<(String, String), (String, String)>,
     holders: HashMap<String, BTreeMap<String, Access>>,
@@ -2086,7 +2189,7 @@ fn sharing_rules_hold_for_random_sequences() {
         "model: {} sequences ({cases} cases, seed {seed}), {} steps, longest sequence {} steps; \
          coverage: {} read-only grants, {} transfer grants, {} conference grants, {} finals \
          ({} stale), {} already_final, {} read_only refusals, {} resumes, {} logout pending, \
-         {} consultation releases and {} conference leaves judged",
+         {} consultation releases ({} by the caller) and {} conference leaves judged",
         n(&SEQUENCES),
         n(&STEPS),
         n(&LONGEST),
@@ -2100,6 +2203,7 @@ fn sharing_rules_hold_for_random_sequences() {
         n(&RESUMED),
         n(&LOGOUT_PENDING),
         n(&RULE5_JUDGED),
+        n(&RULE5_CALLER_JUDGED),
         n(&RULE7_JUDGED),
     );
     if let Err(e) = result {

@@ -572,6 +572,141 @@ async fn consultation_ended_by_the_initiator_revokes_the_consultee() {
     expect_quiet(&mut t.a).await;
 }
 
+/// A consults B; the switch sends no `Established` for A's side of the consultation (many
+/// switches report only the called party). The caller named by `from_dn` is on the call all the
+/// same: its desktop sees the call, and its hang-up ends the consultation (rule 5).
+async fn consult_b_without_callers_established(t: &mut Centre, c2: &str, ani: Option<&str>) {
+    let consult_of = if ani.is_some() { None } else { Some("C1") };
+    event(
+        &mut t.switch,
+        ringing_full(c2, "7002", ani, Some("7001"), consult_of),
+    )
+    .await;
+    expect_push(
+        &mut t.a,
+        ServerMsg::CallEstablished {
+            call: c2.into(),
+            dn: "7001".into(),
+        },
+    )
+    .await;
+    event(&mut t.switch, established(c2, "7002")).await;
+    let m = next_record_push(&mut t.b).await;
+    assert_eq!(
+        access_of(&m),
+        ("R1".into(), Access::ReadOnly, AccessCause::Consultation)
+    );
+}
+
+#[tokio::test]
+async fn the_callers_hang_up_ends_the_consultation_without_its_established() {
+    let mut t = Centre::new().await;
+    t.call_on_a("C1", "R1").await;
+    consult_b_without_callers_established(&mut t, "C2", None).await;
+    event(&mut t.switch, released("C2", "7001", None)).await;
+    expect_push(
+        &mut t.a,
+        ServerMsg::CallCleared {
+            call: "C2".into(),
+            dn: "7001".into(),
+            cause: "hangup".into(),
+        },
+    )
+    .await;
+    let m = next_record_push(&mut t.b).await;
+    assert_eq!(
+        access_of(&m),
+        ("R1".into(), Access::Revoked, AccessCause::Released)
+    );
+    let reply = t.b.request(record_req("GetRecord", "R1")).await.unwrap();
+    expect_error(&reply, ErrorCode::AccessDenied);
+    // A keeps full and is told nothing more.
+    expect_quiet(&mut t.a).await;
+    let (_, holders, _) = t.info("R1").await;
+    assert_eq!(
+        holders,
+        vec![
+            Holder {
+                agent: "A".into(),
+                access: Access::Full
+            },
+            Holder {
+                agent: "B".into(),
+                access: Access::Revoked
+            }
+        ]
+    );
+    // B is still on C2 as far as the switch has said; the call ends with B's own release.
+    event(&mut t.switch, released("C2", "7002", None)).await;
+    match t.admin.request(Request::Status).await.unwrap() {
+        ServerMsg::StatusReport { calls, .. } => assert_eq!(calls, 1, "only C1 is left"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_callers_hang_up_ends_a_consultation_linked_by_ani() {
+    let mut t = Centre::new().await;
+    t.call_on_a("C1", "R1").await;
+    consult_b_without_callers_established(&mut t, "C2", Some("555R1")).await;
+    event(&mut t.switch, released("C2", "7001", None)).await;
+    let m = next_record_push(&mut t.b).await;
+    assert_eq!(
+        access_of(&m),
+        ("R1".into(), Access::Revoked, AccessCause::Released)
+    );
+}
+
+#[tokio::test]
+async fn a_dialing_caller_is_replayed_and_a_transfer_clears_its_side() {
+    let mut t = Centre::new().await;
+    t.call_on_a("C1", "R1").await;
+    consult_b_without_callers_established(&mut t, "C2", None).await;
+    // A's desktop is replaced by a new one: the replay shows both of its calls established.
+    let mut a2 = t.server.connect(Role::Desktop).await;
+    let reply = a2.request(login("A", "7001", None)).await.unwrap();
+    assert!(matches!(reply, ServerMsg::LoggedIn { .. }), "{reply:?}");
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        match a2.next_push().await.unwrap() {
+            ServerMsg::CallEstablished { call, dn } => {
+                assert_eq!(dn, "7001");
+                calls.push(call);
+            }
+            other => panic!("expected CallEstablished, got {other:?}"),
+        }
+    }
+    assert_eq!(calls, vec!["C1".to_string(), "C2".to_string()]);
+    t.a = a2;
+    let m = next_record_push(&mut t.a).await;
+    assert_eq!(
+        access_of(&m),
+        ("R1".into(), Access::Full, AccessCause::Resume)
+    );
+    // The two-step transfer completes: the consultation's parties, A's dialing side included,
+    // are told it is over.
+    event(
+        &mut t.switch,
+        transferred("C1", "7001", "7002", TransferKind::TwoStep, Some("C2")),
+    )
+    .await;
+    let mut cleared = Vec::new();
+    for _ in 0..2 {
+        match t.a.next_push().await.unwrap() {
+            ServerMsg::CallCleared { call, cause, .. } => cleared.push((call, cause)),
+            other => panic!("expected CallCleared, got {other:?}"),
+        }
+    }
+    cleared.sort();
+    assert_eq!(
+        cleared,
+        vec![
+            ("C1".to_string(), "transferred".to_string()),
+            ("C2".to_string(), "transferred".to_string())
+        ]
+    );
+}
+
 #[tokio::test]
 async fn consultation_ended_by_rona_grants_nothing() {
     let mut t = Centre::new().await;
