@@ -54,6 +54,18 @@ pub struct Config {
     pub outbound_queue_frames: usize,
     /// Audit entries kept on disk; older ones are trimmed. 0 keeps every entry.
     pub audit_retention_entries: u64,
+    /// How long a final record stays in memory after it became final; later requests naming it
+    /// read it back from the store.
+    pub final_record_memory_ms: u64,
+    /// Final records kept in memory at most; past it the oldest leave first.
+    pub max_final_records_in_memory: u64,
+    /// A call with no telephony event for this long is dropped (the switch never ended it).
+    pub call_idle_timeout_ms: u64,
+    /// Audit entries of reads and refusals waiting to be written at most; past it (a failing
+    /// disk) reads are refused with `unavailable`.
+    pub max_deferred_audit_entries: u64,
+    /// Memory the embedded store may use to cache its pages, in bytes.
+    pub store_cache_bytes: u64,
     pub tokens: Tokens,
 }
 
@@ -70,8 +82,54 @@ impl Default for Config {
             orphan_timeout_ms: 120000,
             outbound_queue_frames: 1024,
             audit_retention_entries: 0,
+            final_record_memory_ms: 60_000,
+            max_final_records_in_memory: 50_000,
+            call_idle_timeout_ms: 4 * 3_600_000,
+            max_deferred_audit_entries: 100_000,
+            store_cache_bytes: 256 * 1024 * 1024,
             tokens: Tokens::default(),
         }
+    }
+}
+
+/// Longest timer accepted: a year. Deadlines are the current time plus a timer in milliseconds,
+/// so nothing near `u64::MAX` may get in; and no call-centre timer is sensibly longer.
+const MAX_TIMER_MS: u64 = 365 * 86_400_000;
+/// A record's data and context may take `max_frame_bytes - 1024` (the rest is for the envelope of
+/// the push that carries them); 4 KiB leaves a useful 3 KiB.
+const MIN_FRAME_BYTES: u64 = 4096;
+/// Every connection may have two queues' worth of frames this large waiting; 64 MiB is already
+/// far beyond any calling-list record.
+const MAX_FRAME_BYTES: u64 = 64 * 1024 * 1024;
+
+/// One numeric key with its allowed range.
+struct Bound {
+    key: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+    why: &'static str,
+}
+
+impl Bound {
+    fn new(key: &'static str, value: u64, min: u64, max: u64, why: &'static str) -> Bound {
+        Bound {
+            key,
+            value,
+            min,
+            max,
+            why,
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if (self.min..=self.max).contains(&self.value) {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(format!(
+            "`{}` = {} is out of range: allowed {} to {} ({})",
+            self.key, self.value, self.min, self.max, self.why
+        )))
     }
 }
 
@@ -121,28 +179,47 @@ impl Config {
         }
     }
 
-    /// Rejects values that would make the server unusable rather than failing later at run time.
+    /// Rejects values that cannot work, naming the key and its allowed range, rather than
+    /// failing later at run time (a deadline that overflows, a frame too small for any record,
+    /// a limit of zero).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("max_frame_bytes", self.max_frame_bytes as u64),
-            ("max_connections", self.max_connections as u64),
-            ("handshake_timeout_ms", self.handshake_timeout_ms),
-            ("heartbeat_ms", self.heartbeat_ms),
-            ("outbound_queue_frames", self.outbound_queue_frames as u64),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} must be greater than 0"
-                )));
-            }
-        }
-        if self.max_frame_bytes > u32::MAX as usize {
-            return Err(ConfigError::Invalid(
-                "max_frame_bytes must fit the 4-byte frame header".into(),
-            ));
+        for bound in self.bounds() {
+            bound.check()?;
         }
         Ok(())
+    }
+
+    /// Every numeric key with its allowed range and the reason for it.
+    fn bounds(&self) -> [Bound; 13] {
+        let n = |v: usize| v as u64;
+        [
+            Bound::new("max_frame_bytes", n(self.max_frame_bytes), MIN_FRAME_BYTES, MAX_FRAME_BYTES,
+                "a frame must hold a record's data and context plus 1 KiB of envelope, and fit the 4-byte header with room to spare"),
+            Bound::new("max_connections", n(self.max_connections), 1, 1_000_000,
+                "at least one client must be able to connect"),
+            Bound::new("handshake_timeout_ms", self.handshake_timeout_ms, 10, MAX_TIMER_MS,
+                "a client needs time to send Hello"),
+            Bound::new("heartbeat_ms", self.heartbeat_ms, 10, MAX_TIMER_MS,
+                "a connection silent for 3 x heartbeat_ms is closed"),
+            Bound::new("resume_grace_ms", self.resume_grace_ms, 0, MAX_TIMER_MS,
+                "a deadline past a year overflows nothing but helps nobody; 0 logs an agent out as soon as its desktop drops"),
+            Bound::new("orphan_timeout_ms", self.orphan_timeout_ms, 0, MAX_TIMER_MS,
+                "0 returns an unheld record to the dialer at once"),
+            Bound::new("outbound_queue_frames", n(self.outbound_queue_frames), 8, 1_048_576,
+                "a client must be able to have a few answers and pushes queued"),
+            Bound::new("audit_retention_entries", self.audit_retention_entries, 0, u64::MAX / 2,
+                "0 keeps every entry"),
+            Bound::new("final_record_memory_ms", self.final_record_memory_ms, 0, MAX_TIMER_MS,
+                "0 lets final records leave memory at the next timer tick"),
+            Bound::new("max_final_records_in_memory", self.max_final_records_in_memory, 0, 100_000_000,
+                "0 keeps no final record in memory"),
+            Bound::new("call_idle_timeout_ms", self.call_idle_timeout_ms, 100, MAX_TIMER_MS,
+                "a call must live long enough to be answered and transferred"),
+            Bound::new("max_deferred_audit_entries", self.max_deferred_audit_entries, 1_000, 100_000_000,
+                "reads must not be refused while the disk merely catches up"),
+            Bound::new("store_cache_bytes", self.store_cache_bytes, 1 << 20, 1 << 40,
+                "the store needs some memory for its pages"),
+        ]
     }
 
     pub fn heartbeat(&self) -> Duration {
@@ -181,6 +258,53 @@ mod tests {
     fn zero_heartbeat_is_rejected() {
         let c = Config::from_toml("heartbeat_ms = 0").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    /// Each value that cannot work is refused, and the message names the key and the range.
+    #[test]
+    fn values_that_cannot_work_are_refused_with_key_and_range() {
+        let cases = [
+            ("max_frame_bytes = 1000", "max_frame_bytes"),
+            ("max_frame_bytes = 4294967296", "max_frame_bytes"),
+            ("max_connections = 0", "max_connections"),
+            ("handshake_timeout_ms = 0", "handshake_timeout_ms"),
+            ("heartbeat_ms = 9223372036854775807", "heartbeat_ms"),
+            ("resume_grace_ms = 9223372036854775807", "resume_grace_ms"),
+            (
+                "orphan_timeout_ms = 9223372036854775807",
+                "orphan_timeout_ms",
+            ),
+            ("outbound_queue_frames = 0", "outbound_queue_frames"),
+            (
+                "final_record_memory_ms = 9223372036854775807",
+                "final_record_memory_ms",
+            ),
+            ("call_idle_timeout_ms = 0", "call_idle_timeout_ms"),
+            (
+                "max_deferred_audit_entries = 0",
+                "max_deferred_audit_entries",
+            ),
+            ("store_cache_bytes = 0", "store_cache_bytes"),
+        ];
+        for (text, key) in cases {
+            let c = Config::from_toml(text).unwrap();
+            let message = match c.validate() {
+                Err(ConfigError::Invalid(m)) => m,
+                other => panic!("{text}: expected Invalid, got {other:?}"),
+            };
+            assert!(
+                message.starts_with(&format!("`{key}` = ")) && message.contains("allowed"),
+                "{text}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_edges_of_each_range_are_accepted() {
+        let text = "max_frame_bytes = 4096\nresume_grace_ms = 0\norphan_timeout_ms = 0\n\
+                    final_record_memory_ms = 0\nmax_final_records_in_memory = 0\n\
+                    outbound_queue_frames = 8\nheartbeat_ms = 31536000000\n";
+        Config::from_toml(text).unwrap().validate().unwrap();
     }
 
     #[test]
