@@ -170,6 +170,9 @@ enum Step {
     /// Time passes and an admin `Ping` arrives, without a timer tick yet (the server ticks every
     /// 100 ms, and later under load).
     Wait(u64),
+    /// The step runs as one batch whose writes the store refuses (a full or failing disk): the
+    /// shell rolls the engine back and applies again the connection changes the step contained.
+    StorageFails(Box<Step>),
 }
 
 fn agent_s() -> impl Strategy<Value = usize> {
@@ -200,6 +203,14 @@ fn desk_op_s() -> BoxedStrategy<DeskOp> {
 }
 
 fn step_s() -> BoxedStrategy<Step> {
+    prop_oneof![
+        12 => base_step_s(),
+        1 => base_step_s().prop_map(|s| Step::StorageFails(Box::new(s))),
+    ]
+    .boxed()
+}
+
+fn base_step_s() -> BoxedStrategy<Step> {
     prop_oneof![
         2 => agent_s().prop_map(Step::Login).boxed(),
         2 => (agent_s(), any::<bool>())
@@ -317,6 +328,7 @@ static ALREADY_FINAL: AtomicU64 = AtomicU64::new(0);
 static LOGOUT_PENDING: AtomicU64 = AtomicU64::new(0);
 static RULE5_JUDGED: AtomicU64 = AtomicU64::new(0);
 static RULE5_CALLER_JUDGED: AtomicU64 = AtomicU64::new(0);
+static REFUSED_BATCHES: AtomicU64 = AtomicU64::new(0);
 static RULE7_JUDGED: AtomicU64 = AtomicU64::new(0);
 
 fn bump(c: &AtomicU64) {
@@ -413,6 +425,14 @@ struct Harness {
     logout_pending: [bool; 4],
     /// (call, dn) of the `CallCleared` pushes of the current step.
     cleared: BTreeSet<(String, String)>,
+    /// The current step's batch is refused by the store.
+    refuse_writes: bool,
+    /// The engine as it was before a refused step, and the facts (connection changes) the step
+    /// fed it: after the rollback, the engine must equal that engine with those facts applied.
+    pre_step: Option<Engine>,
+    step_facts: Vec<Input>,
+    /// The current step's batch was refused and rolled back.
+    rolled_back: bool,
 }
 
 /// A DN on a call, as the test's switch knows it.
@@ -465,6 +485,10 @@ impl Harness {
             away_since: [0; 4],
             calls_view: Default::default(),
             context: HashMap::new(),
+            refuse_writes: false,
+            pre_step: None,
+            step_facts: Vec::new(),
+            rolled_back: false,
         };
         let mut out = Vec::new();
         for (conn, role) in [
@@ -488,6 +512,9 @@ impl Harness {
     }
 
     fn input(&mut self, input: Input, out: &mut Vec<Output>) {
+        if Engine::is_fact(&input) {
+            self.step_facts.push(input.clone());
+        }
         self.engine.handle(self.now, input, out);
     }
 
@@ -663,10 +690,35 @@ impl Harness {
         }
     }
 
+    /// Runs one step as the shell runs one group commit: a batch that is kept, or (for
+    /// `StorageFails`) refused and rolled back.
     fn step(&mut self, step: &Step) -> Result<(), String> {
+        let (inner, refuse) = match step {
+            Step::StorageFails(s) => (&**s, true),
+            s => (s, false),
+        };
+        self.refuse_writes = refuse;
+        self.pre_step = refuse.then(|| self.engine.clone());
+        self.step_facts.clear();
+        self.engine.begin();
+        self.rolled_back = false;
+        let result = self.apply_step(inner);
+        let _ = self.engine.take_writes();
+        self.engine.commit();
+        result?;
+        if self.rolled_back {
+            // The disk is back and the server's timer ticks again: deadlines the refused batch
+            // had applied (and which were rolled back with it) take effect now.
+            self.step(&Step::Advance(0))?;
+        }
+        Ok(())
+    }
+
+    fn apply_step(&mut self, step: &Step) -> Result<(), String> {
         let step = &self.resolve(step);
         let connected_at_start: [bool; 4] =
             std::array::from_fn(|a| self.desk[a].is_some() && self.logged_in[a]);
+        let (desk_before, logged_in_before) = (self.desk, self.logged_in);
         let call_record_before = self.call_record.clone();
         let parties_before = self.parties.clone();
         let consult_before = self.consult.clone();
@@ -679,6 +731,7 @@ impl Harness {
         let mut sent = Vec::new();
         match step.clone() {
             Step::CallerHangsUp(_) => unreachable!("resolved into a Released"),
+            Step::StorageFails(_) => unreachable!("a refused step is not nested"),
             Step::Login(a) => {
                 let conn = match self.desk[a] {
                     Some(c) => c,
@@ -1080,6 +1133,58 @@ impl Harness {
                 self.now += ms;
                 self.request(ADMIN, Request::Ping, Kind::Ping, &mut out, &mut sent);
             }
+        }
+        if self.refuse_writes {
+            let writes = self.engine.take_writes();
+            if !writes.is_empty() {
+                // What the shell does when the store refuses a batch: nothing of it is sent,
+                // requests get `unavailable`, the engine goes back to before the batch, and the
+                // connection changes in it are applied again.
+                self.engine.rollback();
+                let mut expected = self.pre_step.take().expect("cloned before the step");
+                let (mut fact_out, mut expected_out) = (Vec::new(), Vec::new());
+                for input in std::mem::take(&mut self.step_facts) {
+                    expected.reapply_fact(self.now, input.clone(), &mut expected_out);
+                    self.engine.reapply_fact(self.now, input, &mut fact_out);
+                }
+                // The wrapper closes the step's batch; this one only stands in for it.
+                self.engine.begin();
+                let (got, want) = (self.engine.dump(), expected.dump());
+                if got != want {
+                    let diff: Vec<String> = got
+                        .lines()
+                        .zip(want.lines())
+                        .filter(|(g, w)| g != w)
+                        .map(|(g, w)| format!("after rollback: {g}\nbefore the batch: {w}"))
+                        .collect();
+                    return Err(format!(
+                        "inv 8: a refused batch left the engine changed:\n{}",
+                        diff.join("\n")
+                    ));
+                }
+                if fact_out != expected_out {
+                    return Err(format!(
+                        "inv 8: connection changes applied again said {fact_out:?}, expected {expected_out:?}"
+                    ));
+                }
+                if self.engine.counts().audit_last_seq != self.audit_last {
+                    return Err("inv 8: a refused batch moved the audit seq".into());
+                }
+                // A refused login leaves the agent on the connection it had (its new connection
+                // stays open, logged in as nobody).
+                if let Step::Login(a) | Step::Reconnect { agent: a, .. } = *step {
+                    self.desk[a] = desk_before[a];
+                    self.logged_in[a] = logged_in_before[a];
+                }
+                // The switch's events were refused too: its calls are as before.
+                self.parties = parties_before;
+                self.consult = consult_before;
+                self.maybe_consult = maybe_consult_before;
+                bump(&REFUSED_BATCHES);
+                self.rolled_back = true;
+                return Ok(());
+            }
+            // Nothing to write: the store was never asked, and the step stands.
         }
         if self.engine.counts().ignored_events != ignored_before {
             // The engine ignored the event (unknown call, unmonitored DNs): so does the test's switch.
@@ -2189,7 +2294,8 @@ fn sharing_rules_hold_for_random_sequences() {
         "model: {} sequences ({cases} cases, seed {seed}), {} steps, longest sequence {} steps; \
          coverage: {} read-only grants, {} transfer grants, {} conference grants, {} finals \
          ({} stale), {} already_final, {} read_only refusals, {} resumes, {} logout pending, \
-         {} consultation releases ({} by the caller) and {} conference leaves judged",
+         {} consultation releases ({} by the caller) and {} conference leaves judged, \
+         {} refused batches rolled back",
         n(&SEQUENCES),
         n(&STEPS),
         n(&LONGEST),
@@ -2205,6 +2311,7 @@ fn sharing_rules_hold_for_random_sequences() {
         n(&RULE5_JUDGED),
         n(&RULE5_CALLER_JUDGED),
         n(&RULE7_JUDGED),
+        n(&REFUSED_BATCHES),
     );
     if let Err(e) = result {
         panic!("{e}");

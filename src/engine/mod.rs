@@ -10,16 +10,14 @@
 //! Access only ever changes through [`Engine::set_access`], which pushes `AccessChanged`, writes the
 //! audit entry and keeps the orphan clock, so no rule can forget one of the three.
 
+mod journal;
+
 use crate::messages::*;
 use crate::store::{Snapshot, Stored, WriteBatch};
+use journal::{FastMap, JMap, JSet};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-/// The engine's hash maps. Every request touches several of them with short string keys, where
-/// std's SipHash costs more than the lookup itself; foldhash is much cheaper and still seeded
-/// per process, so clients cannot line their ids up on one bucket.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Identifies one client connection; assigned by the shell, never reused while the server runs.
 pub type ConnId = u64;
@@ -273,32 +271,33 @@ pub struct Counts {
 }
 
 /// The state machine. See the module documentation.
+#[derive(Clone)]
 pub struct Engine {
     cfg: EngineConfig,
     rng: StdRng,
     started_ms: u64,
-    conns: FastMap<ConnId, ConnState>,
-    switches: BTreeSet<ConnId>,
-    dialers: BTreeSet<ConnId>,
-    agents: FastMap<String, Agent>,
+    conns: JMap<ConnId, ConnState>,
+    switches: JSet<ConnId>,
+    dialers: JSet<ConnId>,
+    agents: JMap<String, Agent>,
     /// DN -> agent logged in on it. Exactly the monitored DNs.
-    dn_agent: FastMap<String, String>,
+    dn_agent: JMap<String, String>,
     /// The keys of `dn_agent`, sorted: the `Monitor` list, kept ready since every login and
     /// logout sends it.
     monitored: Vec<String>,
-    calls: FastMap<String, Call>,
+    calls: JMap<String, Call>,
     /// DN -> live calls with a party on it. A monitored DN keeps its entry while it has no call,
     /// so that calls coming and going do not allocate the key over and over; other DNs lose it.
-    dn_calls: FastMap<String, CallSet>,
+    dn_calls: JMap<String, CallSet>,
     /// Effective ANI (the call's, or its record's phone) -> calls, for linking consultations.
-    ani_calls: FastMap<String, BTreeSet<String>>,
-    records: FastMap<String, Record>,
+    ani_calls: JMap<String, BTreeSet<String>>,
+    records: JMap<String, Record>,
     /// Call -> the live record attached to it.
-    call_record: FastMap<String, String>,
+    call_record: JMap<String, String>,
     /// Agent -> records it holds with `full` or `read_only`.
-    agent_records: FastMap<String, BTreeSet<String>>,
-    grace_deadlines: BTreeSet<(u64, String)>,
-    orphan_deadlines: BTreeSet<(u64, String)>,
+    agent_records: JMap<String, BTreeSet<String>>,
+    grace_deadlines: JSet<(u64, String)>,
+    orphan_deadlines: JSet<(u64, String)>,
     audit_seq: u64,
     ignored_events: u64,
     /// Records with a final outcome, kept as they change so that `Status` need not walk them all.
@@ -308,12 +307,23 @@ pub struct Engine {
     dirty_agents: BTreeSet<String>,
     pending_audit: Vec<AuditEntry>,
     /// Agents waiting for a smart logout to complete.
-    pending_logouts: BTreeSet<String>,
+    pending_logouts: JSet<String>,
     call_order: u64,
     now: u64,
     /// `now` formatted as RFC 3339, for the audit entries and outcomes of inputs at the same
     /// millisecond (formatting costs more than the rest of an audit entry).
     stamp: (u64, String),
+    /// Counters as they were when the open batch began (see [`Engine::begin`]).
+    batch_start: Option<Counters>,
+}
+
+/// The engine's counters, saved when a batch begins so that a rollback can put them back.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    audit_seq: u64,
+    ignored_events: u64,
+    finals: u64,
+    call_order: u64,
 }
 
 impl Engine {
@@ -324,30 +334,31 @@ impl Engine {
             cfg,
             rng: StdRng::from_seed(seed),
             started_ms: now_ms,
-            conns: FastMap::default(),
-            switches: BTreeSet::new(),
-            dialers: BTreeSet::new(),
-            agents: FastMap::default(),
-            dn_agent: FastMap::default(),
+            conns: JMap::default(),
+            switches: JSet::default(),
+            dialers: JSet::default(),
+            agents: JMap::default(),
+            dn_agent: JMap::default(),
             monitored: Vec::new(),
-            calls: FastMap::default(),
-            dn_calls: FastMap::default(),
-            ani_calls: FastMap::default(),
-            records: FastMap::default(),
-            call_record: FastMap::default(),
-            agent_records: FastMap::default(),
-            grace_deadlines: BTreeSet::new(),
-            orphan_deadlines: BTreeSet::new(),
+            calls: JMap::default(),
+            dn_calls: JMap::default(),
+            ani_calls: JMap::default(),
+            records: JMap::default(),
+            call_record: JMap::default(),
+            agent_records: JMap::default(),
+            grace_deadlines: JSet::default(),
+            orphan_deadlines: JSet::default(),
             audit_seq: 0,
             ignored_events: 0,
             finals: 0,
             dirty_records: BTreeSet::new(),
             dirty_agents: BTreeSet::new(),
             pending_audit: Vec::new(),
-            pending_logouts: BTreeSet::new(),
+            pending_logouts: JSet::default(),
             call_order: 0,
             now: now_ms,
             stamp: (now_ms, rfc3339(now_ms)),
+            batch_start: None,
         }
     }
 
@@ -446,12 +457,12 @@ impl Engine {
                 .map_err(|e| format!("agent {id} cannot be read back: {e}"))?;
             agents.push((id, a));
         }
-        self.records = records;
+        self.records.replace_all(records);
         self.finals = self.records.values().filter(|r| r.final_.is_some()).count() as u64;
-        self.call_record.clear();
-        self.agent_records.clear();
+        self.call_record.replace_all(FastMap::default());
+        self.agent_records.replace_all(FastMap::default());
         self.orphan_deadlines.clear();
-        for (id, rec) in &self.records {
+        for (id, rec) in self.records.iter() {
             if rec.final_.is_none() {
                 self.call_record.insert(rec.call.clone(), id.clone());
                 if let Some(t) = rec.orphaned_since {
@@ -462,8 +473,7 @@ impl Engine {
             for (agent, access) in &rec.holders {
                 if access.is_granted() {
                     self.agent_records
-                        .entry(agent.clone())
-                        .or_default()
+                        .get_or_default(agent.as_str())
                         .insert(id.clone());
                 }
             }
@@ -473,8 +483,8 @@ impl Engine {
             .iter()
             .filter_map(|(c, s)| s.agent.clone().map(|a| (a, *c)))
             .collect();
-        self.agents.clear();
-        self.dn_agent.clear();
+        self.agents.replace_all(FastMap::default());
+        self.dn_agent.replace_all(FastMap::default());
         self.monitored.clear();
         self.grace_deadlines.clear();
         for (id, a) in agents {
@@ -500,12 +510,18 @@ impl Engine {
         let dn_agent = &self.dn_agent;
         self.dn_calls
             .retain(|dn, calls| !calls.is_empty() || dn_agent.contains_key(dn));
-        for state in self.conns.values_mut() {
-            if state
-                .agent
-                .as_ref()
-                .is_some_and(|a| !self.agents.contains_key(a))
-            {
+        let unbound: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, s)| {
+                s.agent
+                    .as_ref()
+                    .is_some_and(|a| !self.agents.contains_key(a))
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in unbound {
+            if let Some(state) = self.conns.get_mut(&conn) {
                 state.agent = None;
             }
         }
@@ -514,6 +530,166 @@ impl Engine {
         self.dirty_agents.clear();
         self.pending_audit.clear();
         Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Batches: all or nothing
+    // -----------------------------------------------------------------------------------------
+
+    /// Opens a batch: from here until [`Engine::commit`] or [`Engine::rollback`], every change is
+    /// journaled so that it can be undone. The shell opens one per group commit; without one
+    /// (tools, benchmarks) nothing is journaled.
+    pub fn begin(&mut self) {
+        assert!(self.batch_start.is_none(), "a batch is already open");
+        self.batch_start = Some(Counters {
+            audit_seq: self.audit_seq,
+            ignored_events: self.ignored_events,
+            finals: self.finals,
+            call_order: self.call_order,
+        });
+        self.conns.begin();
+        self.switches.begin();
+        self.dialers.begin();
+        self.agents.begin();
+        self.dn_agent.begin();
+        self.calls.begin();
+        self.dn_calls.begin();
+        self.ani_calls.begin();
+        self.records.begin();
+        self.call_record.begin();
+        self.agent_records.begin();
+        self.grace_deadlines.begin();
+        self.orphan_deadlines.begin();
+        self.pending_logouts.begin();
+    }
+
+    /// The batch's writes are durable: keep everything it did.
+    pub fn commit(&mut self) {
+        assert!(self.batch_start.take().is_some(), "no batch is open");
+        self.conns.commit();
+        self.switches.commit();
+        self.dialers.commit();
+        self.agents.commit();
+        self.dn_agent.commit();
+        self.calls.commit();
+        self.dn_calls.commit();
+        self.ani_calls.commit();
+        self.records.commit();
+        self.call_record.commit();
+        self.agent_records.commit();
+        self.grace_deadlines.commit();
+        self.orphan_deadlines.commit();
+        self.pending_logouts.commit();
+    }
+
+    /// The batch's writes were refused (the disk failed): undo everything it did, so that the
+    /// engine is exactly as before [`Engine::begin`] (time, which only moves forward, and the
+    /// session-token generator, whose tokens nobody received, excepted). Nothing the batch
+    /// produced may be sent; connection changes it contained are facts and must be applied again
+    /// with [`Engine::reapply_fact`].
+    pub fn rollback(&mut self) {
+        let saved = self.batch_start.take().expect("no batch is open");
+        self.audit_seq = saved.audit_seq;
+        self.ignored_events = saved.ignored_events;
+        self.finals = saved.finals;
+        self.call_order = saved.call_order;
+        self.conns.rollback();
+        self.switches.rollback();
+        self.dialers.rollback();
+        self.agents.rollback();
+        if self.dn_agent.rollback() {
+            self.monitored = self.dn_agent.keys().cloned().collect();
+            self.monitored.sort();
+        }
+        self.calls.rollback();
+        self.dn_calls.rollback();
+        self.ani_calls.rollback();
+        self.records.rollback();
+        self.call_record.rollback();
+        self.agent_records.rollback();
+        self.grace_deadlines.rollback();
+        self.orphan_deadlines.rollback();
+        self.pending_logouts.rollback();
+        self.dirty_records.clear();
+        self.dirty_agents.clear();
+        self.pending_audit.clear();
+    }
+
+    /// Applies again, after a rollback, an input that is a fact rather than a request: a
+    /// connection that opened or closed, or the server stopping. These happened whatever the
+    /// disk did, write nothing, and must not be undone (a closed connection cannot be reopened).
+    /// Requests and ticks are not facts: a request was refused, a tick comes again.
+    pub fn reapply_fact(&mut self, now_ms: u64, input: Input, out: &mut Vec<Output>) {
+        self.now = self.now.max(now_ms);
+        match input {
+            Input::Connected { conn, role } => self.on_connected(conn, role, out),
+            Input::Disconnected { conn } => self.on_disconnected(conn),
+            Input::Shutdown => self.on_shutdown(out),
+            Input::Request { .. } | Input::Tick => {}
+        }
+        debug_assert!(
+            self.dirty_records.is_empty()
+                && self.dirty_agents.is_empty()
+                && self.pending_audit.is_empty(),
+            "a fact writes nothing"
+        );
+    }
+
+    /// Whether `input` is a fact (see [`Engine::reapply_fact`]).
+    pub fn is_fact(input: &Input) -> bool {
+        matches!(
+            input,
+            Input::Connected { .. } | Input::Disconnected { .. } | Input::Shutdown
+        )
+    }
+
+    /// Everything the engine holds, as sorted text: two engines with the same dump are in the
+    /// same state. For tests (the model test compares the state before a refused batch with
+    /// the state after its rollback).
+    pub fn dump(&self) -> String {
+        use std::fmt::Write;
+        fn sorted<K: Ord + std::fmt::Debug, V: std::fmt::Debug>(
+            m: &FastMap<K, V>,
+        ) -> BTreeMap<&K, &V> {
+            m.iter().collect()
+        }
+        let mut d = String::new();
+        let _ = writeln!(d, "conns {:?}", sorted(&self.conns));
+        let _ = writeln!(
+            d,
+            "switches {:?} dialers {:?}",
+            *self.switches, *self.dialers
+        );
+        let _ = writeln!(d, "agents {:?}", sorted(&self.agents));
+        let _ = writeln!(
+            d,
+            "dn_agent {:?} monitored {:?}",
+            sorted(&self.dn_agent),
+            self.monitored
+        );
+        let _ = writeln!(d, "calls {:?}", sorted(&self.calls));
+        let _ = writeln!(d, "dn_calls {:?}", sorted(&self.dn_calls));
+        let _ = writeln!(d, "ani_calls {:?}", sorted(&self.ani_calls));
+        let _ = writeln!(d, "records {:?}", sorted(&self.records));
+        let _ = writeln!(d, "call_record {:?}", sorted(&self.call_record));
+        let _ = writeln!(d, "agent_records {:?}", sorted(&self.agent_records));
+        let _ = writeln!(
+            d,
+            "grace {:?} orphan {:?} pending_logouts {:?}",
+            *self.grace_deadlines, *self.orphan_deadlines, *self.pending_logouts
+        );
+        let _ = writeln!(
+            d,
+            "audit_seq {} ignored {} finals {} call_order {} dirty {:?} {:?} pending_audit {}",
+            self.audit_seq,
+            self.ignored_events,
+            self.finals,
+            self.call_order,
+            self.dirty_records,
+            self.dirty_agents,
+            self.pending_audit.len()
+        );
+        d
     }
 
     /// How far back a revocation may have gone unheard: a connection can be dead for up to three
@@ -2170,11 +2346,7 @@ impl Engine {
         if ani.is_empty() {
             return;
         }
-        let filed = self
-            .ani_calls
-            .entry(ani.to_owned())
-            .or_default()
-            .insert(call.to_owned());
+        let filed = self.ani_calls.get_or_default(ani).insert(call.to_owned());
         debug_assert!(
             self.calls.contains_key(call),
             "only live calls are filed by ANI"
