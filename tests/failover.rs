@@ -227,16 +227,24 @@ async fn initiator_reconnects_while_the_consultation_still_rings() {
     let token = t.session_a.clone();
     let (mut a, resumed) = t.resume("A", "7001", &token).await;
     assert!(resumed);
+    // Its own call established, and the consultation it placed (from_dn: its DN is on that call,
+    // dialing); R1 still full.
     let pushes = replay(&mut a).await;
-    assert_eq!(pushes.len(), 2, "{pushes:?}");
+    assert_eq!(pushes.len(), 3, "{pushes:?}");
     assert_eq!(
-        pushes[0],
-        ServerMsg::CallEstablished {
-            call: "C1".into(),
-            dn: "7001".into()
-        }
+        pushes[..2],
+        [
+            ServerMsg::CallEstablished {
+                call: "C1".into(),
+                dn: "7001".into()
+            },
+            ServerMsg::CallEstablished {
+                call: "C2".into(),
+                dn: "7001".into()
+            }
+        ]
     );
-    assert!(resume_access("R1", Access::Full)(&pushes[1]), "{pushes:?}");
+    assert!(resume_access("R1", Access::Full)(&pushes[2]), "{pushes:?}");
 }
 
 #[tokio::test]
