@@ -58,6 +58,7 @@ const GRACE_MS: u64 = 1000;
 const ORPHAN_MS: u64 = 2000;
 const HEARTBEAT_MS: u64 = 1000;
 const DAY_MS: u64 = 86_400_000;
+const FINAL_MEMORY_MS: u64 = 1500;
 
 // ---------------------------------------------------------------------------------------------
 // Steps and their generator
@@ -329,6 +330,7 @@ static LOGOUT_PENDING: AtomicU64 = AtomicU64::new(0);
 static RULE5_JUDGED: AtomicU64 = AtomicU64::new(0);
 static RULE5_CALLER_JUDGED: AtomicU64 = AtomicU64::new(0);
 static REFUSED_BATCHES: AtomicU64 = AtomicU64::new(0);
+static READ_BACK: AtomicU64 = AtomicU64::new(0);
 static RULE7_JUDGED: AtomicU64 = AtomicU64::new(0);
 
 fn bump(c: &AtomicU64) {
@@ -433,6 +435,13 @@ struct Harness {
     step_facts: Vec<Input>,
     /// The current step's batch was refused and rolled back.
     rolled_back: bool,
+    /// The records as the store holds them (the writes of every kept batch): where the shell
+    /// reads a final record back from once it has left the engine's memory.
+    stored: HashMap<String, Vec<u8>>,
+    /// Record -> every agent granted access to it in its current life (from the audit).
+    ever_held: HashMap<String, BTreeSet<String>>,
+    /// Record -> (by, outcome) of its final, from the `finalized` audit entry.
+    final_info: HashMap<String, (Option<String>, String)>,
 }
 
 /// A DN on a call, as the test's switch knows it.
@@ -458,6 +467,10 @@ impl Harness {
             resume_grace_ms: GRACE_MS,
             orphan_timeout_ms: ORPHAN_MS,
             heartbeat_ms: HEARTBEAT_MS,
+            // Final records leave memory at almost every tick, so that requests naming them are
+            // answered from what the store gives back far more often than from memory.
+            final_record_memory_ms: FINAL_MEMORY_MS,
+            max_final_records_in_memory: 1,
             ..baton::config::Config::default()
         });
         let mut h = Harness {
@@ -489,6 +502,9 @@ impl Harness {
             pre_step: None,
             step_facts: Vec::new(),
             rolled_back: false,
+            stored: HashMap::new(),
+            ever_held: HashMap::new(),
+            final_info: HashMap::new(),
         };
         let mut out = Vec::new();
         for (conn, role) in [
@@ -514,6 +530,9 @@ impl Harness {
     fn input(&mut self, input: Input, out: &mut Vec<Output>) {
         if Engine::is_fact(&input) {
             self.step_facts.push(input.clone());
+        }
+        if let Some(id) = self.engine.record_to_load(&input) {
+            self.load(&id.to_owned());
         }
         self.engine.handle(self.now, input, out);
     }
@@ -541,6 +560,17 @@ impl Harness {
             },
             out,
         );
+    }
+
+    /// What the shell does before an input that names a record not in memory: read it back from
+    /// the store, if it is there.
+    fn load(&mut self, record: &str) {
+        if let Some(bytes) = self.stored.get(record) {
+            self.engine
+                .admit(record, bytes)
+                .expect("a stored record not in memory is final and readable");
+            bump(&READ_BACK);
+        }
     }
 
     fn alive(&self, agent: usize) -> bool {
@@ -596,7 +626,15 @@ impl Harness {
         }
     }
 
-    /// What the contract says a record request must get, from the state before it.
+    /// Whether `record`'s current life is over (from the audit trail, not the engine: a final
+    /// record may have left the engine's memory).
+    fn is_final(&self, record: &str) -> bool {
+        self.life.get(record).is_some_and(|(open, _)| !*open)
+    }
+
+    /// What the contract says a record request must get, from the state before it. Whether the
+    /// agent ever held the record and whether it is final come from the audit trail, so that a
+    /// final record that left memory must still be answered as if it had stayed.
     fn expect_desk(&self, agent: usize, record: &str, op: DeskOp) -> Result<Access, ErrorCode> {
         if !self.logged_in[agent] {
             return Err(ErrorCode::NotLoggedIn);
@@ -604,12 +642,21 @@ impl Harness {
         if !self.known(record) {
             return Err(ErrorCode::NoSuchRecord);
         }
-        let Some(access) = self.engine.access_of(record, AGENTS[agent]) else {
+        if !self
+            .ever_held
+            .get(record)
+            .is_some_and(|h| h.contains(AGENTS[agent]))
+        {
             return Err(ErrorCode::AccessDenied);
-        };
-        if self.engine.final_of(record).is_some() {
+        }
+        if self.is_final(record) {
             return Err(ErrorCode::AlreadyFinal);
         }
+        // A live record is always in memory.
+        let access = self
+            .engine
+            .access_of(record, AGENTS[agent])
+            .unwrap_or(Access::Revoked);
         match access {
             Access::Revoked => Err(ErrorCode::AccessDenied),
             Access::ReadOnly if op.needs_full() => Err(ErrorCode::ReadOnly),
@@ -703,7 +750,10 @@ impl Harness {
         self.engine.begin();
         self.rolled_back = false;
         let result = self.apply_step(inner);
-        let _ = self.engine.take_writes();
+        for (id, value) in self.engine.take_writes().records {
+            self.stored
+                .insert(id, value.expect("records are never deleted"));
+        }
         self.engine.commit();
         result?;
         if self.rolled_back {
@@ -716,6 +766,17 @@ impl Harness {
 
     fn apply_step(&mut self, step: &Step) -> Result<(), String> {
         let step = &self.resolve(step);
+        // The record the step's request will name is read back before the test decides what
+        // the answer must be, as the shell reads it back before the engine decides.
+        if let Step::Desk { record, .. }
+        | Step::DialerCancel(record)
+        | Step::AdminRelease(record)
+        | Step::Attach { record, .. } = *step
+        {
+            if !self.engine.is_in_memory(RECORDS[record]) {
+                self.load(RECORDS[record]);
+            }
+        }
         let connected_at_start: [bool; 4] =
             std::array::from_fn(|a| self.desk[a].is_some() && self.logged_in[a]);
         let (desk_before, logged_in_before) = (self.desk, self.logged_in);
@@ -1036,7 +1097,7 @@ impl Harness {
                 let r = RECORDS[record];
                 let expect = if !self.known(r) {
                     Err(ErrorCode::NoSuchRecord)
-                } else if self.engine.final_of(r).is_some() {
+                } else if self.is_final(r) {
                     Err(ErrorCode::AlreadyFinal)
                 } else {
                     Ok(())
@@ -1054,7 +1115,7 @@ impl Harness {
                 let r = RECORDS[record];
                 let expect = if !self.known(r) {
                     Err(ErrorCode::NoSuchRecord)
-                } else if self.engine.final_of(r).is_some() {
+                } else if self.is_final(r) {
                     Err(ErrorCode::AlreadyFinal)
                 } else {
                     Ok(())
@@ -1814,15 +1875,16 @@ impl Harness {
                                 by,
                                 ..
                             },
-                            Some(f),
-                        ) = (last, self.engine.final_of(record))
+                            Some((f_by, f_outcome)),
+                        ) = (last, self.final_info.get(record.as_str()))
                         {
-                            let winner = f.by.clone().unwrap_or_else(|| "server".into());
-                            if *outcome != Some(f.outcome) || by.as_deref() != Some(&winner) {
+                            let winner = f_by.clone().unwrap_or_else(|| "server".into());
+                            if outcome.map(Outcome::as_str) != Some(f_outcome.as_str())
+                                || by.as_deref() != Some(&winner)
+                            {
                                 return Err(format!(
                                     "rule 8: already_final says {outcome:?} by {by:?}, the final \
-                                     is {:?} by {winner}",
-                                    f.outcome
+                                     is {f_outcome} by {winner}"
                                 ));
                             }
                         }
@@ -1929,6 +1991,8 @@ impl Harness {
         match e.kind {
             AuditKind::Attached => {
                 self.holders.insert(rec.clone(), BTreeMap::new());
+                self.ever_held.remove(&rec);
+                self.final_info.remove(&rec);
                 self.context.remove(&rec);
                 self.lost_at.remove(&rec);
                 self.ro_via.retain(|(r, _), _| *r != rec);
@@ -1971,6 +2035,10 @@ impl Harness {
                     .entry(rec.clone())
                     .or_default()
                     .insert(agent.clone(), access);
+                self.ever_held
+                    .entry(rec.clone())
+                    .or_default()
+                    .insert(agent.clone());
                 self.lost_at.remove(&rec);
                 self.ro_via.remove(&(rec.clone(), agent.clone()));
                 if e.kind == AuditKind::Granted
@@ -1994,6 +2062,10 @@ impl Harness {
                 }
             }
             AuditKind::Finalized => {
+                self.final_info.insert(
+                    rec.clone(),
+                    (e.agent.clone(), e.cause.clone().unwrap_or_default()),
+                );
                 if e.cause.as_deref() == Some("stale") {
                     if self.holders.get(&rec).is_some_and(|h| !h.is_empty()) {
                         return Err(format!(
@@ -2295,7 +2367,7 @@ fn sharing_rules_hold_for_random_sequences() {
          coverage: {} read-only grants, {} transfer grants, {} conference grants, {} finals \
          ({} stale), {} already_final, {} read_only refusals, {} resumes, {} logout pending, \
          {} consultation releases ({} by the caller) and {} conference leaves judged, \
-         {} refused batches rolled back",
+         {} refused batches rolled back, {} final records read back from the store",
         n(&SEQUENCES),
         n(&STEPS),
         n(&LONGEST),
@@ -2312,6 +2384,7 @@ fn sharing_rules_hold_for_random_sequences() {
         n(&RULE5_CALLER_JUDGED),
         n(&RULE7_JUDGED),
         n(&REFUSED_BATCHES),
+        n(&READ_BACK),
     );
     if let Err(e) = result {
         panic!("{e}");

@@ -30,6 +30,12 @@ pub struct EngineConfig {
     pub max_frame_bytes: usize,
     /// Heartbeat period: a dead connection may go unnoticed for three of them.
     pub heartbeat_ms: u64,
+    /// A final record leaves memory this long after it became final (or was read back).
+    pub final_record_memory_ms: u64,
+    /// Final records kept in memory at most; the oldest leave first.
+    pub max_final_records_in_memory: u64,
+    /// A call with no telephony event for this long is dropped.
+    pub call_idle_timeout_ms: u64,
 }
 
 impl EngineConfig {
@@ -39,6 +45,9 @@ impl EngineConfig {
             orphan_timeout_ms: c.orphan_timeout_ms,
             max_frame_bytes: c.max_frame_bytes,
             heartbeat_ms: c.heartbeat_ms,
+            final_record_memory_ms: c.final_record_memory_ms,
+            max_final_records_in_memory: c.max_final_records_in_memory,
+            call_idle_timeout_ms: c.call_idle_timeout_ms,
         }
     }
 }
@@ -184,6 +193,10 @@ struct Call {
     consult_over: bool,
     /// Creation order, to prefer the most recent call when linking by ANI.
     order: u64,
+    /// When the switch last sent an event about this call.
+    last_event_ms: u64,
+    /// The entry of `call_deadlines` filed for this call.
+    idle_deadline_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -194,20 +207,34 @@ struct Agent {
     /// When the desktop dropped; `None` while connected.
     away_since: Option<u64>,
     logout_pending: bool,
-    /// Records revoked while the desktop was away, with the access they had, for the resume replay.
-    /// Records revoked recently (record -> access before, when), replayed as `revoked` on resume.
-    /// Kept while connected too: frames sent just before a drop may never have arrived.
-    lost_while_away: BTreeMap<String, (Access, u64)>,
+    /// Records revoked recently (record -> access before, when, the record's call), replayed as
+    /// `revoked` on resume. Kept while connected too: frames sent just before a drop may never
+    /// have arrived. The call is kept here because the record may have left memory by then.
+    lost_while_away: BTreeMap<String, Lost>,
+}
+
+/// A revocation the desktop may not have heard of: the access it had, when, the record's call.
+#[derive(Debug, Clone)]
+struct Lost {
+    previous: Access,
+    at_ms: u64,
+    call: String,
 }
 
 impl Agent {
     /// Remembers a revocation for a possible resume, forgetting ones too old to matter.
-    fn note_lost(&mut self, record: &str, previous: Access, now: u64, window: u64) {
-        self.lost_while_away
-            .insert(record.to_owned(), (previous, now));
+    fn note_lost(&mut self, record: &str, previous: Access, call: &str, now: u64, window: u64) {
+        self.lost_while_away.insert(
+            record.to_owned(),
+            Lost {
+                previous,
+                at_ms: now,
+                call: call.to_owned(),
+            },
+        );
         if self.conn.is_some() && self.lost_while_away.len() > 64 {
             let cutoff = now.saturating_sub(window);
-            self.lost_while_away.retain(|_, (_, at)| *at >= cutoff);
+            self.lost_while_away.retain(|_, lost| lost.at_ms >= cutoff);
         }
     }
 }
@@ -226,6 +253,9 @@ struct Record {
     final_: Option<FinalInfo>,
     holders: BTreeMap<String, Access>,
     orphaned_since: Option<u64>,
+    /// For a final record in memory: since when, its key in `final_queue` (not stored).
+    #[serde(skip)]
+    resident_since_ms: u64,
 }
 
 impl Record {
@@ -308,6 +338,12 @@ pub struct Engine {
     pending_audit: Vec<AuditEntry>,
     /// Agents waiting for a smart logout to complete.
     pending_logouts: JSet<String>,
+    /// The final records in memory, oldest first: they leave memory from the front, by age
+    /// (`final_record_memory_ms`) and by number (`max_final_records_in_memory`). A request that
+    /// names one that left has it read back by the shell first ([`Engine::record_to_load`]).
+    final_queue: JSet<(u64, String)>,
+    /// (deadline, call): when each call is next checked for silence (`call_idle_timeout_ms`).
+    call_deadlines: JSet<(u64, String)>,
     call_order: u64,
     now: u64,
     /// `now` formatted as RFC 3339, for the audit entries and outcomes of inputs at the same
@@ -355,6 +391,8 @@ impl Engine {
             dirty_agents: BTreeSet::new(),
             pending_audit: Vec::new(),
             pending_logouts: JSet::default(),
+            final_queue: JSet::default(),
+            call_deadlines: JSet::default(),
             call_order: 0,
             now: now_ms,
             stamp: (now_ms, rfc3339(now_ms)),
@@ -380,7 +418,10 @@ impl Engine {
                 request,
             } => self.on_request(conn, r#ref, request, out),
             Input::Disconnected { conn } => self.on_disconnected(conn),
-            Input::Tick => self.on_tick(out),
+            Input::Tick => {
+                self.on_tick(out);
+                self.evict_finals();
+            }
             Input::Shutdown => self.on_shutdown(out),
         }
         self.finish_pending_logouts(out);
@@ -388,13 +429,13 @@ impl Engine {
 
     /// Counts for `Status` (and for tests).
     pub fn counts(&self) -> Counts {
-        let finals = self.finals;
+        let resident_finals = self.final_queue.len() as u64;
         Counts {
             agents: self.agents.len() as u64,
             dns: self.dn_agent.len() as u64,
             calls: self.calls.len() as u64,
-            records_live: self.records.len() as u64 - finals,
-            records_final: finals,
+            records_live: self.records.len() as u64 - resident_finals,
+            records_final: self.finals,
             connections: self.conns.len() as u64,
             ignored_events: self.ignored_events,
             audit_last_seq: self.audit_seq,
@@ -407,12 +448,61 @@ impl Engine {
         self.monitored.clone()
     }
 
-    /// The access `agent` has to `record`, if it ever held it.
+    /// The record `input` names, if that record is not in memory: a final record that left
+    /// memory (a live one never does), or one that never existed. The shell reads it from the
+    /// store and hands it to [`Engine::admit`] just before applying the input, so that every
+    /// answer is what it would have been had the record stayed.
+    pub fn record_to_load<'a>(&self, input: &'a Input) -> Option<&'a str> {
+        let Input::Request { request, .. } = input else {
+            return None;
+        };
+        let id = match request {
+            Request::GetRecord(r)
+            | Request::ChainedRecords(r)
+            | Request::RecordReject(r)
+            | Request::RecordCancel(r)
+            | Request::CancelRecord(r)
+            | Request::RecordInfo(r) => &r.record,
+            Request::UpdateRecord(c) | Request::RecordProcessed(c) => &c.record,
+            Request::DoNotCall(d) => &d.record,
+            Request::Reschedule(r) => &r.record,
+            Request::ReleaseRecord(r) => &r.record,
+            Request::AttachRecord(a) => &a.record,
+            _ => return None,
+        };
+        (!self.records.contains_key(id.as_str())).then_some(id.as_str())
+    }
+
+    /// Whether `record` is in memory (every live record is; a final one for a while).
+    pub fn is_in_memory(&self, record: &str) -> bool {
+        self.records.contains_key(record)
+    }
+
+    /// Puts back in memory a final record read from the store (see [`Engine::record_to_load`]).
+    /// It stays `final_record_memory_ms` from now, like one that just became final.
+    pub fn admit(&mut self, id: &str, stored: &[u8]) -> Result<(), String> {
+        if self.records.contains_key(id) {
+            return Ok(());
+        }
+        let mut rec: Record = serde_json::from_slice(stored)
+            .map_err(|e| format!("record {id} cannot be read back: {e}"))?;
+        if rec.final_.is_none() {
+            return Err(format!(
+                "record {id} is live in the store but not in memory; live records never leave memory"
+            ));
+        }
+        rec.resident_since_ms = self.now;
+        self.final_queue.insert((self.now, id.to_owned()));
+        self.records.insert(id.to_owned(), rec);
+        Ok(())
+    }
+
+    /// The access `agent` has to `record`, if it ever held it (for a record in memory).
     pub fn access_of(&self, record: &str, agent: &str) -> Option<Access> {
         self.records.get(record)?.holders.get(agent).copied()
     }
 
-    /// The final outcome of `record`, if it has one.
+    /// The final outcome of `record`, if it has one (for a record in memory).
     pub fn final_of(&self, record: &str) -> Option<FinalInfo> {
         self.records.get(record)?.final_.clone()
     }
@@ -422,11 +512,12 @@ impl Engine {
     pub fn take_writes(&mut self) -> WriteBatch {
         let mut batch = WriteBatch::default();
         for id in std::mem::take(&mut self.dirty_records) {
-            let value = self
-                .records
-                .get(&id)
-                .map(|r| serde_json::to_vec(r).expect("records serialize"));
-            batch.records.push((id, value));
+            // Records are never deleted, and one with unwritten changes never leaves memory.
+            let Some(rec) = self.records.get(&id) else {
+                panic!("record {id} changed but is not in memory");
+            };
+            let value = serde_json::to_vec(rec).expect("records serialize");
+            batch.records.push((id, Some(value)));
         }
         for id in std::mem::take(&mut self.dirty_agents) {
             let value = self.agents.get(&id).map(|a| {
@@ -450,7 +541,11 @@ impl Engine {
     /// Agents come back away (their desktops may resume within `resume_grace_ms` of `now_ms`).
     pub fn restore(&mut self, snapshot: Snapshot, now_ms: u64) -> Result<(), String> {
         self.now = self.now.max(now_ms);
-        let records = parse_records(snapshot.records)?;
+        // Final records stay on disk: requests that name one read it back (`record_to_load`).
+        let mut records = parse_records(snapshot.records)?;
+        let before = records.len();
+        records.retain(|_, r| r.final_.is_none());
+        let finals = (before - records.len()) as u64;
         let mut agents = Vec::with_capacity(snapshot.agents.len());
         for (id, bytes) in snapshot.agents {
             let a: AgentState = serde_json::from_slice(&bytes)
@@ -458,7 +553,8 @@ impl Engine {
             agents.push((id, a));
         }
         self.records.replace_all(records);
-        self.finals = self.records.values().filter(|r| r.final_.is_some()).count() as u64;
+        self.finals = finals;
+        self.final_queue.clear();
         self.call_record.replace_all(FastMap::default());
         self.agent_records.replace_all(FastMap::default());
         self.orphan_deadlines.clear();
@@ -561,6 +657,8 @@ impl Engine {
         self.grace_deadlines.begin();
         self.orphan_deadlines.begin();
         self.pending_logouts.begin();
+        self.final_queue.begin();
+        self.call_deadlines.begin();
     }
 
     /// The batch's writes are durable: keep everything it did.
@@ -580,6 +678,8 @@ impl Engine {
         self.grace_deadlines.commit();
         self.orphan_deadlines.commit();
         self.pending_logouts.commit();
+        self.final_queue.commit();
+        self.call_deadlines.commit();
     }
 
     /// The batch's writes were refused (the disk failed): undo everything it did, so that the
@@ -610,6 +710,8 @@ impl Engine {
         self.grace_deadlines.rollback();
         self.orphan_deadlines.rollback();
         self.pending_logouts.rollback();
+        self.final_queue.rollback();
+        self.call_deadlines.rollback();
         self.dirty_records.clear();
         self.dirty_agents.clear();
         self.pending_audit.clear();
@@ -677,6 +779,11 @@ impl Engine {
             d,
             "grace {:?} orphan {:?} pending_logouts {:?}",
             *self.grace_deadlines, *self.orphan_deadlines, *self.pending_logouts
+        );
+        let _ = writeln!(
+            d,
+            "final_queue {:?} call_deadlines {:?}",
+            *self.final_queue, *self.call_deadlines
         );
         let _ = writeln!(
             d,
@@ -907,7 +1014,7 @@ impl Engine {
         let window = self.lost_window_ms();
         if let Some(a) = self.agents.get_mut(agent) {
             if access == Access::Revoked {
-                a.note_lost(record, previous, now, window);
+                a.note_lost(record, previous, &call, now, window);
             } else {
                 a.lost_while_away.remove(record);
             }
@@ -981,7 +1088,7 @@ impl Engine {
         let Some(rec) = self.records.get_mut(record) else {
             return;
         };
-        debug_assert!(rec.final_.is_none(), "one final outcome per record");
+        assert!(rec.final_.is_none(), "one final outcome per record");
         self.finals += 1;
         rec.final_ = Some(FinalInfo {
             outcome,
@@ -989,6 +1096,8 @@ impl Engine {
             at: at.clone(),
         });
         rec.orphaned_since = None;
+        rec.resident_since_ms = now;
+        self.final_queue.insert((now, record.to_owned()));
         let call = rec.call.clone();
         // Only the dialers are told the outcome with the context; without one it is not copied.
         let context = if self.dialers.is_empty() {
@@ -1029,7 +1138,7 @@ impl Engine {
             }
             let window = self.lost_window_ms();
             if let Some(a) = self.agents.get_mut(&h) {
-                a.note_lost(record, previous, now, window);
+                a.note_lost(record, previous, &call, now, window);
             }
             if requester != Some(h.as_str()) {
                 self.push_agent(
@@ -1143,6 +1252,98 @@ impl Engine {
                     None,
                     FinalExtra::default(),
                 );
+            }
+        }
+        while let Some((deadline, call)) = self.call_deadlines.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.call_deadlines.pop_first();
+            let Some(c) = self.calls.get(&call) else {
+                continue;
+            };
+            if c.idle_deadline_ms != deadline {
+                continue;
+            }
+            let due = c.last_event_ms.saturating_add(self.cfg.call_idle_timeout_ms);
+            if due > now {
+                // Events came meanwhile: look again when the call has been silent long enough.
+                self.calls.get_mut(&call).expect("present").idle_deadline_ms = due;
+                self.call_deadlines.insert((due, call));
+            } else {
+                self.drop_idle_call(out, &call);
+            }
+        }
+    }
+
+    /// Evicts final records from memory, oldest first, past their time or past the number kept.
+    /// Only on a timer tick, never before a request: the shell may just have read back the
+    /// record that request names. A record with changes not yet written stays (the write needs it).
+    fn evict_finals(&mut self) {
+        let now = self.now;
+        while let Some((since, record)) = self.final_queue.first().cloned() {
+            let over_number = self.final_queue.len() as u64 > self.cfg.max_final_records_in_memory;
+            let over_age = since.saturating_add(self.cfg.final_record_memory_ms) <= now;
+            if !(over_number || over_age) || self.dirty_records.contains(&record) {
+                break;
+            }
+            self.final_queue.pop_first();
+            let evicted = self.records.remove(&record);
+            assert!(
+                evicted.is_some_and(|r| r.final_.is_some()),
+                "only final records leave memory"
+            );
+        }
+    }
+
+    /// The switch never ended `call` and has said nothing about it for `call_idle_timeout_ms`:
+    /// forget it. A consultation is over (its read-only access ends, rule 5); the holders of a
+    /// customer call's record keep their access to finish it, as when a call ends; a record
+    /// nobody holds starts its orphan clock. Desktops on its DNs are told `CallCleared`.
+    fn drop_idle_call(&mut self, out: &mut Vec<Output>, call: &str) {
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let dns: Vec<String> = c.parties.keys().cloned().collect();
+        let idle_ms = self.now.saturating_sub(c.last_event_ms);
+        tracing::warn!(
+            call,
+            idle_ms,
+            parties = ?dns,
+            "dropping a call the switch never ended: no telephony event for call_idle_timeout_ms ({} ms)",
+            self.cfg.call_idle_timeout_ms
+        );
+        if let Some((record, true)) = self.record_of_call(call) {
+            if let Some(c) = self.calls.get_mut(call) {
+                c.consult_over = true;
+            }
+            for dn in &dns {
+                if let Some(a) = self.agent_on(dn) {
+                    if self.access_of(&record, &a) == Some(Access::ReadOnly) {
+                        self.set_access(out, &record, &a, Access::Revoked, AccessCause::Released);
+                    }
+                }
+            }
+        }
+        for dn in &dns {
+            self.push_dn(
+                out,
+                dn,
+                ServerMsg::CallCleared {
+                    call: call.to_owned(),
+                    dn: dn.clone(),
+                    cause: "idle_timeout".to_owned(),
+                },
+            );
+        }
+        self.drop_call(call);
+        if let Some(record) = self.call_record.get(call).cloned() {
+            if self
+                .records
+                .get(&record)
+                .is_some_and(|r| r.final_.is_none() && !r.has_live_holder())
+            {
+                self.orphan(out, &record, call);
             }
         }
     }
@@ -1367,7 +1568,7 @@ impl Engine {
             }
         }
         let session = self.new_session_token();
-        let lost: BTreeMap<String, Access> = if resumed {
+        let lost: BTreeMap<String, Lost> = if resumed {
             // What was revoked since shortly before the desktop could have stopped hearing us.
             let since = existing
                 .away_since
@@ -1375,9 +1576,8 @@ impl Engine {
                 .saturating_sub(self.lost_window_ms());
             existing
                 .lost_while_away
-                .iter()
-                .filter(|(_, (_, at))| *at >= since)
-                .map(|(r, (access, _))| (r.clone(), *access))
+                .into_iter()
+                .filter(|(_, lost)| lost.at_ms >= since)
                 .collect()
         } else {
             BTreeMap::new()
@@ -1420,7 +1620,7 @@ impl Engine {
         conn: ConnId,
         agent: &str,
         dn: &str,
-        lost: BTreeMap<String, Access>,
+        lost: BTreeMap<String, Lost>,
     ) {
         self.push_calls_on_dn(out, conn, dn);
         if let Some(held) = self.agent_records.get(agent) {
@@ -1447,8 +1647,7 @@ impl Engine {
                 );
             }
         }
-        for (record, previous) in lost {
-            let call = self.records.get(&record).map(|r| r.call.clone());
+        for (record, lost) in lost {
             Self::send(
                 out,
                 conn,
@@ -1456,9 +1655,9 @@ impl Engine {
                 ServerMsg::AccessChanged {
                     record,
                     access: Access::Revoked,
-                    previous,
+                    previous: lost.previous,
                     cause: AccessCause::Resume,
-                    call,
+                    call: Some(lost.call),
                     data: None,
                     context: None,
                 },
@@ -2130,11 +2329,16 @@ impl Engine {
             final_: None,
             holders: BTreeMap::new(),
             orphaned_since: None,
+            resident_since_ms: 0,
         };
         if let Some(old) = self.records.insert(a.record.clone(), record) {
             if old.final_.is_some() {
                 // A final record attached again is live again.
                 self.finals -= 1;
+                let filed = self
+                    .final_queue
+                    .remove(&(old.resident_since_ms, a.record.clone()));
+                assert!(filed, "a final record in memory is in the final queue");
             }
         }
         self.mark_dirty(&a.record);
@@ -2305,12 +2509,15 @@ impl Engine {
     }
 
     /// An event is ours if it names a call we know (or one carrying a record) or a monitored DN.
+    /// An applied event also tells that the call is alive (see `call_idle_timeout_ms`).
     fn relevant(&mut self, call: &str, dns: &[&str]) -> bool {
         let ours = self.calls.contains_key(call)
             || self.call_record.contains_key(call)
             || dns.iter().any(|dn| self.monitored(dn));
         if !ours {
             self.ignored_events += 1;
+        } else if let Some(c) = self.calls.get_mut(call) {
+            c.last_event_ms = self.now;
         }
         ours
     }
@@ -2319,6 +2526,7 @@ impl Engine {
         if !self.calls.contains_key(call) {
             self.call_order += 1;
             let order = self.call_order;
+            let deadline = self.now.saturating_add(self.cfg.call_idle_timeout_ms);
             self.calls.insert(
                 call.to_owned(),
                 Call {
@@ -2328,8 +2536,11 @@ impl Engine {
                     consult_of: None,
                     consult_over: false,
                     order,
+                    last_event_ms: self.now,
+                    idle_deadline_ms: deadline,
                 },
             );
+            self.call_deadlines.insert((deadline, call.to_owned()));
             if let Some(phone) = self
                 .call_record
                 .get(call)
@@ -2408,6 +2619,8 @@ impl Engine {
         let Some(c) = self.calls.remove(call) else {
             return;
         };
+        self.call_deadlines
+            .remove(&(c.idle_deadline_ms, call.to_owned()));
         for dn in c.parties.keys() {
             self.unfile_call(dn, call);
         }
