@@ -54,6 +54,10 @@ pub struct Config {
     pub outbound_queue_frames: usize,
     /// Audit entries kept on disk; older ones are trimmed. 0 keeps every entry.
     pub audit_retention_entries: u64,
+    /// Audit tails one connection may run at once; one more is refused with
+    /// `Error{code:"overloaded"}`. Each tail is a task and a live-feed subscription, so their
+    /// number is bounded like everything else a client can make the server hold.
+    pub max_audit_tails_per_connection: usize,
     pub tokens: Tokens,
 }
 
@@ -70,6 +74,7 @@ impl Default for Config {
             orphan_timeout_ms: 120000,
             outbound_queue_frames: 1024,
             audit_retention_entries: 0,
+            max_audit_tails_per_connection: 4,
             tokens: Tokens::default(),
         }
     }
