@@ -7,9 +7,13 @@
 //! The reader applies backpressure: it reads a client's next request only while that connection's
 //! queued frames and unanswered requests leave room, so a client that pipelines is slowed down by
 //! TCP flow control, not dropped. A client that stops reading altogether is dropped and logged,
-//! and nobody else ever waits for it.
+//! and nobody else ever waits for it. The server watches its engine task: if that dies, it stops
+//! accepting and reports the failure (and `baton serve` exits, for its supervisor to restart it).
 
 mod outbox;
+mod service;
+
+pub use service::{log_panics, serve};
 
 use crate::codec::{FrameCodec, FrameError};
 use crate::config::Config;
@@ -51,7 +55,11 @@ const TAIL_CHUNK: usize = 256;
 /// falls further behind reads what it missed from the store.
 const TAIL_LIVE_BATCHES: usize = 1024;
 
-/// Why the server could not start.
+/// Exit status of `baton serve` when its engine task dies (`EX_SOFTWARE` of sysexits.h): not 0,
+/// so that systemd or any supervisor restarts it.
+pub const ENGINE_FAILURE_EXIT_CODE: i32 = 70;
+
+/// Why the server could not start, or stopped serving on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
@@ -65,6 +73,50 @@ pub enum ServerError {
     Store { dir: String, source: StoreError },
     #[error("cannot load the stored state: {0}")]
     Load(String),
+    /// The engine task died (a panic): nothing would be answered any more, so the server stopped.
+    #[error("ENGINE FAILURE: {0}")]
+    EngineFailed(String),
+    #[error("the server task failed: {0}")]
+    Task(String),
+}
+
+/// A switch that makes the engine task panic at its next batch, as a bug in the engine would.
+/// Only tests set it: there is no config key, flag or environment variable that reaches it. They
+/// use it to prove that a dead engine stops the server rather than leaving it accepting
+/// connections that nobody answers.
+pub type EngineFault = Arc<AtomicBool>;
+
+/// What the server does when its engine task dies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnEngineFailure {
+    /// Stop accepting, close every connection, and end: [`ServerHandle::wait`] returns
+    /// [`ServerError::EngineFailed`]. For a server inside another program, such as a test.
+    #[default]
+    Report,
+    /// Log and exit the process at once with [`ENGINE_FAILURE_EXIT_CODE`], for the supervisor to
+    /// restart it (the restart restores the store). What `baton serve` does.
+    ExitProcess,
+}
+
+/// How to start a server, beyond its [`Config`].
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// The store to serve from; `None` opens sled in `config.data_dir`.
+    pub store: Option<Arc<dyn Store>>,
+    pub on_engine_failure: OnEngineFailure,
+    /// See [`EngineFault`]; `None` outside tests.
+    pub engine_fault: Option<EngineFault>,
+}
+
+impl StartOptions {
+    /// What `baton serve` runs with: sled in the data directory, and a dead engine exits the
+    /// process.
+    pub fn service() -> StartOptions {
+        StartOptions {
+            on_engine_failure: OnEngineFailure::ExitProcess,
+            ..StartOptions::default()
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, the engine's clock.
@@ -128,7 +180,7 @@ impl Answered {
 pub struct ServerHandle {
     addr: SocketAddr,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), ServerError>>,
 }
 
 impl ServerHandle {
@@ -140,16 +192,18 @@ impl ServerHandle {
     /// Stops accepting, tells every client, drains the queues and waits for the server to end.
     pub async fn shutdown(self) {
         self.stop.cancel();
-        if let Err(e) = self.task.await {
-            error!("server task failed: {e}");
+        if let Err(e) = self.wait().await {
+            error!("{e}");
         }
     }
 
-    /// Waits until the server ends (after [`ServerHandle::stop_token`] is cancelled).
-    pub async fn wait(self) {
-        if let Err(e) = self.task.await {
-            error!("server task failed: {e}");
-        }
+    /// Waits until the server ends: after [`ServerHandle::stop_token`] is cancelled (`Ok`), or on
+    /// its own because its engine task died ([`ServerError::EngineFailed`]; the listener is then
+    /// closed and every connection with it).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(ServerError::Task(e.to_string())))
     }
 
     /// Cancelling this token stops the server as [`ServerHandle::shutdown`] does.
@@ -161,7 +215,36 @@ impl ServerHandle {
 /// Opens the sled store in `config.data_dir`, loads it, binds `config.listen` and serves until the
 /// handle is shut down.
 pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    start_with_options(config, StartOptions::default()).await
+}
+
+/// Serves with the given store (tests use [`crate::store::MemoryStore`]).
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+) -> Result<ServerHandle, ServerError> {
+    let opts = StartOptions {
+        store: Some(store),
+        ..StartOptions::default()
+    };
+    start_with_options(config, opts).await
+}
+
+/// Loads the store (`opts.store`, or sled in `config.data_dir`), binds `config.listen` and serves
+/// until the handle is shut down or the engine dies (see [`OnEngineFailure`]).
+pub async fn start_with_options(
+    config: Config,
+    opts: StartOptions,
+) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    let store = match opts.store.clone() {
+        Some(store) => store,
+        None => open_sled(&config).await?,
+    };
+    serve_store(config, store, opts).await
+}
+
+async fn open_sled(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
     let dir = config.data_dir.clone();
     let opening = std::time::Instant::now();
     let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
@@ -176,15 +259,14 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         open_ms = opening.elapsed().as_millis() as u64,
         "store opened"
     );
-    start_with_store(config, Arc::new(store)).await
+    Ok(Arc::new(store))
 }
 
-/// Serves with the given store (tests use [`crate::store::MemoryStore`]).
-pub async fn start_with_store(
+async fn serve_store(
     config: Config,
     store: Arc<dyn Store>,
+    opts: StartOptions,
 ) -> Result<ServerHandle, ServerError> {
-    config.validate()?;
     let started = std::time::Instant::now();
     let loader = store.clone();
     let snapshot = tokio::task::spawn_blocking(move || loader.load())
@@ -227,7 +309,7 @@ pub async fn start_with_store(
     let config = Arc::new(config);
     let announcer = Arc::new(Announcer::new(watch::channel(audit_last_seq).0));
     let shared = Shared { store, announcer };
-    let task = tokio::spawn(run(listener, config, stop.clone(), engine, shared));
+    let task = tokio::spawn(run(listener, config, stop.clone(), engine, shared, opts));
     info!(%addr, "baton listening");
     Ok(ServerHandle { addr, stop, task })
 }
@@ -295,13 +377,15 @@ async fn run(
     stop: CancellationToken,
     engine: Engine,
     shared: Shared,
-) {
+    opts: StartOptions,
+) -> Result<(), ServerError> {
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
-    let engine_task = tokio::spawn(engine_loop(
+    let mut engine_task = tokio::spawn(engine_loop(
         engine,
         engine_rx,
         shared.store.clone(),
         shared.announcer.clone(),
+        opts.engine_fault.clone(),
     ));
     let retention = (config.audit_retention_entries > 0).then(|| {
         tokio::spawn(retention_loop(
@@ -316,9 +400,20 @@ async fn run(
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let next_id = AtomicU64::new(1);
 
+    let mut engine_failure = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            // The engine only ends after the server stops: ending before means it died, and a
+            // server that accepts connections nobody answers would look alive to everyone.
+            ended = &mut engine_task => {
+                engine_failure = Some(match ended {
+                    Ok(()) => "the engine task ended on its own".to_owned(),
+                    Err(e) if e.is_panic() => panic_message(e.into_panic().as_ref()),
+                    Err(e) => e.to_string(),
+                });
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let conn = next_id.fetch_add(1, Ordering::Relaxed);
@@ -348,6 +443,25 @@ async fn run(
         }
     }
     drop(listener);
+    if let Some(why) = engine_failure {
+        if opts.on_engine_failure == OnEngineFailure::ExitProcess {
+            error!(
+                "ENGINE FAILURE: {why}; no longer accepting; exiting with status \
+                 {ENGINE_FAILURE_EXIT_CODE} for the supervisor to restart the server"
+            );
+            std::process::exit(ENGINE_FAILURE_EXIT_CODE);
+        }
+        error!("ENGINE FAILURE: {why}; no longer accepting, closing every connection");
+        // Nobody would answer them any more: close them at once rather than drain.
+        stop.cancel();
+        hard_stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        if let Some(task) = retention {
+            let _ = task.await;
+        }
+        return Err(ServerError::EngineFailed(why));
+    }
     info!("shutting down: no longer accepting, telling clients");
     let _ = engine_tx.send(EngineMsg::Shutdown).await;
     drop(engine_tx);
@@ -364,6 +478,16 @@ async fn run(
         let _ = task.await;
     }
     info!("shutdown complete");
+    Ok(())
+}
+
+/// The message a panic was raised with.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Keeps the audit log within `keep` entries, trimming the oldest in the background as new ones
@@ -468,6 +592,7 @@ async fn engine_loop(
     mut rx: mpsc::Receiver<EngineMsg>,
     store: Arc<dyn Store>,
     announcer: Arc<Announcer>,
+    fault: Option<EngineFault>,
 ) {
     let written = *announcer.durable.borrow();
     let mut durable = Durability {
@@ -496,6 +621,9 @@ async fn engine_loop(
             _ = tokio::time::sleep_until(durable.lazy_since.map_or_else(tokio::time::Instant::now, |t| t + LAZY_FLUSH)), if durable.lazy_since.is_some() => {
                 durable.flush_lazy(&store);
             }
+        }
+        if fault.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+            panic!("engine fault injected through StartOptions::engine_fault");
         }
         for msg in batch.drain(..) {
             match msg {
