@@ -66,6 +66,10 @@ pub struct Config {
     pub max_deferred_audit_entries: u64,
     /// Memory the embedded store may use to cache its pages, in bytes.
     pub store_cache_bytes: u64,
+    /// Audit tails one connection may run at once; one more is refused with
+    /// `Error{code:"overloaded"}`. Each tail is a task and a live-feed subscription, so their
+    /// number is bounded like everything else a client can make the server hold.
+    pub max_audit_tails_per_connection: usize,
     pub tokens: Tokens,
 }
 
@@ -87,6 +91,7 @@ impl Default for Config {
             call_idle_timeout_ms: 4 * 3_600_000,
             max_deferred_audit_entries: 100_000,
             store_cache_bytes: 256 * 1024 * 1024,
+            max_audit_tails_per_connection: 4,
             tokens: Tokens::default(),
         }
     }
@@ -190,7 +195,7 @@ impl Config {
     }
 
     /// Every numeric key with its allowed range and the reason for it.
-    fn bounds(&self) -> [Bound; 13] {
+    fn bounds(&self) -> [Bound; 14] {
         let n = |v: usize| v as u64;
         [
             Bound::new("max_frame_bytes", n(self.max_frame_bytes), MIN_FRAME_BYTES, MAX_FRAME_BYTES,
@@ -217,6 +222,8 @@ impl Config {
                 "a call must live long enough to be answered and transferred"),
             Bound::new("max_deferred_audit_entries", self.max_deferred_audit_entries, 1_000, 100_000_000,
                 "reads must not be refused while the disk merely catches up"),
+            Bound::new("max_audit_tails_per_connection", n(self.max_audit_tails_per_connection), 1, 1024,
+                "an admin connection must be able to run a tail"),
             Bound::new("store_cache_bytes", self.store_cache_bytes, 1 << 20, 1 << 40,
                 "the store needs some memory for its pages"),
         ]
@@ -285,6 +292,10 @@ mod tests {
                 "max_deferred_audit_entries",
             ),
             ("store_cache_bytes = 0", "store_cache_bytes"),
+            (
+                "max_audit_tails_per_connection = 0",
+                "max_audit_tails_per_connection",
+            ),
         ];
         for (text, key) in cases {
             let c = Config::from_toml(text).unwrap();

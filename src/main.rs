@@ -4,6 +4,7 @@ use anyhow::Context;
 use baton::admin::{self, TailOptions, Target};
 use baton::config::Config;
 use baton::load::{LoadOptions, Mix, Scenario};
+use baton::server::StartOptions;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -208,10 +209,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         None => {
             init_logging(cli.log_format);
+            baton::server::log_panics();
             runtime.block_on(serve(PathBuf::from("config.toml")))
         }
         Some(Command::Serve { config }) => {
             init_logging(cli.log_format);
+            baton::server::log_panics();
             runtime.block_on(serve(config))
         }
         Some(Command::Status { conn, json }) => {
@@ -355,35 +358,6 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     } else {
         tracing::info!(config = %config_path.display(), "no configuration file; using the built-in defaults");
     }
-    let server = baton::server::start(config).await?;
-    let stop = server.stop_token();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stop signal received");
-        stop.cancel();
-    });
-    server.wait().await;
+    baton::server::serve(config, StartOptions::service()).await?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -1,10 +1,19 @@
 //! The I/O shell around the engine: sockets, timers and shutdown.
 //!
-//! Each connection is a reader loop, a bounded outbound queue and a writer task. The reader does
-//! the handshake (`Hello`, `Ping`, framing errors) itself and forwards decoded requests to the one
-//! engine task; the engine task applies them in arrival order and hands each output frame to the
-//! target connection's queue with `try_send`. A queue that is full means the client stopped reading:
-//! that connection is dropped and logged, and nobody else ever waits for it.
+//! Each connection is a reader loop, an outbox (its bounded queue of outbound frames, see
+//! [`outbox`]) and a writer task. The reader does the handshake (`Hello`, `Ping`, framing errors)
+//! itself and forwards decoded requests to the one engine task; the engine task applies them in
+//! arrival order and pushes each output frame onto the target connection's outbox, never waiting.
+//! The reader applies backpressure: it reads a client's next request only while that connection's
+//! queued frames and unanswered requests leave room, so a client that pipelines is slowed down by
+//! TCP flow control, not dropped. A client that stops reading altogether is dropped and logged,
+//! and nobody else ever waits for it. The server watches its engine task: if that dies, it stops
+//! accepting and reports the failure (and `baton serve` exits, for its supervisor to restart it).
+
+mod outbox;
+mod service;
+
+pub use service::{log_panics, serve};
 
 use crate::codec::{FrameCodec, FrameError};
 use crate::config::Config;
@@ -13,13 +22,14 @@ use crate::messages::*;
 use crate::store::{SledStore, Store, StoreError, WriteBatch};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use outbox::{Outbox, PushError, RoomError};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -32,7 +42,7 @@ const ENGINE_QUEUE: usize = 8192;
 const ENGINE_BATCH: usize = 512;
 /// How often the engine's timers (resume grace, orphan timeout) are checked.
 const TICK: Duration = Duration::from_millis(100);
-/// Initial read and write buffer of a connection, in bytes.
+/// Initial read buffer of a connection, in bytes.
 const CONN_BUFFER: usize = 1024;
 /// How long shutdown waits for connections to write their last frames.
 const DRAIN: Duration = Duration::from_secs(3);
@@ -41,13 +51,15 @@ const DRAIN: Duration = Duration::from_secs(3);
 const LAZY_FLUSH: Duration = Duration::from_millis(20);
 /// Audit entries an audit tail reads from the store at a time.
 const TAIL_CHUNK: usize = 256;
-/// An audit tail whose reader takes nothing for this long is dropped.
-const TAIL_STALL: Duration = Duration::from_secs(30);
 /// Batches of newly durable audit entries kept for following tails that fell behind; one that
 /// falls further behind reads what it missed from the store.
 const TAIL_LIVE_BATCHES: usize = 1024;
 
-/// Why the server could not start.
+/// Exit status of `baton serve` when its engine task dies (`EX_SOFTWARE` of sysexits.h): not 0,
+/// so that systemd or any supervisor restarts it.
+pub const ENGINE_FAILURE_EXIT_CODE: i32 = 70;
+
+/// Why the server could not start, or stopped serving on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
@@ -61,6 +73,50 @@ pub enum ServerError {
     Store { dir: String, source: StoreError },
     #[error("cannot load the stored state: {0}")]
     Load(String),
+    /// The engine task died (a panic): nothing would be answered any more, so the server stopped.
+    #[error("ENGINE FAILURE: {0}")]
+    EngineFailed(String),
+    #[error("the server task failed: {0}")]
+    Task(String),
+}
+
+/// A switch that makes the engine task panic at its next batch, as a bug in the engine would.
+/// Only tests set it: there is no config key, flag or environment variable that reaches it. They
+/// use it to prove that a dead engine stops the server rather than leaving it accepting
+/// connections that nobody answers.
+pub type EngineFault = Arc<AtomicBool>;
+
+/// What the server does when its engine task dies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnEngineFailure {
+    /// Stop accepting, close every connection, and end: [`ServerHandle::wait`] returns
+    /// [`ServerError::EngineFailed`]. For a server inside another program, such as a test.
+    #[default]
+    Report,
+    /// Log and exit the process at once with [`ENGINE_FAILURE_EXIT_CODE`], for the supervisor to
+    /// restart it (the restart restores the store). What `baton serve` does.
+    ExitProcess,
+}
+
+/// How to start a server, beyond its [`Config`].
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// The store to serve from; `None` opens sled in `config.data_dir`.
+    pub store: Option<Arc<dyn Store>>,
+    pub on_engine_failure: OnEngineFailure,
+    /// See [`EngineFault`]; `None` outside tests.
+    pub engine_fault: Option<EngineFault>,
+}
+
+impl StartOptions {
+    /// What `baton serve` runs with: sled in the data directory, and a dead engine exits the
+    /// process.
+    pub fn service() -> StartOptions {
+        StartOptions {
+            on_engine_failure: OnEngineFailure::ExitProcess,
+            ..StartOptions::default()
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, the engine's clock.
@@ -71,26 +127,21 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// What a connection's writer is asked to do.
-#[derive(Debug)]
-enum Outbound {
-    Frame(Bytes),
-    /// Write everything queued before, then close.
-    Close,
-}
-
 enum EngineMsg {
     Connected {
         conn: ConnId,
         role: Role,
         peer: SocketAddr,
-        tx: mpsc::Sender<Outbound>,
+        outbox: Arc<Outbox>,
         cancel: CancellationToken,
     },
     Request {
         conn: ConnId,
         r#ref: Option<u64>,
         request: Request,
+        /// Told once the request's outputs are pushed, even if the connection is gone by then:
+        /// its reader counts the request as room taken until that.
+        outbox: Arc<Outbox>,
     },
     Disconnected {
         conn: ConnId,
@@ -99,17 +150,37 @@ enum EngineMsg {
 }
 
 struct ConnHandle {
-    tx: mpsc::Sender<Outbound>,
+    outbox: Arc<Outbox>,
     cancel: CancellationToken,
     peer: SocketAddr,
     role: Role,
+}
+
+/// Requests of one engine batch, per connection, to be counted as answered once the batch's
+/// outputs are pushed. Requests of a pipelining client come in runs, so runs are merged.
+#[derive(Default)]
+struct Answered(Vec<(Arc<Outbox>, usize)>);
+
+impl Answered {
+    fn add(&mut self, outbox: Arc<Outbox>) {
+        match self.0.last_mut() {
+            Some((last, n)) if Arc::ptr_eq(last, &outbox) => *n += 1,
+            _ => self.0.push((outbox, 1)),
+        }
+    }
+
+    fn settle(&mut self) {
+        for (outbox, n) in self.0.drain(..) {
+            outbox.requests_answered(n);
+        }
+    }
 }
 
 /// A running server.
 pub struct ServerHandle {
     addr: SocketAddr,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), ServerError>>,
 }
 
 impl ServerHandle {
@@ -121,16 +192,18 @@ impl ServerHandle {
     /// Stops accepting, tells every client, drains the queues and waits for the server to end.
     pub async fn shutdown(self) {
         self.stop.cancel();
-        if let Err(e) = self.task.await {
-            error!("server task failed: {e}");
+        if let Err(e) = self.wait().await {
+            error!("{e}");
         }
     }
 
-    /// Waits until the server ends (after [`ServerHandle::stop_token`] is cancelled).
-    pub async fn wait(self) {
-        if let Err(e) = self.task.await {
-            error!("server task failed: {e}");
-        }
+    /// Waits until the server ends: after [`ServerHandle::stop_token`] is cancelled (`Ok`), or on
+    /// its own because its engine task died ([`ServerError::EngineFailed`]; the listener is then
+    /// closed and every connection with it).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(ServerError::Task(e.to_string())))
     }
 
     /// Cancelling this token stops the server as [`ServerHandle::shutdown`] does.
@@ -142,7 +215,36 @@ impl ServerHandle {
 /// Opens the sled store in `config.data_dir`, loads it, binds `config.listen` and serves until the
 /// handle is shut down.
 pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    start_with_options(config, StartOptions::default()).await
+}
+
+/// Serves with the given store (tests use [`crate::store::MemoryStore`]).
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+) -> Result<ServerHandle, ServerError> {
+    let opts = StartOptions {
+        store: Some(store),
+        ..StartOptions::default()
+    };
+    start_with_options(config, opts).await
+}
+
+/// Loads the store (`opts.store`, or sled in `config.data_dir`), binds `config.listen` and serves
+/// until the handle is shut down or the engine dies (see [`OnEngineFailure`]).
+pub async fn start_with_options(
+    config: Config,
+    opts: StartOptions,
+) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    let store = match opts.store.clone() {
+        Some(store) => store,
+        None => open_sled(&config).await?,
+    };
+    serve_store(config, store, opts).await
+}
+
+async fn open_sled(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
     let dir = config.data_dir.clone();
     let opening = std::time::Instant::now();
     let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
@@ -157,15 +259,14 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         open_ms = opening.elapsed().as_millis() as u64,
         "store opened"
     );
-    start_with_store(config, Arc::new(store)).await
+    Ok(Arc::new(store))
 }
 
-/// Serves with the given store (tests use [`crate::store::MemoryStore`]).
-pub async fn start_with_store(
+async fn serve_store(
     config: Config,
     store: Arc<dyn Store>,
+    opts: StartOptions,
 ) -> Result<ServerHandle, ServerError> {
-    config.validate()?;
     let started = std::time::Instant::now();
     let loader = store.clone();
     let snapshot = tokio::task::spawn_blocking(move || loader.load())
@@ -208,7 +309,7 @@ pub async fn start_with_store(
     let config = Arc::new(config);
     let announcer = Arc::new(Announcer::new(watch::channel(audit_last_seq).0));
     let shared = Shared { store, announcer };
-    let task = tokio::spawn(run(listener, config, stop.clone(), engine, shared));
+    let task = tokio::spawn(run(listener, config, stop.clone(), engine, shared, opts));
     info!(%addr, "baton listening");
     Ok(ServerHandle { addr, stop, task })
 }
@@ -276,13 +377,15 @@ async fn run(
     stop: CancellationToken,
     engine: Engine,
     shared: Shared,
-) {
+    opts: StartOptions,
+) -> Result<(), ServerError> {
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
-    let engine_task = tokio::spawn(engine_loop(
+    let mut engine_task = tokio::spawn(engine_loop(
         engine,
         engine_rx,
         shared.store.clone(),
         shared.announcer.clone(),
+        opts.engine_fault.clone(),
     ));
     let retention = (config.audit_retention_entries > 0).then(|| {
         tokio::spawn(retention_loop(
@@ -297,9 +400,20 @@ async fn run(
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let next_id = AtomicU64::new(1);
 
+    let mut engine_failure = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            // The engine only ends after the server stops: ending before means it died, and a
+            // server that accepts connections nobody answers would look alive to everyone.
+            ended = &mut engine_task => {
+                engine_failure = Some(match ended {
+                    Ok(()) => "the engine task ended on its own".to_owned(),
+                    Err(e) if e.is_panic() => panic_message(e.into_panic().as_ref()),
+                    Err(e) => e.to_string(),
+                });
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let conn = next_id.fetch_add(1, Ordering::Relaxed);
@@ -329,6 +443,25 @@ async fn run(
         }
     }
     drop(listener);
+    if let Some(why) = engine_failure {
+        if opts.on_engine_failure == OnEngineFailure::ExitProcess {
+            error!(
+                "ENGINE FAILURE: {why}; no longer accepting; exiting with status \
+                 {ENGINE_FAILURE_EXIT_CODE} for the supervisor to restart the server"
+            );
+            std::process::exit(ENGINE_FAILURE_EXIT_CODE);
+        }
+        error!("ENGINE FAILURE: {why}; no longer accepting, closing every connection");
+        // Nobody would answer them any more: close them at once rather than drain.
+        stop.cancel();
+        hard_stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        if let Some(task) = retention {
+            let _ = task.await;
+        }
+        return Err(ServerError::EngineFailed(why));
+    }
     info!("shutting down: no longer accepting, telling clients");
     let _ = engine_tx.send(EngineMsg::Shutdown).await;
     drop(engine_tx);
@@ -345,6 +478,16 @@ async fn run(
         let _ = task.await;
     }
     info!("shutdown complete");
+    Ok(())
+}
+
+/// The message a panic was raised with.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Keeps the audit log within `keep` entries, trimming the oldest in the background as new ones
@@ -449,6 +592,7 @@ async fn engine_loop(
     mut rx: mpsc::Receiver<EngineMsg>,
     store: Arc<dyn Store>,
     announcer: Arc<Announcer>,
+    fault: Option<EngineFault>,
 ) {
     let written = *announcer.durable.borrow();
     let mut durable = Durability {
@@ -464,6 +608,7 @@ async fn engine_loop(
     let mut batch: Vec<EngineMsg> = Vec::with_capacity(ENGINE_BATCH);
     let mut inputs: Vec<Input> = Vec::new();
     let mut out: Vec<Output> = Vec::new();
+    let mut answered = Answered::default();
     let mut shutting_down = false;
     loop {
         tokio::select! {
@@ -477,23 +622,26 @@ async fn engine_loop(
                 durable.flush_lazy(&store);
             }
         }
+        if fault.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+            panic!("engine fault injected through StartOptions::engine_fault");
+        }
         for msg in batch.drain(..) {
             match msg {
                 EngineMsg::Connected {
                     conn,
                     role,
                     peer,
-                    tx,
+                    outbox,
                     cancel,
                 } => {
                     if shutting_down {
-                        let _ = tx.try_send(Outbound::Close);
+                        outbox.close();
                         continue;
                     }
                     conns.insert(
                         conn,
                         ConnHandle {
-                            tx,
+                            outbox,
                             cancel,
                             peer,
                             role,
@@ -505,7 +653,9 @@ async fn engine_loop(
                     conn,
                     r#ref,
                     request,
+                    outbox,
                 } => {
+                    answered.add(outbox);
                     if conns.contains_key(&conn) {
                         inputs.push(Input::Request {
                             conn,
@@ -533,6 +683,8 @@ async fn engine_loop(
         // and nothing of it is sent before that returns.
         commit(&mut engine, &store, &mut durable, &mut out, now).await;
         dispatch(&mut engine, &mut conns, &mut out, now, &store, &mut durable).await;
+        // Only now, with their answers queued, do the requests stop counting as in flight.
+        answered.settle();
         if shutting_down && conns.is_empty() {
             // Everyone was told and closed; readers that still report in are ignored.
             rx.close();
@@ -679,8 +831,9 @@ fn take_audit(out: &mut Vec<Output>, entries: &mut Vec<AuditEntry>) {
     }
 }
 
-/// Carries out the engine's outputs. A connection whose queue is full is dropped here, and its
-/// disconnection is fed straight back into the engine so that its state moves on at once.
+/// Carries out the engine's outputs. A connection whose queue is at its hard cap has stopped
+/// reading: it is dropped here, and its disconnection is fed straight back into the engine so that
+/// its state moves on at once.
 async fn dispatch(
     engine: &mut Engine,
     conns: &mut HashMap<ConnId, ConnHandle>,
@@ -697,27 +850,26 @@ async fn dispatch(
                     let Some(handle) = conns.get(&conn) else {
                         continue;
                     };
-                    match handle.tx.try_send(Outbound::Frame(env.to_bytes())) {
+                    match handle.outbox.push(env.to_bytes()) {
                         Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                        Err(PushError::NotReading) => {
                             warn!(
                                 conn,
                                 peer = %handle.peer,
                                 role = %handle.role,
-                                "dropping connection: its outbound queue is full (the client is not reading)"
+                                queued = handle.outbox.pending(),
+                                "dropping connection: the client is not reading (its outbound queue reached twice outbound_queue_frames)"
                             );
                             handle.cancel.cancel();
                             conns.remove(&conn);
                             dropped.push(conn);
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        Err(PushError::Closed) => {}
                     }
                 }
                 Output::Close { conn } => {
                     if let Some(handle) = conns.remove(&conn) {
-                        if handle.tx.try_send(Outbound::Close).is_err() {
-                            handle.cancel.cancel();
-                        }
+                        handle.outbox.close();
                     }
                 }
                 // Handed to the announcer by `commit`; only a batch that wrote nothing has none.
@@ -775,35 +927,31 @@ async fn refuse_overloaded(socket: TcpStream, ctx: &ConnCtx) {
 async fn serve_connection(socket: TcpStream, ctx: ConnCtx) {
     let _ = socket.set_nodelay(true);
     let (read_half, write_half) = socket.into_split();
-    // Small initial buffers: most connections send and receive small frames, and an idle desktop
-    // should cost little memory. Both grow on demand for bigger frames.
+    // A small initial read buffer: most connections send small frames, and an idle desktop should
+    // cost little memory. It grows on demand for bigger frames.
     let mut reader = FramedRead::with_capacity(
         read_half,
         FrameCodec::new(ctx.config.max_frame_bytes),
         CONN_BUFFER,
     );
-    let mut writer = FramedWrite::with_capacity(
-        write_half,
-        FrameCodec::new(ctx.config.max_frame_bytes),
-        CONN_BUFFER,
+    let outbox = Arc::new(Outbox::new(ctx.config.outbound_queue_frames));
+    let writer_task = tokio::spawn(
+        outbox::write_loop(write_half, outbox.clone(), ctx.cancel.clone()).in_current_span(),
     );
-    writer.set_backpressure_boundary(64 * 1024);
-    let (tx, rx) = mpsc::channel(ctx.config.outbound_queue_frames);
-    let writer_task = tokio::spawn(write_loop(writer, rx, ctx.cancel.clone()).in_current_span());
 
-    let registered = match handshake(&mut reader, &tx, &ctx).await {
+    let registered = match handshake(&mut reader, &outbox, &ctx).await {
         Some(role) => {
             tracing::Span::current().record("role", role.as_str());
             let msg = EngineMsg::Connected {
                 conn: ctx.conn,
                 role,
                 peer: ctx.peer,
-                tx: tx.clone(),
+                outbox: outbox.clone(),
                 cancel: ctx.cancel.clone(),
             };
             if ctx.engine.send(msg).await.is_ok() {
                 debug!("session open");
-                read_loop(&mut reader, &tx, &ctx, role).await;
+                read_loop(&mut reader, &outbox, &ctx, role).await;
                 true
             } else {
                 false
@@ -818,10 +966,7 @@ async fn serve_connection(socket: TcpStream, ctx: ConnCtx) {
             .await;
     }
     // Let the writer send what is queued (an error, a last reply), then close.
-    if tx.try_send(Outbound::Close).is_err() {
-        ctx.cancel.cancel();
-    }
-    drop(tx);
+    outbox.close();
     if tokio::time::timeout(Duration::from_secs(2), writer_task)
         .await
         .is_err()
@@ -831,15 +976,10 @@ async fn serve_connection(socket: TcpStream, ctx: ConnCtx) {
     debug!("connection closed");
 }
 
-/// Queues a frame on this connection's own queue; false when the queue is full or closed.
-fn queue(tx: &mpsc::Sender<Outbound>, frame: Bytes) -> bool {
-    tx.try_send(Outbound::Frame(frame)).is_ok()
-}
-
 /// Waits for `Hello` and answers it. Returns the role, or `None` after sending the error.
 async fn handshake(
     reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
-    tx: &mpsc::Sender<Outbound>,
+    outbox: &Outbox,
     ctx: &ConnCtx,
 ) -> Option<Role> {
     let first = tokio::select! {
@@ -852,22 +992,19 @@ async fn handshake(
                 "closing: no Hello within {} ms",
                 ctx.config.handshake_timeout_ms
             );
-            queue(
-                tx,
-                error_frame(
-                    None,
-                    ErrorCode::HelloRequired,
-                    format!(
-                        "no Hello within handshake_timeout_ms ({} ms)",
-                        ctx.config.handshake_timeout_ms
-                    ),
+            let _ = outbox.push(error_frame(
+                None,
+                ErrorCode::HelloRequired,
+                format!(
+                    "no Hello within handshake_timeout_ms ({} ms)",
+                    ctx.config.handshake_timeout_ms
                 ),
-            );
+            ));
             return None;
         }
         Ok(None) => return None,
         Ok(Some(Err(e))) => {
-            report_frame_error(tx, &e);
+            report_frame_error(outbox, &e);
             return None;
         }
         Ok(Some(Ok(frame))) => frame,
@@ -891,7 +1028,7 @@ async fn handshake(
                 e.message
             };
             info!(code = code.as_str(), "closing: {message}");
-            queue(tx, error_frame(e.r#ref, code, message));
+            let _ = outbox.push(error_frame(e.r#ref, code, message));
             return None;
         }
     };
@@ -901,7 +1038,7 @@ async fn handshake(
     let r#ref = incoming.r#ref;
     let refuse = |code: ErrorCode, message: String| {
         info!(code = code.as_str(), "closing: {message}");
-        queue(tx, error_frame(r#ref, code, message));
+        let _ = outbox.push(error_frame(r#ref, code, message));
         None
     };
     if hello.protocol != PROTOCOL_VERSION {
@@ -943,7 +1080,7 @@ async fn handshake(
             heartbeat_ms: ctx.config.heartbeat_ms,
         },
     );
-    queue(tx, welcome.to_bytes()).then_some(role)
+    outbox.push(welcome.to_bytes()).is_ok().then_some(role)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -953,23 +1090,73 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn report_frame_error(tx: &mpsc::Sender<Outbound>, e: &FrameError) {
+fn report_frame_error(outbox: &Outbox, e: &FrameError) {
     if e.is_violation() {
         info!("closing: framing violation: {e}");
-        queue(tx, error_frame(None, ErrorCode::BadFrame, e.to_string()));
+        let _ = outbox.push(error_frame(None, ErrorCode::BadFrame, e.to_string()));
     } else {
         debug!("read failed: {e}");
     }
 }
 
+/// Drops a connection whose client has stopped reading.
+fn drop_not_reading(ctx: &ConnCtx, role: Role, outbox: &Outbox, why: &str) {
+    warn!(
+        conn = ctx.conn,
+        peer = %ctx.peer,
+        role = %role,
+        queued = outbox.pending(),
+        "dropping connection: the client is not reading ({why})"
+    );
+    ctx.cancel.cancel();
+}
+
+/// Queues an answer the reader produces itself; false when the connection must end.
+fn answer(outbox: &Outbox, frame: Bytes, ctx: &ConnCtx, role: Role) -> bool {
+    match outbox.push(frame) {
+        Ok(()) => true,
+        Err(PushError::Closed) => false,
+        Err(PushError::NotReading) => {
+            drop_not_reading(
+                ctx,
+                role,
+                outbox,
+                "its outbound queue reached twice outbound_queue_frames",
+            );
+            false
+        }
+    }
+}
+
 async fn read_loop(
     reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
-    tx: &mpsc::Sender<Outbound>,
+    outbox: &Arc<Outbox>,
     ctx: &ConnCtx,
     role: Role,
 ) {
     let idle = ctx.config.idle_timeout();
+    // Created with the first AuditTail: most connections never ask for one.
+    let mut tail_slots: Option<Arc<Semaphore>> = None;
     loop {
+        // Backpressure: the next request is read only once its answer has room. Meanwhile the
+        // socket is not read, so TCP flow control slows a client that writes faster than it
+        // reads; and the idle timer does not run, since such a client is not silent.
+        let room = tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            r = outbox.room_for_request(idle) => r,
+        };
+        match room {
+            Ok(()) => {}
+            Err(RoomError::Closed) => return,
+            Err(RoomError::NotReading) => {
+                let why = format!(
+                    "it took nothing of its queued answers for {} ms, 3 heartbeats",
+                    idle.as_millis()
+                );
+                drop_not_reading(ctx, role, outbox, &why);
+                return;
+            }
+        }
         let next = tokio::select! {
             _ = ctx.cancel.cancelled() => return,
             r = tokio::time::timeout(idle, reader.next()) => r,
@@ -984,7 +1171,7 @@ async fn read_loop(
             }
             Ok(None) => return,
             Ok(Some(Err(e))) => {
-                report_frame_error(tx, &e);
+                report_frame_error(outbox, &e);
                 return;
             }
             Ok(Some(Ok(frame))) => frame,
@@ -994,8 +1181,8 @@ async fn read_loop(
                 r#ref,
                 request: Request::Ping,
             }) => {
-                if !queue(tx, Envelope::reply(r#ref, ServerMsg::Pong).to_bytes()) {
-                    warn!("dropping connection: its outbound queue is full (the client is not reading)");
+                let pong = Envelope::reply(r#ref, ServerMsg::Pong).to_bytes();
+                if !answer(outbox, pong, ctx, role) {
                     return;
                 }
             }
@@ -1007,28 +1194,54 @@ async fn read_loop(
                 r#ref,
                 request: Request::AuditTail(t),
             }) => {
-                tokio::spawn(
-                    audit_tail(ctx.shared.clone(), tx.clone(), r#ref, t, ctx.cancel.clone())
-                        .in_current_span(),
-                );
+                let limit = ctx.config.max_audit_tails_per_connection;
+                let slots = tail_slots.get_or_insert_with(|| Arc::new(Semaphore::new(limit)));
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let tail = TailOut {
+                            outbox: outbox.clone(),
+                            r#ref,
+                            cancel: ctx.cancel.clone(),
+                        };
+                        tokio::spawn(
+                            audit_tail(ctx.shared.clone(), tail, t, slot).in_current_span(),
+                        );
+                    }
+                    Err(_) => {
+                        let refusal = error_frame(
+                            r#ref,
+                            ErrorCode::Overloaded,
+                            format!(
+                                "this connection already runs {limit} audit tails, the limit \
+                                 (max_audit_tails_per_connection = {limit}); use another connection"
+                            ),
+                        );
+                        if !answer(outbox, refusal, ctx, role) {
+                            return;
+                        }
+                    }
+                }
             }
             Ok(Incoming {
                 r#ref,
                 request: Request::Hello(_),
             }) => {
-                queue(
-                    tx,
-                    error_frame(r#ref, ErrorCode::BadRequest, "Hello was already received"),
-                );
+                let refusal =
+                    error_frame(r#ref, ErrorCode::BadRequest, "Hello was already received");
+                if !answer(outbox, refusal, ctx, role) {
+                    return;
+                }
             }
             Ok(Incoming { r#ref, request }) => {
                 if let Request::Login(l) = &request {
                     tracing::Span::current().record("agent", l.agent.as_str());
                 }
+                outbox.request_sent();
                 let msg = EngineMsg::Request {
                     conn: ctx.conn,
                     r#ref,
                     request,
+                    outbox: outbox.clone(),
                 };
                 tokio::select! {
                     _ = ctx.cancel.cancelled() => return,
@@ -1037,67 +1250,44 @@ async fn read_loop(
             }
             Err(e) if e.code == ErrorCode::BadFrame => {
                 info!("closing: framing violation: {}", e.message);
-                queue(tx, error_frame(e.r#ref, e.code, e.message));
+                let _ = outbox.push(error_frame(e.r#ref, e.code, e.message));
                 return;
             }
             Err(e) => {
                 debug!(code = e.code.as_str(), "refused frame: {}", e.message);
-                queue(tx, error_frame(e.r#ref, e.code, e.message));
+                if !answer(outbox, error_frame(e.r#ref, e.code, e.message), ctx, role) {
+                    return;
+                }
             }
         }
     }
 }
 
-async fn write_loop(
-    mut writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
-    mut rx: mpsc::Receiver<Outbound>,
+/// Where an audit tail's frames go: its connection's outbox, with the tail's `ref`.
+struct TailOut {
+    outbox: Arc<Outbox>,
+    r#ref: Option<u64>,
     cancel: CancellationToken,
-) {
-    let result: Result<(), FrameError> = async {
-        loop {
-            let item = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                item = rx.recv() => item,
-            };
-            match item {
-                Some(Outbound::Frame(bytes)) => {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(()),
-                        r = writer.feed(bytes) => r?,
-                    }
-                    // Flush when nothing else is waiting, so bursts go out in few syscalls.
-                    if rx.is_empty() {
-                        tokio::select! {
-                            _ = cancel.cancelled() => return Ok(()),
-                            r = writer.flush() => r?,
-                        }
-                    }
-                }
-                Some(Outbound::Close) | None => {
-                    writer.flush().await?;
-                    return Ok(());
-                }
-            }
+}
+
+impl TailOut {
+    /// Queues one frame once the connection's queue has room, waiting as long as its client
+    /// pauses. False once the connection is closing: the tail ends.
+    async fn send(&self, msg: ServerMsg) -> bool {
+        let frame = Envelope::reply(self.r#ref, msg).to_bytes();
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            pushed = self.outbox.push_when_room(frame) => pushed.is_ok(),
         }
     }
-    .await;
-    if let Err(e) = result {
-        debug!("write failed: {e}");
-    }
-    // Dropping the write half sends FIN; make the reader stop too.
-    drop(writer);
-    cancel.cancel();
 }
 
 /// Serves one `AuditTail`: reads the store by cursor, so a reader that falls behind costs the
 /// engine nothing; with `follow`, waits for newly durable entries and sends them as they come.
-async fn audit_tail(
-    shared: Shared,
-    tx: mpsc::Sender<Outbound>,
-    r#ref: Option<u64>,
-    t: AuditTail,
-    cancel: CancellationToken,
-) {
+/// It queues a frame only while its connection's queue has room and otherwise waits where it is,
+/// however long its client pauses: a tail never takes the room the connection's answers need, so
+/// it cannot get its connection dropped. `slot` is its place among the connection's tails.
+async fn audit_tail(shared: Shared, out: TailOut, t: AuditTail, slot: OwnedSemaphorePermit) {
     // Subscribed before the durable seq is read: every entry past it arrives on the live feed.
     let mut live = shared.announcer.live.subscribe();
     let mut durable = shared.announcer.durable.subscribe();
@@ -1110,23 +1300,6 @@ async fn audit_tail(
             && t.agent
                 .as_ref()
                 .is_none_or(|a| entry.agent.as_ref() == Some(a))
-    };
-    let send = |msg: ServerMsg| {
-        let tx = tx.clone();
-        let frame = Envelope::reply(r#ref, msg).to_bytes();
-        async move {
-            match tokio::time::timeout(TAIL_STALL, tx.send(Outbound::Frame(frame))).await {
-                Ok(Ok(())) => true,
-                Ok(Err(_)) => false,
-                Err(_) => {
-                    warn!(
-                        "dropping connection: its audit tail reader took nothing for {} s",
-                        TAIL_STALL.as_secs()
-                    );
-                    false
-                }
-            }
-        }
     };
     let mut last = start_last;
     loop {
@@ -1141,7 +1314,8 @@ async fn audit_tail(
                 Ok(Ok(chunk)) => chunk,
                 Ok(Err(e)) => {
                     error!("audit tail cannot read the store: {e}");
-                    send(ServerMsg::error(
+                    drop(slot);
+                    out.send(ServerMsg::error(
                         ErrorCode::Unavailable,
                         format!("cannot read the audit log: {e}"),
                     ))
@@ -1159,13 +1333,13 @@ async fn audit_tail(
                     // Written but not yet durable: left for a later round. If the cursor had not
                     // reached `last`, the entries in between were trimmed meanwhile.
                     if cursor <= last {
-                        if !send(ServerMsg::AuditTrimmed {
-                            from_seq: cursor,
-                            to_seq: last,
-                        })
-                        .await
+                        if !out
+                            .send(ServerMsg::AuditTrimmed {
+                                from_seq: cursor,
+                                to_seq: last,
+                            })
+                            .await
                         {
-                            cancel.cancel();
                             return;
                         }
                         cursor = last + 1;
@@ -1173,13 +1347,13 @@ async fn audit_tail(
                     break;
                 }
                 if seq > cursor
-                    && !send(ServerMsg::AuditTrimmed {
-                        from_seq: cursor,
-                        to_seq: seq - 1,
-                    })
-                    .await
+                    && !out
+                        .send(ServerMsg::AuditTrimmed {
+                            from_seq: cursor,
+                            to_seq: seq - 1,
+                        })
+                        .await
                 {
-                    cancel.cancel();
                     return;
                 }
                 cursor = seq + 1;
@@ -1190,21 +1364,23 @@ async fn audit_tail(
                         continue;
                     }
                 };
-                if wanted(&entry) && !send(ServerMsg::Audit(entry)).await {
-                    cancel.cancel();
+                if wanted(&entry) && !out.send(ServerMsg::Audit(entry)).await {
                     return;
                 }
             }
         }
         if !t.follow {
-            send(ServerMsg::AuditEnd { last_seq: last }).await;
+            // The slot is free before the client can see the end: a tail it asks for next is
+            // never refused because of this one.
+            drop(slot);
+            out.send(ServerMsg::AuditEnd { last_seq: last }).await;
             return;
         }
         // Caught up: from here on, entries come from the live feed as they become durable. A
         // reader that falls behind the feed, or finds a hole in it, reads from the store again.
         'live: loop {
             let batch = tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = out.cancel.cancelled() => return,
                 b = live.recv() => b,
             };
             match batch {
@@ -1217,9 +1393,9 @@ async fn audit_tail(
                             break 'live;
                         }
                         cursor += 1;
-                        if wanted(entry) && !send(ServerMsg::Audit(AuditEntry::clone(entry))).await
+                        if wanted(entry)
+                            && !out.send(ServerMsg::Audit(AuditEntry::clone(entry))).await
                         {
-                            cancel.cancel();
                             return;
                         }
                     }

@@ -1265,7 +1265,9 @@ impl Engine {
             if c.idle_deadline_ms != deadline {
                 continue;
             }
-            let due = c.last_event_ms.saturating_add(self.cfg.call_idle_timeout_ms);
+            let due = c
+                .last_event_ms
+                .saturating_add(self.cfg.call_idle_timeout_ms);
             if due > now {
                 // Events came meanwhile: look again when the call has been silent long enough.
                 self.calls.get_mut(&call).expect("present").idle_deadline_ms = due;

@@ -2,12 +2,16 @@
 #![allow(dead_code)]
 
 use baton::client::Client;
+use baton::codec::{encode_frame, split_frame};
 use baton::config::Config;
 use baton::messages::*;
 use baton::server::{start, ServerHandle};
+use bytes::{Bytes, BytesMut};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -293,4 +297,74 @@ pub async fn expect_access(
         } => (record, access, previous, cause, data, context),
         other => panic!("expected AccessChanged, got {other:?}"),
     }
+}
+
+/// The frame (length header and body) of `request` with `ref`, for tests that write raw bytes.
+pub fn request_frame(request: &Request, r#ref: u64) -> Bytes {
+    encode_frame(&serde_json::to_vec(&request.to_value(Some(r#ref))).unwrap())
+}
+
+/// The read side of a connection spoken to in raw frames: tests that pipeline, or that pause
+/// reading, must control exactly when the socket is read, which the typed client does not allow.
+pub struct RawReader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl RawReader {
+    /// The next frame as JSON, or `None` once the server has closed the connection. A frame that
+    /// does not come within 10 s fails the test instead of hanging it.
+    pub async fn next(&mut self) -> Option<serde_json::Value> {
+        loop {
+            if let Some(body) = split_frame(&mut self.buf) {
+                return Some(serde_json::from_slice(&body).expect("the server sends JSON"));
+            }
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), self.half.read_buf(&mut self.buf))
+                    .await
+                    .expect("a frame or a close within 10 s");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// Connects as `role` and completes `Hello` (with `ref` 0) over a raw socket. With
+/// `recv_buffer_bytes` the client's receive buffer is fixed that small, so that what the server
+/// sends and the client does not read piles up in the server's queue, not in the socket buffers.
+pub async fn raw_session(
+    server: &TestServer,
+    role: Role,
+    recv_buffer_bytes: Option<u32>,
+) -> (RawReader, OwnedWriteHalf) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(bytes) = recv_buffer_bytes {
+        socket.set_recv_buffer_size(bytes).unwrap();
+    }
+    let stream = socket.connect(server.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (read, mut write) = stream.into_split();
+    let token = match role {
+        Role::Desktop => &server.config.tokens.desktop,
+        Role::Dialer => &server.config.tokens.dialer,
+        Role::Switch => &server.config.tokens.switch,
+        Role::Admin => &server.config.tokens.admin,
+    };
+    let hello = Request::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        role: role.as_str().to_owned(),
+        token: token.clone(),
+    });
+    tokio::io::AsyncWriteExt::write_all(&mut write, &request_frame(&hello, 0))
+        .await
+        .unwrap();
+    let mut reader = RawReader {
+        half: read,
+        buf: BytesMut::new(),
+    };
+    let welcome = reader.next().await.expect("Welcome");
+    assert_eq!(welcome["type"], "Welcome", "{welcome}");
+    (reader, write)
 }

@@ -1,0 +1,325 @@
+//! A connection's outbound side: the queue of frames waiting for its socket, the writer task that
+//! drains it, and the counts the connection's reader uses to apply backpressure.
+//!
+//! Producers (the engine task, the reader itself, audit tails) never block here: [`Outbox::push`]
+//! appends and wakes the writer, and refuses only at a hard cap that no client still reading ever
+//! reaches. Keeping the queue short is the reader's job: it reads the next request only while the
+//! frames queued plus the requests still with the engine leave room ([`Outbox::room_for_request`]),
+//! so a client that writes faster than it reads is slowed by TCP flow control instead of being
+//! dropped. Audit tails wait for room before each frame ([`Outbox::push_when_room`]).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+/// Bytes the writer encodes before it hands them to the socket: big enough that a burst goes out
+/// in a few system calls, small enough that a burst of big frames does not need a big buffer.
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Write buffer kept while a connection is idle; a bigger one (grown by a burst) is given back,
+/// since an idle desktop should cost little memory.
+const IDLE_BUFFER_BYTES: usize = 4 * 1024;
+/// Slots of the writer's batch kept while a connection is idle, for the same reason.
+const IDLE_BATCH_FRAMES: usize = 64;
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue is at its hard cap: the client has stopped reading while frames keep coming.
+    NotReading,
+    /// The connection is closing or closed; the frame is not needed any more.
+    Closed,
+}
+
+/// Why [`Outbox::room_for_request`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RoomError {
+    /// Frames were waiting and the client took none of them for the whole stall bound.
+    NotReading,
+    Closed,
+}
+
+/// One connection's queue of outbound frames.
+pub(crate) struct Outbox {
+    frames: Mutex<Frames>,
+    /// Frames pushed and not yet written to the socket (still queued or in the writer's hands).
+    pending: AtomicUsize,
+    /// Requests of this connection handed to the engine and not answered yet: their answers are
+    /// on the way, so the reader counts them as if queued.
+    in_flight: AtomicUsize,
+    /// Bytes the socket has taken: moves whenever the client reads anything at all.
+    written_bytes: AtomicU64,
+    /// Wakes the writer: the queue went from empty to not empty, or the connection is closing.
+    frames_queued: Notify,
+    /// Wakes the reader and the tails: frames were written, or requests were answered.
+    room: Notify,
+    /// The queue length the reader and the tails keep below (`outbound_queue_frames`).
+    room_frames: usize,
+    /// The queue length at which pushes are refused: twice `room_frames`, since pushes that no
+    /// request of this connection asked for (another agent's transfer, a replay) can come on top.
+    max_frames: usize,
+}
+
+struct Frames {
+    queue: VecDeque<Bytes>,
+    /// Write what is queued, then close.
+    closing: bool,
+    /// The writer has stopped: nothing will be written any more.
+    closed: bool,
+}
+
+impl Outbox {
+    pub(crate) fn new(room_frames: usize) -> Outbox {
+        debug_assert!(
+            room_frames > 0,
+            "config validation keeps the queue non-empty"
+        );
+        Outbox {
+            frames: Mutex::new(Frames {
+                queue: VecDeque::new(),
+                closing: false,
+                closed: false,
+            }),
+            pending: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            written_bytes: AtomicU64::new(0),
+            frames_queued: Notify::new(),
+            room: Notify::new(),
+            room_frames,
+            max_frames: room_frames.saturating_mul(2),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Frames> {
+        // A panic while holding this lock leaves the queue consistent (every change is one step).
+        self.frames.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame without waiting. Refused only at the hard cap, or once closing.
+    pub(crate) fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_below(frame, self.max_frames).map_err(|(_, e)| e)
+    }
+
+    /// Queues `frame` if fewer than `limit` frames are pending; gives it back otherwise.
+    fn push_below(&self, frame: Bytes, limit: usize) -> Result<(), (Bytes, PushError)> {
+        let mut f = self.lock();
+        if f.closing || f.closed {
+            return Err((frame, PushError::Closed));
+        }
+        if self.pending.load(Ordering::Acquire) >= limit {
+            return Err((frame, PushError::NotReading));
+        }
+        f.queue.push_back(frame);
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        // The writer only sleeps on an empty queue, so only the first frame needs to wake it.
+        let wake = f.queue.len() == 1;
+        drop(f);
+        if wake {
+            self.frames_queued.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues `frame` once fewer than `outbound_queue_frames` frames are pending, waiting as long
+    /// as that takes. For producers that can pause (an audit tail reads from a cursor).
+    pub(crate) async fn push_when_room(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut frame = frame;
+        loop {
+            let mut room = pin!(self.room.notified());
+            // Registered before the check: a wake-up between the check and the wait is not lost.
+            room.as_mut().enable();
+            match self.push_below(frame, self.room_frames) {
+                Ok(()) => return Ok(()),
+                Err((_, PushError::Closed)) => return Err(PushError::Closed),
+                Err((back, PushError::NotReading)) => frame = back,
+            }
+            room.await;
+        }
+    }
+
+    /// Waits until the connection has room for the answer to one more request: the frames
+    /// pending plus the requests with the engine are fewer than `outbound_queue_frames`.
+    ///
+    /// Gives up with [`RoomError::NotReading`] when frames are waiting and the socket took not one
+    /// byte of them for `stall`: the client has stopped reading. Waiting on the engine alone
+    /// (nothing queued) is never a reason to give up.
+    pub(crate) async fn room_for_request(&self, stall: Duration) -> Result<(), RoomError> {
+        let mut seen = self.written_bytes.load(Ordering::Acquire);
+        let mut deadline = tokio::time::Instant::now() + stall;
+        loop {
+            let mut room = pin!(self.room.notified());
+            room.as_mut().enable();
+            if self.is_closed() {
+                return Err(RoomError::Closed);
+            }
+            let pending = self.pending.load(Ordering::Acquire);
+            if pending + self.in_flight.load(Ordering::Acquire) < self.room_frames {
+                return Ok(());
+            }
+            let written = self.written_bytes.load(Ordering::Acquire);
+            if written != seen || pending == 0 {
+                seen = written;
+                deadline = tokio::time::Instant::now() + stall;
+            }
+            tokio::select! {
+                _ = room => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let stuck = self.written_bytes.load(Ordering::Acquire) == seen
+                        && self.pending.load(Ordering::Acquire) > 0;
+                    if stuck {
+                        return Err(RoomError::NotReading);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A request of this connection goes to the engine; its answer will need room.
+    pub(crate) fn request_sent(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The engine has pushed the outputs of `n` requests of this connection (or dropped them).
+    pub(crate) fn requests_answered(&self, n: usize) {
+        let before = self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(before >= n, "more requests answered than were sent");
+        self.room.notify_waiters();
+    }
+
+    /// Frames pending (queued or being written).
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Write what is queued, then close. Later pushes are refused.
+    pub(crate) fn close(&self) {
+        self.lock().closing = true;
+        self.frames_queued.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        let f = self.lock();
+        f.closed || f.closing
+    }
+
+    /// Moves every queued frame into `batch` (which the writer reuses) and says whether the
+    /// connection is closing.
+    fn take_all(&self, batch: &mut VecDeque<Bytes>) -> bool {
+        debug_assert!(batch.is_empty());
+        let mut f = self.lock();
+        std::mem::swap(&mut f.queue, batch);
+        f.closing
+    }
+
+    /// Gives back the queue's slots grown by a burst, while nothing is queued.
+    fn trim_idle(&self) {
+        let mut f = self.lock();
+        if f.queue.is_empty() && f.queue.capacity() > IDLE_BATCH_FRAMES {
+            f.queue = VecDeque::new();
+        }
+    }
+
+    /// The socket took `bytes` more.
+    fn progress(&self, bytes: usize) {
+        self.written_bytes.fetch_add(bytes as u64, Ordering::AcqRel);
+    }
+
+    /// `frames` frames are written: their room is free again.
+    fn wrote(&self, frames: usize) {
+        let before = self.pending.fetch_sub(frames, Ordering::AcqRel);
+        debug_assert!(before >= frames, "more frames written than were pushed");
+        self.room.notify_waiters();
+    }
+
+    /// The writer has stopped: refuse pushes and release everyone waiting for room.
+    fn writer_stopped(&self) {
+        let mut f = self.lock();
+        f.closed = true;
+        let dropped = f.queue.len();
+        f.queue.clear();
+        drop(f);
+        self.pending.fetch_sub(dropped, Ordering::AcqRel);
+        self.room.notify_waiters();
+    }
+}
+
+/// Writes the outbox to the socket until it closes (after writing what is queued) or `cancel`
+/// fires (at once). Takes everything queued at a time and writes it in as few calls as it can.
+pub(crate) async fn write_loop(
+    mut socket: OwnedWriteHalf,
+    outbox: Arc<Outbox>,
+    cancel: CancellationToken,
+) {
+    let result = write_frames(&mut socket, &outbox, &cancel).await;
+    if let Err(e) = result {
+        debug!("write failed: {e}");
+    }
+    outbox.writer_stopped();
+    // Dropping the write half sends FIN; make the reader and the tails stop too.
+    drop(socket);
+    cancel.cancel();
+}
+
+async fn write_frames(
+    socket: &mut OwnedWriteHalf,
+    outbox: &Outbox,
+    cancel: &CancellationToken,
+) -> std::io::Result<()> {
+    let mut batch: VecDeque<Bytes> = VecDeque::new();
+    let mut buf = BytesMut::new();
+    loop {
+        let closing = outbox.take_all(&mut batch);
+        if batch.is_empty() {
+            if closing {
+                return Ok(());
+            }
+            if buf.capacity() > IDLE_BUFFER_BYTES {
+                buf = BytesMut::new();
+            }
+            if batch.capacity() > IDLE_BATCH_FRAMES {
+                batch = VecDeque::new();
+            }
+            outbox.trim_idle();
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = outbox.frames_queued.notified() => continue,
+            }
+        }
+        while !batch.is_empty() {
+            let mut frames = 0;
+            while buf.len() < WRITE_CHUNK {
+                let Some(frame) = batch.pop_front() else {
+                    break;
+                };
+                let len = u32::try_from(frame.len()).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "frame over 4 GiB")
+                })?;
+                buf.reserve(4 + frame.len());
+                buf.put_u32(len);
+                buf.put_slice(&frame);
+                frames += 1;
+            }
+            let mut at = 0;
+            while at < buf.len() {
+                let n = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    r = socket.write(&buf[at..]) => r?,
+                };
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                at += n;
+                outbox.progress(n);
+            }
+            buf.clear();
+            outbox.wrote(frames);
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Running the server as a service, the way `baton serve` does: until a stop signal, with panics
+//! sent to the log.
+//!
+//! Lives in the library, not the binary, so that a test can run a child process through exactly
+//! the code path of `baton serve` (the exit on engine failure included).
+
+use super::{start_with_options, ServerError, StartOptions};
+use crate::config::Config;
+use tracing::{error, info};
+
+/// Starts the server with `opts` and serves until SIGTERM or Ctrl-C, then stops cleanly (stop
+/// accepting, tell clients, drain, flush). With [`StartOptions::service`], a dead engine exits the
+/// process with [`super::ENGINE_FAILURE_EXIT_CODE`] instead of returning.
+pub async fn serve(config: Config, opts: StartOptions) -> Result<(), ServerError> {
+    let server = start_with_options(config, opts).await?;
+    let stop = server.stop_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("stop signal received");
+        stop.cancel();
+    });
+    server.wait().await
+}
+
+/// Sends every panic to the log as an `error` event (message, location, thread, and the backtrace
+/// when `RUST_BACKTRACE` asks for one) instead of bare text on stderr, so that a panic also
+/// reaches JSON logs. For binaries, once their logging is set up.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = super::panic_message(info.payload());
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let thread = std::thread::current();
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            error!(target: "baton::panic", thread = thread.name().unwrap_or("unnamed"),
+                location, %backtrace, "panic: {message}");
+        } else {
+            error!(target: "baton::panic", thread = thread.name().unwrap_or("unnamed"),
+                location, "panic: {message}");
+        }
+    }));
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
