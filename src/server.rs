@@ -245,9 +245,9 @@ pub async fn start_with_options(
 }
 
 async fn open_sled(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
-    let dir = config.data_dir.clone();
+    let (dir, cache) = (config.data_dir.clone(), config.store_cache_bytes);
     let opening = std::time::Instant::now();
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+    let store = tokio::task::spawn_blocking(move || SledStore::open_with_cache(&dir, cache))
         .await
         .expect("store open does not panic")
         .map_err(|source| ServerError::Store {
@@ -386,6 +386,7 @@ async fn run(
         shared.store.clone(),
         shared.announcer.clone(),
         opts.engine_fault.clone(),
+        config.max_deferred_audit_entries as usize,
     ));
     let retention = (config.audit_retention_entries > 0).then(|| {
         tokio::spawn(retention_loop(
@@ -530,6 +531,8 @@ struct Durability {
     announcer: Arc<Announcer>,
     /// Highest audit `seq` handed to the store.
     written: u64,
+    /// Deferred audit entries kept at most (`max_deferred_audit_entries`).
+    max_deferred: usize,
     /// Audit entries of reads and refusals not yet handed to the store: they are written together
     /// (one store batch per `LAZY_FLUSH`, not one per engine batch) or go first into the next
     /// batch that changes state.
@@ -593,12 +596,14 @@ async fn engine_loop(
     store: Arc<dyn Store>,
     announcer: Arc<Announcer>,
     fault: Option<EngineFault>,
+    max_deferred: usize,
 ) {
     let written = *announcer.durable.borrow();
     let mut durable = Durability {
         announcer,
         written,
         deferred: Vec::new(),
+        max_deferred,
         lazy_since: None,
         failing: Arc::new(AtomicBool::new(false)),
     };
@@ -676,12 +681,37 @@ async fn engine_loop(
             }
         }
         let now = now_ms();
+        // One batch, all or nothing: if the store refuses its writes, the engine goes back to
+        // exactly where it was before it (see `commit`).
+        engine.begin();
+        let mut info = BatchInfo::default();
         for input in inputs.drain(..) {
+            if let Some(id) = engine.record_to_load(&input) {
+                // A final record that left memory: read it back first, so that the answer is
+                // the one it would have had in memory.
+                if let Err(e) = read_back(&mut engine, &store, id) {
+                    if let Input::Request { conn, r#ref, .. } = input {
+                        error!("STORAGE FAILURE: {e}; refusing the request with `unavailable`");
+                        out.push(Output::Send {
+                            conn,
+                            env: Envelope::reply(
+                                r#ref,
+                                ServerMsg::error(
+                                    ErrorCode::Unavailable,
+                                    format!("storage failed, nothing was changed: {e}"),
+                                ),
+                            ),
+                        });
+                    }
+                    continue;
+                }
+            }
+            info.note(&input);
             engine.handle(now, input, &mut out);
         }
         // Group commit: everything this batch changed goes to disk in one write and one flush,
         // and nothing of it is sent before that returns.
-        commit(&mut engine, &store, &mut durable, &mut out, now).await;
+        commit(&mut engine, &store, &mut durable, &mut out, now, info).await;
         dispatch(&mut engine, &mut conns, &mut out, now, &store, &mut durable).await;
         // Only now, with their answers queued, do the requests stop counting as in flight.
         answered.settle();
@@ -706,18 +736,51 @@ async fn engine_loop(
     debug!("engine stopped");
 }
 
-/// Writes what the engine changed and flushes it. If the store fails, nothing of the batch is
-/// acknowledged: every reply becomes `unavailable`, pushes are dropped, and the engine goes back to
-/// the last durable state, so that a refused request changed nothing.
+/// What the shell must know of a batch to refuse it: the requests to answer `unavailable`, and
+/// the facts (connections opened or closed, shutdown) to apply again after the rollback.
+#[derive(Default)]
+struct BatchInfo {
+    requests: Vec<(ConnId, Option<u64>)>,
+    facts: Vec<Input>,
+}
+
+impl BatchInfo {
+    fn note(&mut self, input: &Input) {
+        match input {
+            Input::Request { conn, r#ref, .. } => self.requests.push((*conn, *r#ref)),
+            fact if Engine::is_fact(fact) => self.facts.push(fact.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// Reads a final record that left the engine's memory back from the store (nothing to do if the
+/// store does not have it: the request names a record that never existed).
+fn read_back(engine: &mut Engine, store: &Arc<dyn Store>, id: &str) -> Result<(), String> {
+    match store.record(id) {
+        Ok(Some(bytes)) => engine.admit(id, &bytes),
+        Ok(None) => Ok(()),
+        Err(e) => Err(format!("cannot read record {id} back from the store: {e}")),
+    }
+}
+
+/// Writes what the engine changed in this batch and flushes it, then keeps the batch
+/// ([`Engine::commit`]). If the store fails, nothing of the batch is acknowledged: every request
+/// of it gets `unavailable`, nothing else it produced is sent, the engine goes back to exactly
+/// where it was before the batch ([`Engine::rollback`]: records, agents, calls, parties,
+/// connection bindings, deadlines, pending logouts), and the connections that opened or closed
+/// meanwhile are applied again. A refused request changed nothing.
 async fn commit(
     engine: &mut Engine,
     store: &Arc<dyn Store>,
     durable: &mut Durability,
     out: &mut Vec<Output>,
     now: u64,
+    info: BatchInfo,
 ) {
     let mut batch = engine.take_writes();
     if batch.is_empty() {
+        engine.commit();
         return;
     }
     // The batch's audit entries go to the log (at debug level) and, once flushed, to the tails
@@ -729,6 +792,18 @@ async fn commit(
     // never wait for the disk (unless the disk is known to be failing).
     let read_only = batch.records.is_empty() && batch.agents.is_empty();
     if read_only && !durable.failing.load(Ordering::Relaxed) {
+        if durable.deferred.len() + batch.audit.len() > durable.max_deferred {
+            // The disk has not taken the entries of earlier reads: answering more reads would
+            // only grow memory. Refuse them until it catches up.
+            let why = format!(
+                "{} audit entries of reads are waiting for the disk (max_deferred_audit_entries)",
+                durable.deferred.len()
+            );
+            error!("STORAGE FAILURE: {why}; refusing this batch's requests with `unavailable`");
+            refuse(engine, out, now, info, &why);
+            return;
+        }
+        engine.commit();
         take_audit(out, &mut entries);
         durable.announcer.written(entries);
         durable.deferred.append(&mut batch.audit);
@@ -757,6 +832,7 @@ async fn commit(
         });
     match result {
         Ok(()) => {
+            engine.commit();
             if let Some(seq) = last_seq {
                 durable.written = seq;
             }
@@ -770,54 +846,46 @@ async fn commit(
         }
         Err(e) => {
             error!(
-                "STORAGE FAILURE: {e}; refusing this batch's requests with `unavailable` and returning to the last durable state"
+                "STORAGE FAILURE: {e}; refusing this batch's requests with `unavailable` and returning to the state before it"
             );
             durable.failing.store(true, Ordering::Relaxed);
-            let mut answered = std::collections::HashSet::new();
-            let refused: Vec<Output> = out
-                .drain(..)
-                .filter_map(|o| match o {
-                    Output::Send { conn, env } => {
-                        let r = env.r#ref?;
-                        answered.insert((conn, r)).then(|| Output::Send {
-                            conn,
-                            env: Envelope::reply(
-                                Some(r),
-                                ServerMsg::error(
-                                    ErrorCode::Unavailable,
-                                    format!("storage failed, nothing was changed: {e}"),
-                                ),
-                            ),
-                        })
-                    }
-                    Output::Close { .. } => Some(o),
-                    Output::Audit(_) => None,
-                })
-                .collect();
-            *out = refused;
-            // Entries of earlier reads went out with this batch: they stay deferred, and the
-            // engine's audit `seq` does not go back below them.
+            // Entries of earlier reads went out with this batch: they stay deferred (the
+            // engine's audit `seq` only goes back to where this batch started, past them).
             let mut batch = batch;
             batch.audit.truncate(deferred);
-            let kept_last = batch.audit.last().map(|(seq, _)| *seq);
             durable.deferred = batch.audit;
             if !durable.deferred.is_empty() && durable.lazy_since.is_none() {
                 durable.lazy_since = Some(tokio::time::Instant::now());
             }
-            let loader = store.clone();
-            match tokio::task::spawn_blocking(move || loader.load()).await {
-                Ok(Ok(mut snapshot)) => {
-                    if let Some(seq) = kept_last {
-                        snapshot.audit_last_seq = snapshot.audit_last_seq.max(seq);
-                    }
-                    if let Err(e) = engine.restore(snapshot, now) {
-                        error!("STORAGE FAILURE: cannot return to the durable state: {e}");
-                    }
-                }
-                Ok(Err(e)) => error!("STORAGE FAILURE: cannot reload the durable state: {e}"),
-                Err(e) => error!("STORAGE FAILURE: reload task failed: {e}"),
-            }
+            refuse(engine, out, now, info, &e.to_string());
         }
+    }
+}
+
+/// Takes the batch back: its requests are answered `unavailable`, nothing else it produced is
+/// sent, and the connection changes in it are applied again (their outputs, a `Monitor` to a new
+/// switch link or the shutdown's goodbyes, are sent).
+fn refuse(engine: &mut Engine, out: &mut Vec<Output>, now: u64, info: BatchInfo, why: &str) {
+    engine.rollback();
+    out.clear();
+    let mut seen = std::collections::HashSet::new();
+    for (conn, r#ref) in info.requests {
+        if !seen.insert((conn, r#ref)) {
+            continue;
+        }
+        out.push(Output::Send {
+            conn,
+            env: Envelope::reply(
+                r#ref,
+                ServerMsg::error(
+                    ErrorCode::Unavailable,
+                    format!("storage failed, nothing was changed: {why}"),
+                ),
+            ),
+        });
+    }
+    for fact in info.facts {
+        engine.reapply_fact(now, fact, out);
     }
 }
 
@@ -876,13 +944,18 @@ async fn dispatch(
                 Output::Audit(entry) => log_audit(&entry),
             }
         }
+        if dropped.is_empty() {
+            break;
+        }
         let mut more = Vec::new();
+        let mut info = BatchInfo::default();
+        engine.begin();
         for conn in dropped.drain(..) {
-            engine.handle(now, Input::Disconnected { conn }, &mut more);
+            let input = Input::Disconnected { conn };
+            info.note(&input);
+            engine.handle(now, input, &mut more);
         }
-        if !more.is_empty() {
-            commit(engine, store, durable, &mut more, now).await;
-        }
+        Box::pin(commit(engine, store, durable, &mut more, now, info)).await;
         out.append(&mut more);
     }
 }

@@ -69,6 +69,8 @@ pub trait Store: Send + Sync {
     fn audit_range(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// Lowest `seq` still kept, `None` when the log is empty.
     fn audit_first_seq(&self) -> Result<Option<u64>, StoreError>;
+    /// One record, as last written (a final record that left the engine's memory).
+    fn record(&self, id: &str) -> Result<Option<Stored>, StoreError>;
     /// Deletes audit entries with `seq < below`; returns how many were deleted.
     fn trim_audit(&self, below: u64) -> Result<u64, StoreError>;
 }
@@ -102,10 +104,17 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    /// Opens (or creates) the store in `dir` with sled's default page cache.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with_cache(dir, crate::config::Config::default().store_cache_bytes)
+    }
+
+    /// Opens the store with a page cache of at most `cache_bytes` (`store_cache_bytes`).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(cache_bytes)
             .open()?;
         Ok(SledStore { db })
     }
@@ -169,6 +178,10 @@ impl Store for SledStore {
             out.push((seq_of(&k)?, v.to_vec()));
         }
         Ok(out)
+    }
+
+    fn record(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+        Ok(self.db.get(key(RECORD, id.as_bytes()))?)
     }
 
     fn audit_first_seq(&self) -> Result<Option<u64>, StoreError> {
@@ -296,6 +309,14 @@ impl Store for MemoryStore {
 
     fn audit_first_seq(&self) -> Result<Option<u64>, StoreError> {
         Ok(self.lock().audit.keys().next().copied())
+    }
+
+    fn record(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+        Ok(self
+            .lock()
+            .records
+            .get(id)
+            .map(|v| Stored::from(v.as_slice())))
     }
 
     fn trim_audit(&self, below: u64) -> Result<u64, StoreError> {
