@@ -146,6 +146,25 @@ impl Client {
         Ok(r)
     }
 
+    /// Sends several requests back to back, each with a fresh `ref`, without waiting for any
+    /// answer (pipelining); they leave in as few writes as the socket allows. Returns the refs in
+    /// the order sent.
+    pub async fn send_many<'a>(
+        &mut self,
+        requests: impl IntoIterator<Item = &'a Request>,
+    ) -> Result<Vec<u64>, ClientError> {
+        let mut refs = Vec::new();
+        for request in requests {
+            let r = self.next_ref;
+            self.next_ref += 1;
+            let body = serde_json::to_vec(&request.to_value(Some(r)))?;
+            self.framed.feed(Bytes::from(body)).await?;
+            refs.push(r);
+        }
+        self.framed.flush().await?;
+        Ok(refs)
+    }
+
     /// Sends an arbitrary frame body (for tests of malformed input).
     pub async fn send_bytes(&mut self, body: Bytes) -> Result<(), ClientError> {
         self.framed.send(body).await?;

@@ -9,7 +9,13 @@
 //!   with `RecordProcessed` as fast as they can (durable writes);
 //! - `get` / `denied`: each desktop loops `GetRecord` on a record it holds, or `RecordProcessed` on
 //!   a record another agent holds (refused with `access_denied`, which is expected);
+//! - `attach`: dialers attach new records to new calls (the records stay attached: run it against
+//!   a server whose data can be thrown away);
 //! - `idle`: many logged-in desktops that only heartbeat; reports ping latency and server RSS.
+//!
+//! `processed`, `get`, `denied` and `attach` can pipeline (`--pipeline N`, like `redis-benchmark
+//! -P`): each connection writes N requests back to back, then reads their N replies, and again.
+//! A request's latency is then from the write of its burst to its reply.
 //!
 //! Latencies go into HDR histograms per request type (microseconds).
 
@@ -32,7 +38,19 @@ pub enum Scenario {
     Processed,
     Get,
     Denied,
+    Attach,
     Idle,
+}
+
+impl Scenario {
+    /// Whether a connection can keep several requests of this scenario in flight: the mix and
+    /// idle play one step after another by nature.
+    pub fn can_pipeline(self) -> bool {
+        matches!(
+            self,
+            Scenario::Processed | Scenario::Get | Scenario::Denied | Scenario::Attach
+        )
+    }
 }
 
 /// Relative weights of the call flows of the `mix` scenario.
@@ -92,8 +110,9 @@ pub struct LoadOptions {
     pub addr: SocketAddr,
     pub tokens: Tokens,
     pub scenario: Scenario,
+    /// Desktops, or dialers for `attach`.
     pub agents: usize,
-    /// Records to complete (`mix`, `processed`) or requests to send (`get`, `denied`).
+    /// Records to complete (`mix`, `processed`, `attach`) or requests to send (`get`, `denied`).
     pub records: Option<u64>,
     pub duration: Option<Duration>,
     /// Open loop: records (or requests) started per second across all desktops.
@@ -103,6 +122,9 @@ pub struct LoadOptions {
     /// Follow the audit log during the run and measure how far it lags behind the
     /// acknowledgments (`processed` only).
     pub tail: bool,
+    /// Requests each connection keeps in flight (see [`Scenario::can_pipeline`]); 1 waits for
+    /// each reply before the next request.
+    pub pipeline: usize,
     pub progress: bool,
     /// Prefix of every id this run creates, so runs against one server never collide.
     pub run_id: String,
@@ -130,6 +152,7 @@ pub struct Verification {
 pub struct Summary {
     pub scenario: Scenario,
     pub agents: usize,
+    pub pipeline: usize,
     pub elapsed_s: f64,
     pub completed: u64,
     pub completed_per_second: f64,
@@ -154,8 +177,17 @@ impl Summary {
     /// The human-readable report.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        let who = match self.scenario {
+            Scenario::Attach => "dialers",
+            _ => "desktops",
+        };
+        let depth = if self.pipeline > 1 {
+            format!(", pipeline {}", self.pipeline)
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "scenario {:?}, {} desktops, {:.1} s: {} completed ({:.0}/s)\n",
+            "scenario {:?}, {} {who}{depth}, {:.1} s: {} completed ({:.0}/s)\n",
             self.scenario, self.agents, self.elapsed_s, self.completed, self.completed_per_second
         ));
         s.push_str(&format!(
@@ -845,6 +877,28 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
                 t.finish(&mut stats).await;
             }
         }
+        Scenario::Attach => {
+            let mut dialers = Vec::new();
+            for _ in 0..opts.agents.max(1) {
+                dialers.push(side_conn(&opts, Role::Dialer).await?);
+            }
+            let start = Instant::now();
+            run = Arc::new(Run::new(opts.clone(), start, deadline_from(start)));
+            let ticker = spawn_progress(run.clone(), bar.clone());
+            let handles: Vec<_> = dialers
+                .into_iter()
+                .map(|dialer| tokio::spawn(attach_worker(run.clone(), dialer)))
+                .collect();
+            for h in handles {
+                match h.await {
+                    Ok(Ok(s)) => stats.merge(s),
+                    Ok(Err(e)) => stats.error(format!("connection: {e}")),
+                    Err(e) => stats.error(format!("worker panicked: {e}")),
+                }
+            }
+            elapsed = start.elapsed();
+            ticker.abort();
+        }
         Scenario::Idle => unreachable!(),
     }
     if let Some(b) = bar {
@@ -854,78 +908,120 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
     Ok(summarize(&opts, &stats, elapsed, completed, verification))
 }
 
-/// `processed` / `get` / `denied`: one request after another on the desktop's records.
+/// `processed` / `get` / `denied`: requests on the desktop's records, `pipeline` at a time.
 async fn request_worker(
     run: Arc<Run>,
     mut desk: Client,
     records: Vec<String>,
 ) -> Result<Stats, ClientError> {
     let mut stats = Stats::new();
+    let depth = run.opts.pipeline.max(1);
     let mut j = 0usize;
-    while let Some(_i) = run.take().await {
-        let record = &records[j % records.len()];
-        j += 1;
-        match run.opts.scenario {
-            Scenario::Processed => {
-                if j > records.len() {
-                    break;
-                }
-                let r = timed(
-                    &mut desk,
-                    &mut stats,
-                    "RecordProcessed",
-                    processed_req(record),
-                )
-                .await?;
-                if expect(&mut stats, "RecordProcessed", &r, |m| {
-                    matches!(m, ServerMsg::RecordProcessedAck { .. })
-                }) {
-                    if let Some(marks) = &run.tail {
-                        mark(marks, record, 0, Instant::now());
+    let mut burst: Vec<Request> = Vec::with_capacity(depth);
+    let mut burst_records: Vec<String> = Vec::with_capacity(depth);
+    loop {
+        burst.clear();
+        burst_records.clear();
+        while burst.len() < depth {
+            // Each desktop finishes each of its records once.
+            if run.opts.scenario == Scenario::Processed && j >= records.len() {
+                break;
+            }
+            if run.take().await.is_none() {
+                break;
+            }
+            let record = records[j % records.len()].clone();
+            j += 1;
+            let request = match run.opts.scenario {
+                Scenario::Processed | Scenario::Denied => processed_req(&record),
+                Scenario::Get => Request::GetRecord(RecordRef {
+                    record: record.clone(),
+                }),
+                _ => unreachable!(),
+            };
+            burst.push(request);
+            burst_records.push(record);
+        }
+        if burst.is_empty() {
+            break;
+        }
+        let started = Instant::now();
+        let refs = desk.send_many(burst.iter()).await?;
+        for (record, r) in burst_records.iter().zip(refs) {
+            let reply = desk.reply_to(r).await?;
+            let elapsed = started.elapsed();
+            match run.opts.scenario {
+                Scenario::Processed => {
+                    stats.record("RecordProcessed", elapsed);
+                    if expect(&mut stats, "RecordProcessed", &reply, |m| {
+                        matches!(m, ServerMsg::RecordProcessedAck { .. })
+                    }) {
+                        if let Some(marks) = &run.tail {
+                            mark(marks, record, 0, Instant::now());
+                        }
+                        run.done(None);
                     }
-                    run.done(None);
                 }
-            }
-            Scenario::Get => {
-                let r = timed(
-                    &mut desk,
-                    &mut stats,
-                    "GetRecord",
-                    Request::GetRecord(RecordRef {
-                        record: record.clone(),
-                    }),
-                )
-                .await?;
-                if expect(&mut stats, "GetRecord", &r, |m| {
-                    matches!(m, ServerMsg::Record { .. })
-                }) {
-                    run.done(None);
-                }
-            }
-            Scenario::Denied => {
-                let r = timed(
-                    &mut desk,
-                    &mut stats,
-                    "RecordProcessed (denied)",
-                    processed_req(record),
-                )
-                .await?;
-                if matches!(
-                    r,
-                    ServerMsg::Error {
-                        code: ErrorCode::AccessDenied,
-                        ..
+                Scenario::Get => {
+                    stats.record("GetRecord", elapsed);
+                    if expect(&mut stats, "GetRecord", &reply, |m| {
+                        matches!(m, ServerMsg::Record { .. })
+                    }) {
+                        run.done(None);
                     }
-                ) {
-                    stats.expected("RecordProcessed: access_denied");
-                    run.done(None);
-                } else {
-                    expect(&mut stats, "RecordProcessed (denied)", &r, |_| false);
                 }
+                Scenario::Denied => {
+                    stats.record("RecordProcessed (denied)", elapsed);
+                    if matches!(
+                        reply,
+                        ServerMsg::Error {
+                            code: ErrorCode::AccessDenied,
+                            ..
+                        }
+                    ) {
+                        stats.expected("RecordProcessed: access_denied");
+                        run.done(None);
+                    } else {
+                        expect(&mut stats, "RecordProcessed (denied)", &reply, |_| false);
+                    }
+                }
+                _ => unreachable!(),
             }
-            _ => unreachable!(),
         }
         desk.clear_pushes();
+    }
+    Ok(stats)
+}
+
+/// `attach`: a dialer attaching new records to new calls, `pipeline` at a time.
+async fn attach_worker(run: Arc<Run>, mut dialer: Client) -> Result<Stats, ClientError> {
+    let mut stats = Stats::new();
+    let depth = run.opts.pipeline.max(1);
+    let mut burst: Vec<Request> = Vec::with_capacity(depth);
+    loop {
+        burst.clear();
+        while burst.len() < depth {
+            let Some(i) = run.take().await else {
+                break;
+            };
+            let record = format!("{}-at-r{i}", run.opts.run_id);
+            let call = format!("{}-at-c{i}", run.opts.run_id);
+            burst.push(attach_req(&call, &record));
+        }
+        if burst.is_empty() {
+            break;
+        }
+        let started = Instant::now();
+        let refs = dialer.send_many(burst.iter()).await?;
+        for r in refs {
+            let reply = dialer.reply_to(r).await?;
+            stats.record("AttachRecord", started.elapsed());
+            if expect(&mut stats, "AttachRecord", &reply, |m| {
+                matches!(m, ServerMsg::RecordAttached { .. })
+            }) {
+                run.done(None);
+            }
+        }
     }
     Ok(stats)
 }
@@ -1132,6 +1228,7 @@ fn summarize(
     Summary {
         scenario: opts.scenario,
         agents: opts.agents,
+        pipeline: opts.pipeline.max(1),
         elapsed_s: secs,
         completed,
         completed_per_second: completed as f64 / secs,

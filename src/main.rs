@@ -56,10 +56,10 @@ enum Command {
         /// What to play.
         #[arg(long, value_enum, default_value_t = Scenario::Mix)]
         scenario: Scenario,
-        /// Desktops to log in (the mix uses groups of three).
+        /// Desktops to log in (the mix uses groups of three); dialers for `attach`.
         #[arg(long, default_value_t = 48)]
         agents: usize,
-        /// Records to complete (mix, processed) or requests to send (get, denied).
+        /// Records to complete (mix, processed, attach) or requests to send (get, denied).
         #[arg(long)]
         records: Option<u64>,
         /// Run for this many seconds instead (idle: how long to heartbeat).
@@ -77,6 +77,11 @@ enum Command {
         /// PID of a local server, to report its resident memory.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Requests each connection keeps in flight (get, denied, processed, attach): it writes N
+        /// back to back, then reads the N replies, and again. At most 1000, so that a burst's
+        /// replies always fit the server's queue and the socket buffers while the burst is written.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        pipeline: u16,
         /// Follow the audit log on an admin connection during the run and report how long after
         /// each acknowledgment its entry reaches the tail (scenario `processed`).
         #[arg(long)]
@@ -237,6 +242,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             mix,
             server_pid,
+            pipeline,
             tail,
             json,
             quiet,
@@ -244,6 +250,11 @@ fn main() -> anyhow::Result<()> {
         }) => {
             if tail && scenario != Scenario::Processed {
                 anyhow::bail!("--tail measures the durable load: use it with --scenario processed");
+            }
+            if pipeline > 1 && !scenario.can_pipeline() {
+                anyhow::bail!(
+                    "--pipeline applies to the get, denied, processed and attach scenarios"
+                );
             }
             let target = conn.target()?;
             let config = Config::load_or_default(&conn.config)?;
@@ -262,6 +273,7 @@ fn main() -> anyhow::Result<()> {
                 mix,
                 server_pid,
                 tail,
+                pipeline: usize::from(pipeline),
                 progress: !quiet && !json,
                 run_id: format!("L{}", baton::server::now_ms() % 100_000_000),
             };

@@ -472,11 +472,18 @@ async fn run(
         hard_stop.cancel();
         tracker.wait().await;
     }
-    if let Err(e) = engine_task.await {
-        error!("engine task failed: {e}");
-    }
+    let ended = engine_task.await;
     if let Some(task) = retention {
         let _ = task.await;
+    }
+    if let Err(e) = ended {
+        // What it had not yet written (audit entries of the last reads) may be lost.
+        let why = match e.try_into_panic() {
+            Ok(payload) => panic_message(payload.as_ref()),
+            Err(e) => e.to_string(),
+        };
+        error!("ENGINE FAILURE during shutdown: {why}");
+        return Err(ServerError::EngineFailed(why));
     }
     info!("shutdown complete");
     Ok(())

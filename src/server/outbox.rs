@@ -130,7 +130,11 @@ impl Outbox {
     /// Queues `frame` once fewer than `outbound_queue_frames` frames are pending, waiting as long
     /// as that takes. For producers that can pause (an audit tail reads from a cursor).
     pub(crate) async fn push_when_room(&self, frame: Bytes) -> Result<(), PushError> {
-        let mut frame = frame;
+        let mut frame = match self.push_below(frame, self.room_frames) {
+            Ok(()) => return Ok(()),
+            Err((_, PushError::Closed)) => return Err(PushError::Closed),
+            Err((back, PushError::NotReading)) => back,
+        };
         loop {
             let mut room = pin!(self.room.notified());
             // Registered before the check: a wake-up between the check and the wait is not lost.
@@ -151,18 +155,22 @@ impl Outbox {
     /// byte of them for `stall`: the client has stopped reading. Waiting on the engine alone
     /// (nothing queued) is never a reason to give up.
     pub(crate) async fn room_for_request(&self, stall: Duration) -> Result<(), RoomError> {
+        // The usual case, checked without registering as a waiter: there is room.
+        if self.has_room_for_request() {
+            return Ok(());
+        }
         let mut seen = self.written_bytes.load(Ordering::Acquire);
         let mut deadline = tokio::time::Instant::now() + stall;
         loop {
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
-            if self.is_closed() {
+            if self.is_closing() {
                 return Err(RoomError::Closed);
             }
-            let pending = self.pending.load(Ordering::Acquire);
-            if pending + self.in_flight.load(Ordering::Acquire) < self.room_frames {
+            if self.has_room_for_request() {
                 return Ok(());
             }
+            let pending = self.pending.load(Ordering::Acquire);
             let written = self.written_bytes.load(Ordering::Acquire);
             if written != seen || pending == 0 {
                 seen = written;
@@ -179,6 +187,11 @@ impl Outbox {
                 }
             }
         }
+    }
+
+    fn has_room_for_request(&self) -> bool {
+        self.pending.load(Ordering::Acquire) + self.in_flight.load(Ordering::Acquire)
+            < self.room_frames
     }
 
     /// A request of this connection goes to the engine; its answer will need room.
@@ -204,7 +217,8 @@ impl Outbox {
         self.frames_queued.notify_one();
     }
 
-    fn is_closed(&self) -> bool {
+    /// Closing or closed: nothing more will be queued.
+    fn is_closing(&self) -> bool {
         let f = self.lock();
         f.closed || f.closing
     }
