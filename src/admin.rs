@@ -61,7 +61,7 @@ pub async fn status(target: &Target, json: bool, out: &mut impl Write) -> Result
     }
     if let Some(obj) = value.as_object() {
         for (k, v) in obj.iter().filter(|(k, _)| k.as_str() != "type") {
-            writeln!(out, "{k:<16} {v}").ok();
+            writeln!(out, "{k:<24} {v}").ok();
         }
     }
     Ok(())

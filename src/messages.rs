@@ -1014,6 +1014,9 @@ pub enum ServerMsg {
         calls: u64,
         records_live: u64,
         records_final: u64,
+        /// Of the final records, those still in memory (the rest are read back when asked for).
+        #[serde(default)]
+        records_final_in_memory: u64,
         connections: u64,
         ignored_events: u64,
         audit_last_seq: u64,

@@ -1493,3 +1493,103 @@ async fn audit_tail(shared: Shared, out: TailOut, t: AuditTail, slot: OwnedSemap
         last = *durable.borrow_and_update();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn get(conn: ConnId, r#ref: u64, record: &str) -> Input {
+        Input::Request {
+            conn,
+            r#ref: Some(r#ref),
+            request: Request::GetRecord(RecordRef {
+                record: record.into(),
+            }),
+        }
+    }
+
+    /// Reads' audit entries wait in memory for the disk; past `max_deferred_audit_entries` more
+    /// reads are refused with `unavailable` (and leave no entry) instead of growing memory.
+    #[tokio::test(start_paused = true)]
+    async fn reads_are_refused_once_the_deferred_audit_entries_reach_their_bound() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let config = Config::default();
+        let mut engine = Engine::new(EngineConfig::from_config(&config), [3; 32], 1_000);
+        let desk: ConnId = 1;
+        let mut out = Vec::new();
+        engine.begin();
+        engine.handle(
+            1_000,
+            Input::Connected {
+                conn: desk,
+                role: Role::Desktop,
+            },
+            &mut out,
+        );
+        let login = Request::Login(Login {
+            agent: "A".into(),
+            dn: "7001".into(),
+            password: None,
+            resume: None,
+        });
+        engine.handle(
+            1_000,
+            Input::Request {
+                conn: desk,
+                r#ref: Some(1),
+                request: login,
+            },
+            &mut out,
+        );
+        let _ = engine.take_writes();
+        engine.commit();
+        let mut durable = Durability {
+            announcer: Arc::new(Announcer::new(watch::channel(0).0)),
+            written: 0,
+            deferred: Vec::new(),
+            max_deferred: 3,
+            lazy_since: None,
+            failing: Arc::new(AtomicBool::new(false)),
+        };
+        let mut batch = |engine: &mut Engine, refs: std::ops::Range<u64>| {
+            let mut info = BatchInfo::default();
+            engine.begin();
+            let mut out = Vec::new();
+            for r in refs {
+                let input = get(desk, r, "R-unknown");
+                info.note(&input);
+                engine.handle(1_000, input, &mut out);
+            }
+            (out, info)
+        };
+        // Two reads: answered, their entries deferred.
+        let (mut out, info) = batch(&mut engine, 10..12);
+        commit(&mut engine, &store, &mut durable, &mut out, 1_000, info).await;
+        let codes = |out: &[Output]| -> Vec<ErrorCode> {
+            out.iter()
+                .filter_map(|o| match o {
+                    Output::Send { env, .. } => match &env.msg {
+                        ServerMsg::Error { code, .. } => Some(*code),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(codes(&out), vec![ErrorCode::NoSuchRecord; 2]);
+        assert_eq!(durable.deferred.len(), 2);
+        let seq = engine.counts().audit_last_seq;
+        // Two more would make four waiting, over the bound of three: refused, nothing kept.
+        let (mut out, info) = batch(&mut engine, 12..14);
+        commit(&mut engine, &store, &mut durable, &mut out, 1_000, info).await;
+        assert_eq!(codes(&out), vec![ErrorCode::Unavailable; 2]);
+        assert_eq!(durable.deferred.len(), 2);
+        assert_eq!(engine.counts().audit_last_seq, seq);
+        // Once the disk has taken the waiting entries, reads are answered again.
+        durable.flush_lazy(&store);
+        let (mut out, info) = batch(&mut engine, 14..15);
+        commit(&mut engine, &store, &mut durable, &mut out, 1_000, info).await;
+        assert_eq!(codes(&out), vec![ErrorCode::NoSuchRecord]);
+    }
+}

@@ -323,6 +323,112 @@ async fn storage_failure_acknowledges_nothing_and_changes_nothing() {
     );
 }
 
+/// CONTRACT 8 and 9: `unavailable` means nothing changed: not only the records and agents on
+/// disk, but the call state, the desktop's session and a pending smart logout too.
+#[tokio::test]
+async fn a_refused_batch_leaves_calls_sessions_and_smart_logouts_as_they_were() {
+    let store = Arc::new(MemoryStore::new());
+    let server = TestServer::start_with_store(store.clone()).await;
+    let (mut switch, _) = server.switch().await;
+    let mut dialer = server.connect(Role::Dialer).await;
+    let (mut a, _) = server.desktop("A", "7001").await;
+    let (mut b, _) = server.desktop("B", "7002").await;
+    give(&mut switch, &mut dialer, &mut a, "C1", "R1", "7001").await;
+    switch.clear_pushes();
+
+    // A asks to log out while still holding R1: the logout waits for R1 to be final.
+    match a
+        .request(Request::Logout(Logout { force: false }))
+        .await
+        .unwrap()
+    {
+        ServerMsg::LogoutPending { records } => assert_eq!(records, vec!["R1".to_string()]),
+        other => panic!("{other:?}"),
+    }
+    // A consults B; B's answer would make B read-only.
+    event(
+        &mut switch,
+        ringing_full("C2", "7002", None, Some("7001"), Some("C1")),
+    )
+    .await;
+    assert!(matches!(
+        a.next_push().await.unwrap(),
+        ServerMsg::CallEstablished { .. }
+    ));
+    assert!(matches!(
+        b.next_push().await.unwrap(),
+        ServerMsg::CallAlerting { .. }
+    ));
+
+    store.set_failing(true);
+    // Finishing R1 would also have completed A's smart logout; B's answer would have granted.
+    let reply = a
+        .request(record_req("RecordProcessed", "R1"))
+        .await
+        .unwrap();
+    expect_error(&reply, ErrorCode::Unavailable);
+    let reply = switch.request(established("C2", "7002")).await.unwrap();
+    expect_error(&reply, ErrorCode::Unavailable);
+    store.set_failing(false);
+    // Nothing of the refused batches reached anyone.
+    expect_quiet(&mut a).await;
+    expect_quiet(&mut b).await;
+
+    // A is still logged in on its connection, still holds R1, and its logout still waits.
+    match a.request(record_req("GetRecord", "R1")).await.unwrap() {
+        ServerMsg::Record { access, final_, .. } => {
+            assert_eq!((access, final_), (Access::Full, None))
+        }
+        other => panic!("{other:?}"),
+    }
+    // The switch sends the refused event again: B is told it answered, and gets R1 read-only,
+    // as if the first attempt had never happened.
+    event(&mut switch, established("C2", "7002")).await;
+    assert_eq!(
+        b.next_push().await.unwrap(),
+        ServerMsg::CallEstablished {
+            call: "C2".into(),
+            dn: "7002".into()
+        }
+    );
+    let (record, access, _, cause, _, _) = expect_access(&mut b).await;
+    assert_eq!(
+        (record.as_str(), access, cause),
+        ("R1", Access::ReadOnly, AccessCause::Consultation)
+    );
+    // Finishing R1 now completes the smart logout that was pending all along.
+    let reply = a
+        .request(record_req("RecordProcessed", "R1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply,
+        ServerMsg::RecordProcessedAck {
+            record: "R1".into()
+        }
+    );
+    loop {
+        match a.next_push().await.unwrap() {
+            ServerMsg::LoggedOut { cause } => {
+                assert_eq!(cause, LogoutCause::Desktop);
+                break;
+            }
+            ServerMsg::CallEstablished { .. } | ServerMsg::CallCleared { .. } => {}
+            other => panic!("unexpected push to A: {other:?}"),
+        }
+    }
+    match server.status().await {
+        ServerMsg::StatusReport { agents, calls, .. } => {
+            assert_eq!(
+                (agents, calls),
+                (1, 2),
+                "B is left, on C1's consultation C2"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn reads_answered_before_a_storage_failure_keep_their_audit_entries() {
     let store = Arc::new(MemoryStore::new());

@@ -295,6 +295,7 @@ pub struct Counts {
     pub calls: u64,
     pub records_live: u64,
     pub records_final: u64,
+    pub records_final_in_memory: u64,
     pub connections: u64,
     pub ignored_events: u64,
     pub audit_last_seq: u64,
@@ -436,6 +437,7 @@ impl Engine {
             calls: self.calls.len() as u64,
             records_live: self.records.len() as u64 - resident_finals,
             records_final: self.finals,
+            records_final_in_memory: resident_finals,
             connections: self.conns.len() as u64,
             ignored_events: self.ignored_events,
             audit_last_seq: self.audit_seq,
@@ -1315,6 +1317,17 @@ impl Engine {
             "dropping a call the switch never ended: no telephony event for call_idle_timeout_ms ({} ms)",
             self.cfg.call_idle_timeout_ms
         );
+        for dn in &dns {
+            self.push_dn(
+                out,
+                dn,
+                ServerMsg::CallCleared {
+                    call: call.to_owned(),
+                    dn: dn.clone(),
+                    cause: "idle_timeout".to_owned(),
+                },
+            );
+        }
         if let Some((record, true)) = self.record_of_call(call) {
             if let Some(c) = self.calls.get_mut(call) {
                 c.consult_over = true;
@@ -1326,17 +1339,6 @@ impl Engine {
                     }
                 }
             }
-        }
-        for dn in &dns {
-            self.push_dn(
-                out,
-                dn,
-                ServerMsg::CallCleared {
-                    call: call.to_owned(),
-                    dn: dn.clone(),
-                    cause: "idle_timeout".to_owned(),
-                },
-            );
         }
         self.drop_call(call);
         if let Some(record) = self.call_record.get(call).cloned() {
@@ -1468,6 +1470,7 @@ impl Engine {
                         calls: c.calls,
                         records_live: c.records_live,
                         records_final: c.records_final,
+                        records_final_in_memory: c.records_final_in_memory,
                         connections: c.connections,
                         ignored_events: c.ignored_events,
                         audit_last_seq: c.audit_last_seq,
