@@ -126,6 +126,12 @@ impl Client {
         self.discard_pushes = discard;
     }
 
+    /// Forgets the replies already received and not yet asked for (`Pong`s of pings sent with
+    /// [`Client::send`], for instance).
+    pub fn clear_replies(&mut self) {
+        self.backlog.retain(|e| e.r#ref.is_none());
+    }
+
     /// Forgets the pushes already received and not yet read.
     pub fn clear_pushes(&mut self) {
         self.backlog.retain(|e| e.r#ref.is_some());

@@ -50,7 +50,9 @@ pub struct Config {
     pub resume_grace_ms: u64,
     /// How long a record may have no holder before it goes back to the dialer as `stale`.
     pub orphan_timeout_ms: u64,
-    /// Frames queued for one connection before it counts as not reading and is dropped.
+    /// Answers owed to one connection (frames queued plus requests with the engine) before the
+    /// server stops reading its requests (backpressure). A client whose queue reaches twice this,
+    /// or that takes nothing for 3 heartbeats while held off, has stopped reading and is dropped.
     pub outbound_queue_frames: usize,
     /// Audit entries kept on disk; older ones are trimmed. 0 keeps every entry.
     pub audit_retention_entries: u64,
@@ -61,8 +63,8 @@ pub struct Config {
     pub max_final_records_in_memory: u64,
     /// A call with no telephony event for this long is dropped (the switch never ended it).
     pub call_idle_timeout_ms: u64,
-    /// Audit entries of reads and refusals waiting to be written at most; past it (a failing
-    /// disk) reads are refused with `unavailable`.
+    /// Audit entries of reads and refusals waiting in memory to be written at most (they are
+    /// written every 20 ms); past it (a disk that stalls) reads are refused with `unavailable`.
     pub max_deferred_audit_entries: u64,
     /// Memory the embedded store may use to cache its pages, in bytes.
     pub store_cache_bytes: u64,
@@ -218,10 +220,10 @@ impl Config {
                 "0 lets final records leave memory at the next timer tick"),
             Bound::new("max_final_records_in_memory", self.max_final_records_in_memory, 0, 100_000_000,
                 "0 keeps no final record in memory"),
-            Bound::new("call_idle_timeout_ms", self.call_idle_timeout_ms, 100, MAX_TIMER_MS,
+            Bound::new("call_idle_timeout_ms", self.call_idle_timeout_ms, 1_000, MAX_TIMER_MS,
                 "a call must live long enough to be answered and transferred"),
-            Bound::new("max_deferred_audit_entries", self.max_deferred_audit_entries, 1_000, 100_000_000,
-                "reads must not be refused while the disk merely catches up"),
+            Bound::new("max_deferred_audit_entries", self.max_deferred_audit_entries, 10_000, 100_000_000,
+                "reads must not be refused while the disk merely catches up: entries are written every 20 ms"),
             Bound::new("max_audit_tails_per_connection", n(self.max_audit_tails_per_connection), 1, 1024,
                 "an admin connection must be able to run a tail"),
             Bound::new("store_cache_bytes", self.store_cache_bytes, 1 << 20, 1 << 40,

@@ -163,6 +163,15 @@ pub struct Summary {
     pub expected_refusals: BTreeMap<String, u64>,
     pub verification: Option<Verification>,
     pub server_rss_kib: Option<u64>,
+    /// With `--server-pid`: the server's RSS when 10,000, 100,000, 1,000,000... were completed.
+    pub server_rss_at: Vec<RssMark>,
+}
+
+/// The server's resident memory when `records` were completed.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RssMark {
+    pub records: u64,
+    pub rss_kib: u64,
 }
 
 impl Summary {
@@ -219,6 +228,13 @@ impl Summary {
             for p in v.problems.iter().take(20) {
                 s.push_str(&format!("  problem: {p}\n"));
             }
+        }
+        for m in &self.server_rss_at {
+            s.push_str(&format!(
+                "server RSS after {} completed: {:.1} MiB\n",
+                m.records,
+                m.rss_kib as f64 / 1024.0
+            ));
         }
         if let Some(rss) = self.server_rss_kib {
             s.push_str(&format!("server RSS: {:.1} MiB\n", rss as f64 / 1024.0));
@@ -288,6 +304,8 @@ struct Run {
     deadline: Option<Instant>,
     started: Instant,
     done_records: Mutex<Vec<String>>,
+    /// The server's RSS as the completed count passed each power of ten.
+    rss_marks: Mutex<Vec<RssMark>>,
     /// `--tail`: when each record's `RecordProcessed` was acknowledged and when its `finalized`
     /// audit entry reached the tail reader.
     tail: Option<Arc<TailMarks>>,
@@ -536,7 +554,15 @@ async fn mix_worker(run: Arc<Run>, mut grp: Group) -> Result<Stats, ClientError>
     let mut stats = Stats::new();
     let m = run.opts.mix;
     let total = m.straight + m.transfer + m.consult + m.conference;
+    let mut last_ping = Instant::now();
     while let Some(i) = run.take().await {
+        // Some flows leave a desktop of the group idle for long: keep all three alive.
+        if last_ping.elapsed() >= Duration::from_secs(1) {
+            for desk in &mut grp.desks {
+                desk.request(Request::Ping).await?;
+            }
+            last_ping = Instant::now();
+        }
         let record = format!("{}-r{i}", run.opts.run_id);
         let call = format!("{}-c{i}", run.opts.run_id);
         let pick = (i.wrapping_mul(2_654_435_761) % total as u64) as u32;
@@ -760,8 +786,23 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
             let counter = outcomes.clone();
             let prefix = format!("{}-r", opts.run_id);
             let listen = tokio::spawn(async move {
-                listener.set_timeout(Duration::from_secs(3600));
-                while let Ok(m) = listener.next_push().await {
+                let mut last_ping = Instant::now();
+                loop {
+                    // It only listens: a ping every second keeps it from counting as dead (the
+                    // server closes a connection it has heard nothing from for 3 heartbeats,
+                    // however much it sends to it).
+                    if last_ping.elapsed() >= Duration::from_secs(1) {
+                        if listener.send(&Request::Ping).await.is_err() {
+                            break;
+                        }
+                        listener.clear_replies();
+                        last_ping = Instant::now();
+                    }
+                    let m = match listener.try_next_push(Duration::from_secs(1)).await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => continue,
+                        Err(_) => break,
+                    };
                     if let ServerMsg::RecordOutcome { record, .. } = m {
                         if record.starts_with(&prefix) {
                             *counter
@@ -789,6 +830,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
             }
             elapsed = start.elapsed();
             ticker.abort();
+            run.rss_mark_catch_up();
             let done = run
                 .done_records
                 .lock()
@@ -873,6 +915,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
             }
             elapsed = start.elapsed();
             ticker.abort();
+            run.rss_mark_catch_up();
             if let Some(t) = tail {
                 t.finish(&mut stats).await;
             }
@@ -898,6 +941,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
             }
             elapsed = start.elapsed();
             ticker.abort();
+            run.rss_mark_catch_up();
         }
         Scenario::Idle => unreachable!(),
     }
@@ -905,7 +949,10 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
         b.finish_and_clear();
     }
     let completed = run.completed.load(Ordering::Relaxed);
-    Ok(summarize(&opts, &stats, elapsed, completed, verification))
+    let mut summary = summarize(&opts, &stats, elapsed, completed, verification);
+    summary.server_rss_at =
+        std::mem::take(&mut *run.rss_marks.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(summary)
 }
 
 /// `processed` / `get` / `denied`: requests on the desktop's records, `pipeline` at a time.
@@ -1066,6 +1113,28 @@ async fn verify(
 }
 
 impl Run {
+    /// Notes the server's RSS for each power of ten (from 10,000) the completed count has
+    /// reached since the last note.
+    fn rss_mark_catch_up(&self) {
+        let Some(pid) = self.opts.server_pid else {
+            return;
+        };
+        let completed = self.completed.load(Ordering::Relaxed);
+        let mut marks = self.rss_marks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = marks
+            .last()
+            .map_or(10_000, |m| m.records.saturating_mul(10));
+        while completed >= next {
+            if let Some(rss_kib) = rss_kib(pid) {
+                marks.push(RssMark {
+                    records: next,
+                    rss_kib,
+                });
+            }
+            next = next.saturating_mul(10);
+        }
+    }
+
     fn new(opts: LoadOptions, started: Instant, deadline: Option<Instant>) -> Run {
         Run {
             opts,
@@ -1075,6 +1144,7 @@ impl Run {
             deadline,
             started,
             done_records: Mutex::new(Vec::new()),
+            rss_marks: Mutex::new(Vec::new()),
             tail: None,
         }
     }
@@ -1188,13 +1258,20 @@ fn progress_bar(opts: &LoadOptions) -> Option<ProgressBar> {
     Some(bar)
 }
 
+/// Follows the run: moves the progress bar and, with `--server-pid`, notes the server's resident
+/// memory each time the completed count reaches a power of ten from 10,000 on (how memory grows
+/// with the work done: it should not).
 fn spawn_progress(run: Arc<Run>, bar: Option<ProgressBar>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let Some(bar) = bar else { return };
-        bar.set_message("");
+        if let Some(bar) = &bar {
+            bar.set_message("");
+        }
         loop {
-            bar.set_position(run.completed.load(Ordering::Relaxed));
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(bar) = &bar {
+                bar.set_position(run.completed.load(Ordering::Relaxed));
+            }
+            run.rss_mark_catch_up();
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
 }
@@ -1237,6 +1314,7 @@ fn summarize(
         expected_refusals: stats.expected.clone(),
         verification,
         server_rss_kib: opts.server_pid.and_then(rss_kib),
+        server_rss_at: Vec::new(),
     }
 }
 

@@ -692,6 +692,8 @@ async fn engine_loop(
         // exactly where it was before it (see `commit`).
         engine.begin();
         let mut info = BatchInfo::default();
+        // Requests refused before the engine saw them; answered whatever becomes of the batch.
+        let mut unread: Vec<Output> = Vec::new();
         for input in inputs.drain(..) {
             if let Some(id) = engine.record_to_load(&input) {
                 // A final record that left memory: read it back first, so that the answer is
@@ -699,7 +701,7 @@ async fn engine_loop(
                 if let Err(e) = read_back(&mut engine, &store, id) {
                     if let Input::Request { conn, r#ref, .. } = input {
                         error!("STORAGE FAILURE: {e}; refusing the request with `unavailable`");
-                        out.push(Output::Send {
+                        unread.push(Output::Send {
                             conn,
                             env: Envelope::reply(
                                 r#ref,
@@ -719,6 +721,7 @@ async fn engine_loop(
         // Group commit: everything this batch changed goes to disk in one write and one flush,
         // and nothing of it is sent before that returns.
         commit(&mut engine, &store, &mut durable, &mut out, now, info).await;
+        out.append(&mut unread);
         dispatch(&mut engine, &mut conns, &mut out, now, &store, &mut durable).await;
         // Only now, with their answers queued, do the requests stop counting as in flight.
         answered.settle();
@@ -877,13 +880,17 @@ fn refuse(engine: &mut Engine, out: &mut Vec<Output>, now: u64, info: BatchInfo,
     out.clear();
     let mut seen = std::collections::HashSet::new();
     for (conn, r#ref) in info.requests {
+        // A request sent without `ref` gets no answer (there is nothing to match it by).
+        let Some(r#ref) = r#ref else {
+            continue;
+        };
         if !seen.insert((conn, r#ref)) {
             continue;
         }
         out.push(Output::Send {
             conn,
             env: Envelope::reply(
-                r#ref,
+                Some(r#ref),
                 ServerMsg::error(
                     ErrorCode::Unavailable,
                     format!("storage failed, nothing was changed: {why}"),
@@ -925,7 +932,14 @@ async fn dispatch(
                     let Some(handle) = conns.get(&conn) else {
                         continue;
                     };
-                    match handle.outbox.push(env.to_bytes()) {
+                    // An answer to the connection's own request is always taken (the reader's
+                    // backpressure bounds them); a push is refused if the client stopped reading.
+                    let pushed = if env.r#ref.is_some() {
+                        handle.outbox.push_reply(env.to_bytes())
+                    } else {
+                        handle.outbox.push(env.to_bytes())
+                    };
+                    match pushed {
                         Ok(()) => {}
                         Err(PushError::NotReading) => {
                             warn!(
@@ -933,7 +947,7 @@ async fn dispatch(
                                 peer = %handle.peer,
                                 role = %handle.role,
                                 queued = handle.outbox.pending(),
-                                "dropping connection: the client is not reading (its outbound queue reached twice outbound_queue_frames)"
+                                "dropping connection: the client is not reading (pushes piled up past twice outbound_queue_frames while it took nothing for 3 heartbeats, or past eight times it)"
                             );
                             handle.cancel.cancel();
                             conns.remove(&conn);
@@ -1014,7 +1028,10 @@ async fn serve_connection(socket: TcpStream, ctx: ConnCtx) {
         FrameCodec::new(ctx.config.max_frame_bytes),
         CONN_BUFFER,
     );
-    let outbox = Arc::new(Outbox::new(ctx.config.outbound_queue_frames));
+    let outbox = Arc::new(Outbox::new(
+        ctx.config.outbound_queue_frames,
+        ctx.config.idle_timeout(),
+    ));
     let writer_task = tokio::spawn(
         outbox::write_loop(write_half, outbox.clone(), ctx.cancel.clone()).in_current_span(),
     );
@@ -1192,20 +1209,8 @@ fn drop_not_reading(ctx: &ConnCtx, role: Role, outbox: &Outbox, why: &str) {
 }
 
 /// Queues an answer the reader produces itself; false when the connection must end.
-fn answer(outbox: &Outbox, frame: Bytes, ctx: &ConnCtx, role: Role) -> bool {
-    match outbox.push(frame) {
-        Ok(()) => true,
-        Err(PushError::Closed) => false,
-        Err(PushError::NotReading) => {
-            drop_not_reading(
-                ctx,
-                role,
-                outbox,
-                "its outbound queue reached twice outbound_queue_frames",
-            );
-            false
-        }
-    }
+fn answer(outbox: &Outbox, frame: Bytes) -> bool {
+    outbox.push_reply(frame).is_ok()
 }
 
 async fn read_loop(
@@ -1262,7 +1267,7 @@ async fn read_loop(
                 request: Request::Ping,
             }) => {
                 let pong = Envelope::reply(r#ref, ServerMsg::Pong).to_bytes();
-                if !answer(outbox, pong, ctx, role) {
+                if !answer(outbox, pong) {
                     return;
                 }
             }
@@ -1296,7 +1301,7 @@ async fn read_loop(
                                  (max_audit_tails_per_connection = {limit}); use another connection"
                             ),
                         );
-                        if !answer(outbox, refusal, ctx, role) {
+                        if !answer(outbox, refusal) {
                             return;
                         }
                     }
@@ -1308,7 +1313,7 @@ async fn read_loop(
             }) => {
                 let refusal =
                     error_frame(r#ref, ErrorCode::BadRequest, "Hello was already received");
-                if !answer(outbox, refusal, ctx, role) {
+                if !answer(outbox, refusal) {
                     return;
                 }
             }
@@ -1335,7 +1340,7 @@ async fn read_loop(
             }
             Err(e) => {
                 debug!(code = e.code.as_str(), "refused frame: {}", e.message);
-                if !answer(outbox, error_frame(e.r#ref, e.code, e.message), ctx, role) {
+                if !answer(outbox, error_frame(e.r#ref, e.code, e.message)) {
                     return;
                 }
             }
@@ -1552,7 +1557,7 @@ mod tests {
             lazy_since: None,
             failing: Arc::new(AtomicBool::new(false)),
         };
-        let mut batch = |engine: &mut Engine, refs: std::ops::Range<u64>| {
+        let batch = |engine: &mut Engine, refs: std::ops::Range<u64>| {
             let mut info = BatchInfo::default();
             engine.begin();
             let mut out = Vec::new();

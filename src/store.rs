@@ -45,10 +45,14 @@ impl WriteBatch {
 /// gigabytes of records, and each copy is an allocation and a memcpy at start).
 pub type Stored = sled::IVec;
 
-/// What the server loads at start.
+/// What the server loads at start: the live records (a final record stays on disk until a
+/// request names it, so that memory at start does not grow with the history of the store).
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
+    /// Records that are not final.
     pub records: Vec<(String, Stored)>,
+    /// Final records on disk, counted, not loaded.
+    pub records_final: u64,
     pub agents: Vec<(String, Stored)>,
     /// Highest audit `seq` on disk (0 for an empty log).
     pub audit_last_seq: u64,
@@ -58,10 +62,11 @@ pub struct Snapshot {
 
 /// Durable storage for the engine's state.
 pub trait Store: Send + Sync {
-    /// Reads everything back (at start, and after a failed commit to return to the durable state).
+    /// Reads back what the server needs at start: live records, agents, the audit position.
     fn load(&self) -> Result<Snapshot, StoreError>;
     /// Writes the batch atomically; with `flush`, returns only once it (and everything written
-    /// before it) is on disk.
+    /// before it) is on disk. All or nothing: when it fails, reads see none of the batch (the
+    /// server takes the batch back and tells nobody about it).
     fn commit(&self, batch: &WriteBatch, flush: bool) -> Result<(), StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
@@ -73,6 +78,12 @@ pub trait Store: Send + Sync {
     fn record(&self, id: &str) -> Result<Option<Stored>, StoreError>;
     /// Deletes audit entries with `seq < below`; returns how many were deleted.
     fn trim_audit(&self, below: u64) -> Result<u64, StoreError>;
+}
+
+/// Whether a stored record is final, read without building it.
+fn is_final(id: &str, bytes: &[u8]) -> Result<bool, StoreError> {
+    crate::engine::stored_record_is_final(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))
 }
 
 fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
@@ -120,12 +131,39 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// The batch that puts back what `batch` is about to replace.
+    fn undo_of(&self, batch: &WriteBatch) -> Result<sled::Batch, StoreError> {
+        let mut undo = sled::Batch::default();
+        let keys = batch
+            .records
+            .iter()
+            .map(|(id, _)| key(RECORD, id.as_bytes()))
+            .chain(batch.agents.iter().map(|(id, _)| key(AGENT, id.as_bytes())));
+        for k in keys {
+            match self.db.get(&k)? {
+                Some(old) => undo.insert(k, old),
+                None => undo.remove(k),
+            }
+        }
+        for (seq, _) in &batch.audit {
+            undo.remove(audit_key(*seq));
+        }
+        Ok(undo)
+    }
+}
+
 impl Store for SledStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let mut snap = Snapshot::default();
         for item in self.db.scan_prefix(RECORD) {
             let (k, v) = item?;
-            snap.records.push((id_of(RECORD, &k)?, v));
+            let id = id_of(RECORD, &k)?;
+            if is_final(&id, &v)? {
+                snap.records_final += 1;
+            } else {
+                snap.records.push((id, v));
+            }
         }
         for item in self.db.scan_prefix(AGENT) {
             let (k, v) = item?;
@@ -158,9 +196,23 @@ impl Store for SledStore {
         for (seq, v) in &batch.audit {
             b.insert(audit_key(*seq), v.as_slice());
         }
+        // If the flush fails, the batch is already in sled's tree: put back what it replaced, so
+        // that reads (a final record read back) never see a batch nobody was told about.
+        let undo = if flush {
+            Some(self.undo_of(batch)?)
+        } else {
+            None
+        };
         self.db.apply_batch(b)?;
-        if flush {
-            self.db.flush()?;
+        if let Some(undo) = undo {
+            if let Err(e) = self.db.flush() {
+                if let Err(again) = self.db.apply_batch(undo) {
+                    return Err(StoreError::Corrupt(format!(
+                        "flush failed ({e}) and the refused batch could not be taken back ({again})"
+                    )));
+                }
+                return Err(e.into());
+            }
         }
         Ok(())
     }
@@ -236,7 +288,8 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    /// While set, every `commit` fails as a full disk would, and writes nothing.
+    /// While set, every `commit` fails as a full disk would, and writes nothing; reading a
+    /// record back fails too.
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
     }
@@ -249,12 +302,18 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let inner = self.lock();
+        let mut records = Vec::new();
+        let mut records_final = 0;
+        for (k, v) in &inner.records {
+            if is_final(k, v)? {
+                records_final += 1;
+            } else {
+                records.push((k.clone(), Stored::from(v.as_slice())));
+            }
+        }
         Ok(Snapshot {
-            records: inner
-                .records
-                .iter()
-                .map(|(k, v)| (k.clone(), Stored::from(v.as_slice())))
-                .collect(),
+            records,
+            records_final,
             agents: inner
                 .agents
                 .iter()
@@ -312,6 +371,9 @@ impl Store for MemoryStore {
     }
 
     fn record(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Injected("I/O error reading (injected)".into()));
+        }
         Ok(self
             .lock()
             .records
@@ -335,8 +397,9 @@ mod tests {
     fn exercise(store: &dyn Store) {
         let batch = WriteBatch {
             records: vec![
-                ("R1".into(), Some(b"one".to_vec())),
-                ("R2".into(), Some(b"two".to_vec())),
+                ("R1".into(), Some(LIVE.to_vec())),
+                ("R2".into(), Some(b"{}".to_vec())),
+                ("R3".into(), Some(FINAL.to_vec())),
             ],
             agents: vec![("A".into(), Some(b"a".to_vec()))],
             audit: (1..=300)
@@ -355,10 +418,11 @@ mod tests {
             )
             .unwrap();
         let snap = store.load().unwrap();
-        assert_eq!(
-            snap.records,
-            vec![("R1".to_string(), Stored::from(&b"one"[..]))]
-        );
+        // Live records are loaded; final ones are only counted, and read back one by one.
+        assert_eq!(snap.records, vec![("R1".to_string(), Stored::from(LIVE))]);
+        assert_eq!(snap.records_final, 1);
+        assert_eq!(store.record("R3").unwrap(), Some(Stored::from(FINAL)));
+        assert_eq!(store.record("R2").unwrap(), None);
         assert!(snap.agents.is_empty());
         assert_eq!((snap.audit_first_seq, snap.audit_last_seq), (1, 300));
         // Big-endian keys keep numeric order across byte boundaries (255 -> 256).
@@ -369,6 +433,9 @@ mod tests {
         assert_eq!(store.audit_first_seq().unwrap(), Some(101));
         assert_eq!(store.audit_range(1, 1).unwrap()[0].0, 101);
     }
+
+    const LIVE: &[u8] = br#"{"call":"C1","final_":null}"#;
+    const FINAL: &[u8] = br#"{"call":"C3","final_":{"outcome":"processed","by":"A","at":"x"}}"#;
 
     #[test]
     fn memory_store_keeps_and_trims() {

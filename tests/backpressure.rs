@@ -228,3 +228,77 @@ async fn expect_quiet_ref(client: &mut baton::client::Client, r#ref: u64) {
         other => panic!("expected nothing for ref {ref}, got {other:?}", ref = r#ref),
     }
 }
+
+/// Answers of many frames each (`ChainedRecords` of a long chain), pipelined on a tiny queue:
+/// every frame arrives, and the client that reads is never taken for one that stopped reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_of_many_frames_each_never_get_a_reading_client_dropped() {
+    const REQUESTS: u64 = 300;
+    const CHAIN: u32 = 30;
+    let server = TestServer::start_with(|c| c.outbound_queue_frames = 8).await;
+    let (mut switch, _) = server.switch().await;
+    let mut dialer = server.connect(Role::Dialer).await;
+    let chain = (0..CHAIN)
+        .map(|n| ChainEntry {
+            record: format!("R1-{n}"),
+            chain_n: n,
+            phone: None,
+            data: serde_json::json!({"n": n}).as_object().unwrap().clone(),
+        })
+        .collect();
+    let attach = Request::AttachRecord(AttachRecord {
+        chain,
+        ..match attach("C1", "R1") {
+            Request::AttachRecord(a) => a,
+            _ => unreachable!(),
+        }
+    });
+    dialer.request(attach).await.unwrap();
+    let (mut reader, mut writer) = raw_session(&server, Role::Desktop, None).await;
+    writer
+        .write_all(&request_frame(&login("A", "7001", None), 1))
+        .await
+        .unwrap();
+    assert_eq!(reader.next().await.unwrap()["type"], "LoggedIn");
+    event(&mut switch, ringing("C1", "7001")).await;
+    event(&mut switch, established("C1", "7001")).await;
+    // CallAlerting, CallEstablished, AccessChanged.
+    for _ in 0..3 {
+        reader.next().await.unwrap();
+    }
+    let mut wire = BytesMut::new();
+    let chained = record_req("ChainedRecords", "R1");
+    for r in 2..2 + REQUESTS {
+        wire.extend_from_slice(&request_frame(&chained, r));
+    }
+    let write = tokio::spawn(async move {
+        writer.write_all(&wire).await.unwrap();
+        writer
+    });
+    let read = tokio::spawn(async move {
+        for r in 2..2 + REQUESTS {
+            // Every entry of the chain (none is R1 itself), then the end.
+            for n in 0..=CHAIN {
+                let frame = reader
+                    .next()
+                    .await
+                    .unwrap_or_else(|| panic!("connection closed in the answer to ref {r}"));
+                assert_eq!(frame["ref"], r, "{frame}");
+                let want = if n < CHAIN {
+                    "ChainedRecord"
+                } else {
+                    "ChainedRecordsEnd"
+                };
+                assert_eq!(frame["type"], want, "{frame}");
+            }
+        }
+        reader
+    });
+    let mut writer = write.await.unwrap();
+    let mut reader = read.await.unwrap();
+    writer.write_all(&ping_frame(9_999)).await.unwrap();
+    assert_eq!(
+        reader.next().await.expect("still connected")["type"],
+        "Pong"
+    );
+}

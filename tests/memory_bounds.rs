@@ -169,10 +169,56 @@ async fn a_final_record_that_left_memory_is_answered_exactly_as_before() {
     assert_eq!((live, finals), (1, 0));
 }
 
+/// If a final record cannot be read back, the request naming it is refused `unavailable` (never
+/// answered as if the record did not exist), and so is the rest of a batch the disk refuses.
+#[tokio::test]
+async fn a_record_that_cannot_be_read_back_is_refused_not_denied() {
+    let store = std::sync::Arc::new(baton::store::MemoryStore::new());
+    let server = TestServer::start_with_store_and(store.clone(), |c| {
+        c.final_record_memory_ms = 0;
+        c.max_final_records_in_memory = 0;
+    })
+    .await;
+    let (mut switch, _) = server.switch().await;
+    let mut dialer = server.connect(Role::Dialer).await;
+    let mut admin = server.connect(Role::Admin).await;
+    let (mut a, _) = server.desktop("A", "7001").await;
+    for (call, record) in [("C1", "R1"), ("C2", "R2")] {
+        dialer.request(attach(call, record)).await.unwrap();
+        event(&mut switch, ringing(call, "7001")).await;
+        event(&mut switch, established(call, "7001")).await;
+        assert!(matches!(
+            next_access(&mut a).await,
+            ServerMsg::AccessChanged { .. }
+        ));
+    }
+    let reply = a
+        .request(record_req("RecordProcessed", "R1"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, ServerMsg::RecordProcessedAck { .. }),
+        "{reply:?}"
+    );
+    until_finals_left_memory(&mut admin).await;
+
+    store.set_failing(true);
+    // Both in one write: whichever batch each lands in, each gets exactly one answer.
+    let r1 = a.send(&record_req("GetRecord", "R1")).await.unwrap();
+    let r2 = a.send(&record_req("UpdateRecord", "R2")).await.unwrap();
+    for r in [r1, r2] {
+        let reply = a.reply_to(r).await.unwrap();
+        expect_error(&reply, ErrorCode::Unavailable);
+    }
+    store.set_failing(false);
+    let reply = a.request(record_req("GetRecord", "R1")).await.unwrap();
+    expect_error(&reply, ErrorCode::AlreadyFinal);
+}
+
 #[tokio::test]
 async fn a_call_the_switch_never_ends_is_dropped_after_the_idle_timeout() {
     let server = TestServer::start_with(|c| {
-        c.call_idle_timeout_ms = 300;
+        c.call_idle_timeout_ms = 1000;
         c.orphan_timeout_ms = 60_000;
     })
     .await;

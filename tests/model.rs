@@ -971,7 +971,20 @@ impl Harness {
             }
             Step::Released { call, dn, rona } => {
                 let dn = dn.unwrap_or_else(|| self.some_party(CALLS[call]));
-                self.drop_party(CALLS[call], DNS[dn]);
+                let c = CALLS[call];
+                let was_party = self.parties.get(c).is_some_and(|p| p.contains_key(DNS[dn]));
+                self.drop_party(c, DNS[dn]);
+                // A call without a record of its own on which only unwatched DNs are left,
+                // ringing, is forgotten once a party leaves it: no event about them can come.
+                let monitored = self.engine.monitored_dns();
+                let nobody = was_party
+                    && self.parties.get(c).is_some_and(|p| {
+                        p.iter()
+                            .all(|(d, s)| *s == Party::Alerting && !monitored.contains(d))
+                    });
+                if nobody && !self.call_record.contains_key(c) {
+                    self.drop_call(c);
+                }
                 let req = Request::Released(Released {
                     call: CALLS[call].into(),
                     dn: DNS[dn].into(),
@@ -1252,6 +1265,18 @@ impl Harness {
             self.parties = parties_before.clone();
             self.consult = consult_before;
             self.maybe_consult = maybe_consult_before.clone();
+        }
+        // A consultation merged into its customer call, a call forgotten: the switch's next event
+        // about that id starts a new call. (A call dropped without telling its desktops would
+        // still show: the failover check compares what the desktops were told.)
+        let gone: Vec<String> = self
+            .parties
+            .keys()
+            .filter(|c| !self.engine.tracks_call(c))
+            .cloned()
+            .collect();
+        for c in gone {
+            self.drop_call(&c);
         }
         self.check(
             step,

@@ -707,6 +707,59 @@ async fn a_dialing_caller_is_replayed_and_a_transfer_clears_its_side() {
     );
 }
 
+/// A consultation to a queue: it rings out on B, the switch rings the same call on C, and C
+/// answers. While the consulting agent is still on the call, B's RONA ended only B's part.
+#[tokio::test]
+async fn a_consultation_that_rings_out_on_one_agent_goes_on_to_the_next() {
+    let mut t = Centre::new().await;
+    t.call_on_a("C1", "R1").await;
+    event(
+        &mut t.switch,
+        ringing_full("C2", "7002", None, Some("7001"), Some("C1")),
+    )
+    .await;
+    expect_call_alerting(&mut t.b, "C2").await;
+    event(&mut t.switch, released("C2", "7002", Some("rona"))).await;
+    event(&mut t.switch, ringing("C2", "7003")).await;
+    match t.c.next_push().await.unwrap() {
+        ServerMsg::CallAlerting {
+            call, consult_of, ..
+        } => assert_eq!((call.as_str(), consult_of.as_deref()), ("C2", Some("C1"))),
+        other => panic!("{other:?}"),
+    }
+    event(&mut t.switch, established("C2", "7003")).await;
+    let m = next_record_push(&mut t.c).await;
+    assert_eq!(
+        access_of(&m),
+        ("R1".into(), Access::ReadOnly, AccessCause::Consultation)
+    );
+    // The consulting agent hangs up: now the consultation is over.
+    event(&mut t.switch, released("C2", "7001", None)).await;
+    let m = next_record_push(&mut t.c).await;
+    assert_eq!(
+        access_of(&m),
+        ("R1".into(), Access::Revoked, AccessCause::Released)
+    );
+}
+
+/// A consultation to a DN nobody is logged in on: once the caller hangs up, no event can ever
+/// come about the unwatched DN still ringing, and the call is forgotten.
+#[tokio::test]
+async fn a_consultation_left_ringing_on_an_unwatched_dn_is_forgotten() {
+    let mut t = Centre::new().await;
+    t.call_on_a("C1", "R1").await;
+    event(
+        &mut t.switch,
+        ringing_full("C2", "7099", None, Some("7001"), Some("C1")),
+    )
+    .await;
+    event(&mut t.switch, released("C2", "7001", None)).await;
+    match t.admin.request(Request::Status).await.unwrap() {
+        ServerMsg::StatusReport { calls, .. } => assert_eq!(calls, 1, "only C1 is left"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn consultation_ended_by_rona_grants_nothing() {
     let mut t = Centre::new().await;

@@ -93,12 +93,13 @@ impl<K: Eq + Hash + Clone, V: Clone> JMap<K, V> {
         self.map.get_mut(key).expect("present or inserted above")
     }
 
-    /// Keeps the entries for which `keep` is true.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+    /// Keeps the entries for which `keep` is true (`keep` sees them read-only: a change made
+    /// there would escape the journal).
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
         if self.open {
             let gone: Vec<K> = self
                 .map
-                .iter_mut()
+                .iter()
                 .filter_map(|(k, v)| (!keep(k, v)).then(|| k.clone()))
                 .collect();
             for k in gone {

@@ -189,6 +189,8 @@ struct Call {
     ani_keys: Vec<String>,
     /// The call this one is a consultation of.
     consult_of: Option<String>,
+    /// The DN that placed the call (`Ringing.from_dn`), if the switch said.
+    caller: Option<String>,
     /// Set once a consultation has ended (released, transferred or conferenced): it grants nothing more.
     consult_over: bool,
     /// Creation order, to prefer the most recent call when linking by ANI.
@@ -475,6 +477,12 @@ impl Engine {
         (!self.records.contains_key(id.as_str())).then_some(id.as_str())
     }
 
+    /// Whether the server tracks `call` (for tests: the model test keeps its own picture of the
+    /// switch's calls and forgets those the engine merged or dropped).
+    pub fn tracks_call(&self, call: &str) -> bool {
+        self.calls.contains_key(call)
+    }
+
     /// Whether `record` is in memory (every live record is; a final one for a while).
     pub fn is_in_memory(&self, record: &str) -> bool {
         self.records.contains_key(record)
@@ -538,16 +546,18 @@ impl Engine {
         batch
     }
 
-    /// Replaces records, agents and the audit position with what the store holds: at start, and
-    /// after a failed commit (to return to the last durable state). Connections and calls stay.
+    /// Replaces records, agents and the audit position with what the store holds, at start
+    /// (a refused batch is taken back with [`Engine::rollback`], never by reloading). Final
+    /// records are only counted: they are read back when a request names one.
     /// Agents come back away (their desktops may resume within `resume_grace_ms` of `now_ms`).
     pub fn restore(&mut self, snapshot: Snapshot, now_ms: u64) -> Result<(), String> {
         self.now = self.now.max(now_ms);
         // Final records stay on disk: requests that name one read it back (`record_to_load`).
-        let mut records = parse_records(snapshot.records)?;
-        let before = records.len();
-        records.retain(|_, r| r.final_.is_none());
-        let finals = (before - records.len()) as u64;
+        let records = parse_records(snapshot.records)?;
+        if let Some((id, _)) = records.iter().find(|(_, r)| r.final_.is_some()) {
+            return Err(format!("record {id} was loaded as live but is final"));
+        }
+        let finals = snapshot.records_final;
         let mut agents = Vec::with_capacity(snapshot.agents.len());
         for (id, bytes) in snapshot.agents {
             let a: AgentState = serde_json::from_slice(&bytes)
@@ -2539,6 +2549,7 @@ impl Engine {
                     ani: None,
                     ani_keys: Vec::new(),
                     consult_of: None,
+                    caller: None,
                     consult_over: false,
                     order,
                     last_event_ms: self.now,
@@ -2696,7 +2707,11 @@ impl Engine {
         // The caller is on the call from now on (CONTRACT section 5): when it hangs up, its
         // `Released` must find it, whether or not the switch ever sends `Established` for it.
         if let Some(from) = e.from_dn.as_deref().filter(|f| *f != e.dn) {
-            if !self.calls[&e.call].parties.contains_key(from) {
+            let c = self.calls.get_mut(&e.call).expect("added above");
+            if c.caller.is_none() {
+                c.caller = Some(from.to_owned());
+            }
+            if !c.parties.contains_key(from) {
                 self.add_party(&e.call, from, PartyState::Dialing);
                 if let Some(conn) = self.conn_on_dn(from) {
                     let msg = ServerMsg::CallEstablished {
@@ -2771,10 +2786,27 @@ impl Engine {
         }
         match linked {
             Some((record, true)) => {
-                // A consultation ends when either side leaves (rule 5): read-only access it gave is over.
-                if let Some(c) = self.calls.get_mut(&e.call) {
-                    c.consult_over = true;
-                }
+                // A consultation ends when either side leaves (rule 5): read-only access it gave
+                // is over. But while the DN that placed it is still on it, a consultee leaving
+                // (RONA, a hang-up) ends only its own part: the switch may ring the same call
+                // elsewhere (redistribution from a queue), and whoever answers is consulted.
+                let caller_stays = self.calls.get(&e.call).is_some_and(|c| {
+                    c.caller
+                        .as_ref()
+                        .is_some_and(|from| *from != e.dn && c.parties.contains_key(from))
+                });
+                // The agent holding the record leaving ends the consultation in any case.
+                let holder_left = self
+                    .agent_on(&e.dn)
+                    .is_some_and(|a| self.access_of(&record, &a) == Some(Access::Full));
+                let consult_dns = if caller_stays && !holder_left {
+                    vec![e.dn.clone()]
+                } else {
+                    if let Some(c) = self.calls.get_mut(&e.call) {
+                        c.consult_over = true;
+                    }
+                    consult_dns
+                };
                 for dn in consult_dns {
                     if let Some(a) = self.agent_on(&dn) {
                         if self.access_of(&record, &a) == Some(Access::ReadOnly) {
@@ -2817,6 +2849,25 @@ impl Engine {
             None => {}
         }
         self.end_call_if_empty(out, &e.call);
+        self.end_call_nobody_is_on(&e.call);
+    }
+
+    /// Forgets a call that carries no record of its own once only DNs the server does not watch
+    /// are left on it, still ringing (a consultation to a DN nobody is logged in on, after the
+    /// caller hung up): no event about them will ever come, and nothing depends on them. A call
+    /// with a record stays, for whoever logs in where it is (rule 9).
+    fn end_call_nobody_is_on(&mut self, call: &str) {
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let forgotten = !self.call_record.contains_key(call)
+            && c.parties
+                .0
+                .iter()
+                .all(|(dn, state)| *state == PartyState::Alerting && !self.monitored(dn));
+        if forgotten {
+            self.drop_call(call);
+        }
     }
 
     /// Ends consultation `c2` because it was merged into the customer call; its parties are told.
@@ -3001,6 +3052,18 @@ impl Engine {
             self.ignored_events += 1;
         }
     }
+}
+
+/// Whether a record as stored is final, read without building it (at start every stored record
+/// is looked at, and most are final: their data need not be allocated).
+pub fn stored_record_is_final(bytes: &[u8]) -> Result<bool, String> {
+    #[derive(Deserialize)]
+    struct Probe {
+        final_: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(bytes)
+        .map(|p| p.final_.is_some())
+        .map_err(|e| e.to_string())
 }
 
 /// Parses stored records on every core: at start this is most of the work for a big store.

@@ -1,12 +1,17 @@
 //! A connection's outbound side: the queue of frames waiting for its socket, the writer task that
 //! drains it, and the counts the connection's reader uses to apply backpressure.
 //!
-//! Producers (the engine task, the reader itself, audit tails) never block here: [`Outbox::push`]
-//! appends and wakes the writer, and refuses only at a hard cap that no client still reading ever
-//! reaches. Keeping the queue short is the reader's job: it reads the next request only while the
-//! frames queued plus the requests still with the engine leave room ([`Outbox::room_for_request`]),
-//! so a client that writes faster than it reads is slowed by TCP flow control instead of being
-//! dropped. Audit tails wait for room before each frame ([`Outbox::push_when_room`]).
+//! Producers (the engine task, the reader itself, audit tails) never block here: they append and
+//! wake the writer. Keeping the queue short is the reader's job: it reads the next request only
+//! while the frames queued plus the requests still with the engine leave room
+//! ([`Outbox::room_for_request`]), so a client that writes faster than it reads is slowed by TCP
+//! flow control instead of being dropped. Answers to the connection's own requests
+//! ([`Outbox::push_reply`]) are therefore always taken, however many frames one answer has.
+//! Pushes nobody on this connection asked for ([`Outbox::push`]) are what a client that stopped
+//! reading would pile up: they are refused, and the client dropped, once twice
+//! `outbound_queue_frames` are waiting and the socket has taken nothing for the stall bound, or
+//! in any case at eight times it (a memory bound). Audit tails wait for room before each frame
+//! ([`Outbox::push_when_room`]) and leave half of the room to the connection's own answers.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -56,15 +61,35 @@ pub(crate) struct Outbox {
     in_flight: AtomicUsize,
     /// Bytes the socket has taken: moves whenever the client reads anything at all.
     written_bytes: AtomicU64,
+    /// When the socket last took bytes (or the outbox was made), in ms since `made`.
+    progress_ms: AtomicU64,
+    made: std::time::Instant,
+    /// No progress for this long with pushes piling up: the client has stopped reading.
+    stall: Duration,
     /// Wakes the writer: the queue went from empty to not empty, or the connection is closing.
     frames_queued: Notify,
     /// Wakes the reader and the tails: frames were written, or requests were answered.
     room: Notify,
-    /// The queue length the reader and the tails keep below (`outbound_queue_frames`).
+    /// The queue length the reader keeps below (`outbound_queue_frames`); tails keep below half.
     room_frames: usize,
-    /// The queue length at which pushes are refused: twice `room_frames`, since pushes that no
-    /// request of this connection asked for (another agent's transfer, a replay) can come on top.
+    /// Pushes beyond this many waiting frames are refused if the client is not reading: twice
+    /// `room_frames`, since pushes nobody asked for (another agent's transfer) come on top of the
+    /// answers.
+    stalled_frames: usize,
+    /// Pushes beyond this many waiting frames are refused whatever the client does: eight times
+    /// `room_frames`. Bounds the memory a client can hold, even one that reads very slowly.
     max_frames: usize,
+}
+
+/// What a frame may find in the queue before it is refused.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// An answer to a request: bounded by the reader's backpressure, never refused.
+    None,
+    /// A push: see [`Outbox::push`].
+    Push,
+    /// Below this many waiting frames, or given back.
+    Below(usize),
 }
 
 struct Frames {
@@ -76,7 +101,7 @@ struct Frames {
 }
 
 impl Outbox {
-    pub(crate) fn new(room_frames: usize) -> Outbox {
+    pub(crate) fn new(room_frames: usize, stall: Duration) -> Outbox {
         debug_assert!(
             room_frames > 0,
             "config validation keeps the queue non-empty"
@@ -90,10 +115,14 @@ impl Outbox {
             pending: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             written_bytes: AtomicU64::new(0),
+            progress_ms: AtomicU64::new(0),
+            made: std::time::Instant::now(),
+            stall,
             frames_queued: Notify::new(),
             room: Notify::new(),
             room_frames,
-            max_frames: room_frames.saturating_mul(2),
+            stalled_frames: room_frames.saturating_mul(2),
+            max_frames: room_frames.saturating_mul(8),
         }
     }
 
@@ -102,19 +131,48 @@ impl Outbox {
         self.frames.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame without waiting. Refused only at the hard cap, or once closing.
+    /// Queues a push (a frame no request of this connection asked for) without waiting. Refused
+    /// once closing, and when the client has stopped reading: twice `outbound_queue_frames`
+    /// waiting and nothing taken for the stall bound, or eight times it whatever.
     pub(crate) fn push(&self, frame: Bytes) -> Result<(), PushError> {
-        self.push_below(frame, self.max_frames).map_err(|(_, e)| e)
+        self.push_limited(frame, Limit::Push).map_err(|(_, e)| e)
     }
 
-    /// Queues `frame` if fewer than `limit` frames are pending; gives it back otherwise.
-    fn push_below(&self, frame: Bytes, limit: usize) -> Result<(), (Bytes, PushError)> {
+    /// Queues an answer to one of this connection's requests without waiting. Refused only once
+    /// closing: the reader's backpressure already bounds how many answers can be owed.
+    pub(crate) fn push_reply(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_limited(frame, Limit::None).map_err(|(_, e)| e)
+    }
+
+    /// The socket has taken nothing for the stall bound.
+    fn stalled(&self) -> bool {
+        let now = self.made.elapsed().as_millis() as u64;
+        now.saturating_sub(self.progress_ms.load(Ordering::Acquire))
+            >= self.stall.as_millis() as u64
+    }
+
+    /// Queues `frame` unless `limit` refuses it; gives it back then.
+    fn push_limited(&self, frame: Bytes, limit: Limit) -> Result<(), (Bytes, PushError)> {
         let mut f = self.lock();
         if f.closing || f.closed {
             return Err((frame, PushError::Closed));
         }
-        if self.pending.load(Ordering::Acquire) >= limit {
+        let pending = self.pending.load(Ordering::Acquire);
+        let refused = match limit {
+            Limit::None => false,
+            Limit::Push => {
+                pending >= self.max_frames || (pending >= self.stalled_frames && self.stalled())
+            }
+            Limit::Below(n) => pending >= n,
+        };
+        if refused {
             return Err((frame, PushError::NotReading));
+        }
+        if pending == 0 {
+            // The stall bound counts from when frames start waiting, not from the last write of
+            // a connection that has been idle.
+            self.progress_ms
+                .store(self.made.elapsed().as_millis() as u64, Ordering::Release);
         }
         f.queue.push_back(frame);
         self.pending.fetch_add(1, Ordering::AcqRel);
@@ -127,10 +185,13 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues `frame` once fewer than `outbound_queue_frames` frames are pending, waiting as long
-    /// as that takes. For producers that can pause (an audit tail reads from a cursor).
+    /// Queues `frame` once fewer than half of `outbound_queue_frames` frames are pending, waiting
+    /// as long as that takes. For producers that can pause (an audit tail reads from a cursor);
+    /// the other half stays for the answers to the connection's requests, so a tail never holds
+    /// them up.
     pub(crate) async fn push_when_room(&self, frame: Bytes) -> Result<(), PushError> {
-        let mut frame = match self.push_below(frame, self.room_frames) {
+        let limit = Limit::Below((self.room_frames / 2).max(1));
+        let mut frame = match self.push_limited(frame, limit) {
             Ok(()) => return Ok(()),
             Err((_, PushError::Closed)) => return Err(PushError::Closed),
             Err((back, PushError::NotReading)) => back,
@@ -139,7 +200,7 @@ impl Outbox {
             let mut room = pin!(self.room.notified());
             // Registered before the check: a wake-up between the check and the wait is not lost.
             room.as_mut().enable();
-            match self.push_below(frame, self.room_frames) {
+            match self.push_limited(frame, limit) {
                 Ok(()) => return Ok(()),
                 Err((_, PushError::Closed)) => return Err(PushError::Closed),
                 Err((back, PushError::NotReading)) => frame = back,
@@ -243,6 +304,8 @@ impl Outbox {
     /// The socket took `bytes` more.
     fn progress(&self, bytes: usize) {
         self.written_bytes.fetch_add(bytes as u64, Ordering::AcqRel);
+        self.progress_ms
+            .store(self.made.elapsed().as_millis() as u64, Ordering::Release);
     }
 
     /// `frames` frames are written: their room is free again.

@@ -12,6 +12,7 @@ use tracing::{error, info};
 /// accepting, tell clients, drain, flush). With [`StartOptions::service`], a dead engine exits the
 /// process with [`super::ENGINE_FAILURE_EXIT_CODE`] instead of returning.
 pub async fn serve(config: Config, opts: StartOptions) -> Result<(), ServerError> {
+    let exit = opts.on_engine_failure == super::OnEngineFailure::ExitProcess;
     let server = start_with_options(config, opts).await?;
     let stop = server.stop_token();
     tokio::spawn(async move {
@@ -19,7 +20,17 @@ pub async fn serve(config: Config, opts: StartOptions) -> Result<(), ServerError
         info!("stop signal received");
         stop.cancel();
     });
-    server.wait().await
+    match server.wait().await {
+        // The engine died while the server was stopping: still a failure for the supervisor.
+        Err(ServerError::EngineFailed(why)) if exit => {
+            error!(
+                "ENGINE FAILURE: {why}; exiting with status {}",
+                super::ENGINE_FAILURE_EXIT_CODE
+            );
+            std::process::exit(super::ENGINE_FAILURE_EXIT_CODE);
+        }
+        other => other,
+    }
 }
 
 /// Sends every panic to the log as an `error` event (message, location, thread, and the backtrace

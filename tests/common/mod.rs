@@ -54,10 +54,19 @@ impl TestServer {
 
     /// A server on the given store (e.g. a `MemoryStore` with its fault switch).
     pub async fn start_with_store(store: std::sync::Arc<dyn baton::store::Store>) -> TestServer {
-        let config = Config {
+        TestServer::start_with_store_and(store, |_| {}).await
+    }
+
+    /// A server on the given store, with its config adjusted.
+    pub async fn start_with_store_and(
+        store: std::sync::Arc<dyn baton::store::Store>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..Config::default()
         };
+        adjust(&mut config);
         let handle = baton::server::start_with_store(config.clone(), store)
             .await
             .expect("server starts");
