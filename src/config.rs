@@ -63,6 +63,9 @@ pub struct Config {
     pub max_final_records_in_memory: u64,
     /// A call with no telephony event for this long is dropped (the switch never ended it).
     pub call_idle_timeout_ms: u64,
+    /// A final record is deleted from the store this long after it became final. 0 keeps final
+    /// records for ever.
+    pub final_record_retention_ms: u64,
     /// Audit entries of reads and refusals waiting in memory to be written at most (they are
     /// written every 20 ms); past it (a disk that stalls) reads are refused with `unavailable`.
     pub max_deferred_audit_entries: u64,
@@ -91,6 +94,7 @@ impl Default for Config {
             final_record_memory_ms: 60_000,
             max_final_records_in_memory: 50_000,
             call_idle_timeout_ms: 4 * 3_600_000,
+            final_record_retention_ms: 0,
             max_deferred_audit_entries: 100_000,
             store_cache_bytes: 256 * 1024 * 1024,
             max_audit_tails_per_connection: 4,
@@ -197,7 +201,7 @@ impl Config {
     }
 
     /// Every numeric key with its allowed range and the reason for it.
-    fn bounds(&self) -> [Bound; 14] {
+    fn bounds(&self) -> [Bound; 15] {
         let n = |v: usize| v as u64;
         [
             Bound::new("max_frame_bytes", n(self.max_frame_bytes), MIN_FRAME_BYTES, MAX_FRAME_BYTES,
@@ -224,6 +228,8 @@ impl Config {
                 "a call must live long enough to be answered and transferred"),
             Bound::new("max_deferred_audit_entries", self.max_deferred_audit_entries, 10_000, 100_000_000,
                 "reads must not be refused while the disk merely catches up: entries are written every 20 ms"),
+            Bound::new("final_record_retention_ms", self.final_record_retention_ms, 0, 10 * MAX_TIMER_MS,
+                "0 keeps final records for ever"),
             Bound::new("max_audit_tails_per_connection", n(self.max_audit_tails_per_connection), 1, 1024,
                 "an admin connection must be able to run a tail"),
             Bound::new("store_cache_bytes", self.store_cache_bytes, 1 << 20, 1 << 40,

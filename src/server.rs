@@ -49,6 +49,10 @@ const DRAIN: Duration = Duration::from_secs(3);
 /// Audit entries of reads and refusals (no state change) are written and flushed together at
 /// most this much later, instead of making the reply wait for the disk.
 const LAZY_FLUSH: Duration = Duration::from_millis(20);
+/// How often final-record retention looks for records to delete, and how many it deletes at
+/// most each time (10,000 a second is far beyond any centre's rate of finishing records).
+const PURGE_EVERY: Duration = Duration::from_secs(1);
+const PURGE_CHUNK: usize = 10_000;
 /// Audit entries an audit tail reads from the store at a time.
 const TAIL_CHUNK: usize = 256;
 /// Batches of newly durable audit entries kept for following tails that fell behind; one that
@@ -387,6 +391,7 @@ async fn run(
         shared.announcer.clone(),
         opts.engine_fault.clone(),
         config.max_deferred_audit_entries as usize,
+        config.final_record_retention_ms,
     ));
     let retention = (config.audit_retention_entries > 0).then(|| {
         tokio::spawn(retention_loop(
@@ -604,6 +609,7 @@ async fn engine_loop(
     announcer: Arc<Announcer>,
     fault: Option<EngineFault>,
     max_deferred: usize,
+    final_retention_ms: u64,
 ) {
     let written = *announcer.durable.borrow();
     let mut durable = Durability {
@@ -622,7 +628,10 @@ async fn engine_loop(
     let mut out: Vec<Output> = Vec::new();
     let mut answered = Answered::default();
     let mut shutting_down = false;
+    let mut purge = tokio::time::interval(PURGE_EVERY);
+    purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut purge_due = false;
         tokio::select! {
             n = rx.recv_many(&mut batch, ENGINE_BATCH) => {
                 if n == 0 {
@@ -630,12 +639,18 @@ async fn engine_loop(
                 }
             }
             _ = tick.tick() => inputs.push(Input::Tick),
+            _ = purge.tick(), if final_retention_ms > 0 && !shutting_down => purge_due = true,
             _ = tokio::time::sleep_until(durable.lazy_since.map_or_else(tokio::time::Instant::now, |t| t + LAZY_FLUSH)), if durable.lazy_since.is_some() => {
                 durable.flush_lazy(&store);
             }
         }
         if fault.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
             panic!("engine fault injected through StartOptions::engine_fault");
+        }
+        if purge_due {
+            // Its own batch, before any request: a request that names a purged record then
+            // finds it gone from the store too.
+            purge_old_finals(&mut engine, &store, &mut durable, final_retention_ms).await;
         }
         for msg in batch.drain(..) {
             match msg {
@@ -764,6 +779,49 @@ impl BatchInfo {
     }
 }
 
+/// Final-record retention: deletes, in one batch, up to `PURGE_CHUNK` of the records that became
+/// final more than `retention_ms` ago (the store's index of finals gives them oldest first).
+async fn purge_old_finals(
+    engine: &mut Engine,
+    store: &Arc<dyn Store>,
+    durable: &mut Durability,
+    retention_ms: u64,
+) {
+    let now = now_ms();
+    let expired = match store.finals_before(now.saturating_sub(retention_ms), PURGE_CHUNK) {
+        Ok(expired) => expired,
+        Err(e) => {
+            error!("STORAGE FAILURE: cannot read the index of final records: {e}");
+            return;
+        }
+    };
+    if expired.is_empty() {
+        return;
+    }
+    engine.begin();
+    for (at_ms, id) in &expired {
+        // A record not in memory is final if it is stored at all; its final time tells whether
+        // the index entry is still its own (it may have been attached and finished again).
+        let stored = if engine.is_in_memory(id) {
+            None
+        } else {
+            match store.record(id) {
+                Ok(Some(bytes)) => crate::engine::stored_record_final_ms(&bytes).unwrap_or(None),
+                Ok(None) => None,
+                Err(e) => {
+                    error!("STORAGE FAILURE: cannot read record {id} for retention: {e}");
+                    engine.rollback();
+                    return;
+                }
+            }
+        };
+        engine.purge_final(*at_ms, id, stored);
+    }
+    let mut out = Vec::new();
+    commit(engine, store, durable, &mut out, now, BatchInfo::default()).await;
+    debug!(examined = expired.len(), "final-record retention ran");
+}
+
 /// Reads a final record that left the engine's memory back from the store (nothing to do if the
 /// store does not have it: the request names a record that never existed).
 fn read_back(engine: &mut Engine, store: &Arc<dyn Store>, id: &str) -> Result<(), String> {
@@ -800,7 +858,10 @@ async fn commit(
     // before anything is sent. One that only adds audit entries (reads, refusals) acknowledges
     // nothing: its entries wait to be written with others and flushed soon after, so reads
     // never wait for the disk (unless the disk is known to be failing).
-    let read_only = batch.records.is_empty() && batch.agents.is_empty();
+    let read_only = batch.records.is_empty()
+        && batch.agents.is_empty()
+        && batch.finals_add.is_empty()
+        && batch.finals_remove.is_empty();
     if read_only && !durable.failing.load(Ordering::Relaxed) {
         if durable.deferred.len() + batch.audit.len() > durable.max_deferred {
             // The disk has not taken the entries of earlier reads: answering more reads would

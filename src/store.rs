@@ -6,7 +6,10 @@
 //!
 //! - `r/<record id>`: a record with its data, context, version, final outcome and holders;
 //! - `a/<agent id>`: a logged-in agent's DN and resume token, so desktops can resume after a restart;
-//! - `l/<seq as 8 big-endian bytes>`: one audit entry; big-endian keys iterate in `seq` order.
+//! - `l/<seq as 8 big-endian bytes>`: one audit entry; big-endian keys iterate in `seq` order;
+//! - `f/<final time in ms, 8 big-endian bytes><record id>`: empty; one per final record, in the
+//!   order records became final, so that final-record retention deletes the oldest without
+//!   scanning every record.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +19,7 @@ use std::sync::Mutex;
 const RECORD: &[u8] = b"r/";
 const AGENT: &[u8] = b"a/";
 const AUDIT: &[u8] = b"l/";
+const FINAL: &[u8] = b"f/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,11 +37,19 @@ pub struct WriteBatch {
     pub records: Vec<(String, Option<Vec<u8>>)>,
     pub agents: Vec<(String, Option<Vec<u8>>)>,
     pub audit: Vec<(u64, Vec<u8>)>,
+    /// (final time in ms, record): records that became final, for retention to find.
+    pub finals_add: Vec<(u64, String)>,
+    /// Entries of that index to delete (the record was deleted, or the entry is stale).
+    pub finals_remove: Vec<(u64, String)>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.agents.is_empty() && self.audit.is_empty()
+        self.records.is_empty()
+            && self.agents.is_empty()
+            && self.audit.is_empty()
+            && self.finals_add.is_empty()
+            && self.finals_remove.is_empty()
     }
 }
 
@@ -78,6 +90,8 @@ pub trait Store: Send + Sync {
     fn record(&self, id: &str) -> Result<Option<Stored>, StoreError>;
     /// Deletes audit entries with `seq < below`; returns how many were deleted.
     fn trim_audit(&self, below: u64) -> Result<u64, StoreError>;
+    /// Up to `max` entries of the final-record index older than `before_ms`, oldest first.
+    fn finals_before(&self, before_ms: u64, max: usize) -> Result<Vec<(u64, String)>, StoreError>;
 }
 
 /// Whether a stored record is final, read without building it.
@@ -95,6 +109,25 @@ fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
 
 fn audit_key(seq: u64) -> Vec<u8> {
     key(AUDIT, &seq.to_be_bytes())
+}
+
+fn final_key(at_ms: u64, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(FINAL.len() + 8 + id.len());
+    k.extend_from_slice(FINAL);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn final_of_key(k: &[u8]) -> Result<(u64, String), StoreError> {
+    let rest = &k[FINAL.len()..];
+    if rest.len() < 8 {
+        return Err(StoreError::Corrupt("final index key too short".into()));
+    }
+    let at = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+    let id = String::from_utf8(rest[8..].to_vec())
+        .map_err(|_| StoreError::Corrupt("final index key is not UTF-8".into()))?;
+    Ok((at, id))
 }
 
 fn seq_of(k: &[u8]) -> Result<u64, StoreError> {
@@ -149,6 +182,14 @@ impl SledStore {
         for (seq, _) in &batch.audit {
             undo.remove(audit_key(*seq));
         }
+        let index = batch.finals_add.iter().chain(&batch.finals_remove);
+        for (at, id) in index {
+            let k = final_key(*at, id);
+            match self.db.get(&k)? {
+                Some(old) => undo.insert(k, old),
+                None => undo.remove(k),
+            }
+        }
         Ok(undo)
     }
 }
@@ -196,6 +237,12 @@ impl Store for SledStore {
         for (seq, v) in &batch.audit {
             b.insert(audit_key(*seq), v.as_slice());
         }
+        for (at, id) in &batch.finals_add {
+            b.insert(final_key(*at, id), &[][..]);
+        }
+        for (at, id) in &batch.finals_remove {
+            b.remove(final_key(*at, id));
+        }
         // If the flush fails, the batch is already in sled's tree: put back what it replaced, so
         // that reads (a final record read back) never see a batch nobody was told about.
         let undo = if flush {
@@ -236,6 +283,15 @@ impl Store for SledStore {
         Ok(self.db.get(key(RECORD, id.as_bytes()))?)
     }
 
+    fn finals_before(&self, before_ms: u64, max: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut out = Vec::new();
+        let end = final_key(before_ms, "");
+        for k in self.db.range(FINAL.to_vec()..end).keys().take(max) {
+            out.push(final_of_key(&k?)?);
+        }
+        Ok(out)
+    }
+
     fn audit_first_seq(&self) -> Result<Option<u64>, StoreError> {
         match self.db.scan_prefix(AUDIT).next() {
             Some(item) => Ok(Some(seq_of(&item?.0)?)),
@@ -274,6 +330,7 @@ struct MemoryInner {
     records: BTreeMap<String, Vec<u8>>,
     agents: BTreeMap<String, Vec<u8>>,
     audit: BTreeMap<u64, Vec<u8>>,
+    finals: std::collections::BTreeSet<(u64, String)>,
 }
 
 /// An in-memory store for tests, with a fault switch that makes every commit fail.
@@ -353,6 +410,12 @@ impl Store for MemoryStore {
         for (seq, v) in &batch.audit {
             inner.audit.insert(*seq, v.clone());
         }
+        for entry in &batch.finals_add {
+            inner.finals.insert(entry.clone());
+        }
+        for entry in &batch.finals_remove {
+            inner.finals.remove(entry);
+        }
         Ok(())
     }
 
@@ -381,6 +444,17 @@ impl Store for MemoryStore {
             .map(|v| Stored::from(v.as_slice())))
     }
 
+    fn finals_before(&self, before_ms: u64, max: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        Ok(self
+            .lock()
+            .finals
+            .iter()
+            .take_while(|(at, _)| *at < before_ms)
+            .take(max)
+            .cloned()
+            .collect())
+    }
+
     fn trim_audit(&self, below: u64) -> Result<u64, StoreError> {
         let mut inner = self.lock();
         let keep = inner.audit.split_off(&below);
@@ -405,6 +479,12 @@ mod tests {
             audit: (1..=300)
                 .map(|s| (s, format!("e{s}").into_bytes()))
                 .collect(),
+            finals_add: vec![
+                (2000, "R3".into()),
+                (1000, "R0".into()),
+                (3000, "R9".into()),
+            ],
+            finals_remove: vec![],
         };
         store.commit(&batch, true).unwrap();
         store
@@ -413,6 +493,8 @@ mod tests {
                     records: vec![("R2".into(), None)],
                     agents: vec![("A".into(), None)],
                     audit: vec![],
+                    finals_add: vec![],
+                    finals_remove: vec![(1000, "R0".into())],
                 },
                 true,
             )
@@ -423,6 +505,12 @@ mod tests {
         assert_eq!(snap.records_final, 1);
         assert_eq!(store.record("R3").unwrap(), Some(Stored::from(FINAL)));
         assert_eq!(store.record("R2").unwrap(), None);
+        // The index of finals, oldest first, up to a time.
+        assert_eq!(
+            store.finals_before(3000, 10).unwrap(),
+            vec![(2000, "R3".to_string())]
+        );
+        assert_eq!(store.finals_before(3001, 1).unwrap().len(), 1);
         assert!(snap.agents.is_empty());
         assert_eq!((snap.audit_first_seq, snap.audit_last_seq), (1, 300));
         // Big-endian keys keep numeric order across byte boundaries (255 -> 256).

@@ -361,3 +361,76 @@ fn only_silence_drops_a_call() {
         }]
     );
 }
+
+/// Final-record retention: a record final for longer than `final_record_retention_ms` is deleted
+/// from the store (and no longer counted); one attached again meanwhile is left alone.
+#[tokio::test]
+async fn retention_deletes_old_final_records_and_spares_those_attached_again() {
+    // Records that already left memory, and records still in memory.
+    retention_case(0).await;
+    retention_case(60_000).await;
+}
+
+async fn retention_case(memory_ms: u64) {
+    let server = TestServer::start_with(|c| {
+        c.final_record_retention_ms = 300;
+        c.final_record_memory_ms = memory_ms;
+        c.max_final_records_in_memory = if memory_ms == 0 { 0 } else { 1000 };
+    })
+    .await;
+    let (mut switch, _) = server.switch().await;
+    let mut dialer = server.connect(Role::Dialer).await;
+    let mut admin = server.connect(Role::Admin).await;
+    let (mut a, _) = server.desktop("A", "7001").await;
+    for (call, record) in [("C1", "R1"), ("C2", "R2")] {
+        dialer.request(attach(call, record)).await.unwrap();
+        event(&mut switch, ringing(call, "7001")).await;
+        event(&mut switch, established(call, "7001")).await;
+        assert!(matches!(
+            next_access(&mut a).await,
+            ServerMsg::AccessChanged { .. }
+        ));
+        let reply = a
+            .request(record_req("RecordProcessed", record))
+            .await
+            .unwrap();
+        assert!(
+            matches!(reply, ServerMsg::RecordProcessedAck { .. }),
+            "{reply:?}"
+        );
+    }
+    // R2 is attached again at once: live, it must survive its old final's retention.
+    let reply = dialer.request(attach("C3", "R2")).await.unwrap();
+    assert!(
+        matches!(reply, ServerMsg::RecordAttached { .. }),
+        "{reply:?}"
+    );
+    let mut purged = false;
+    for _ in 0..200 {
+        if status(&mut admin).await.1 == 0 {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(purged, "R1 was never deleted");
+    assert_eq!(status(&mut admin).await.0, 1, "R2 is live");
+    let reply = admin.request(record_req("RecordInfo", "R1")).await.unwrap();
+    expect_error(&reply, ErrorCode::NoSuchRecord);
+    match admin.request(record_req("RecordInfo", "R2")).await.unwrap() {
+        ServerMsg::RecordReport { state, .. } => assert_eq!(state, "waiting"),
+        other => panic!("{other:?}"),
+    }
+    // The audit log keeps R1's history.
+    let entries = admin
+        .request_stream(Request::AuditTail(AuditTail {
+            from_seq: Some(1),
+            record: Some("R1".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(entries
+        .iter()
+        .any(|m| matches!(m, ServerMsg::Audit(e) if e.kind == AuditKind::Finalized)));
+}

@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub max_final_records_in_memory: u64,
     /// A call with no telephony event for this long is dropped.
     pub call_idle_timeout_ms: u64,
+    /// A final record is deleted from the store this long after it became final (0: never).
+    pub final_record_retention_ms: u64,
 }
 
 impl EngineConfig {
@@ -48,6 +50,7 @@ impl EngineConfig {
             final_record_memory_ms: c.final_record_memory_ms,
             max_final_records_in_memory: c.max_final_records_in_memory,
             call_idle_timeout_ms: c.call_idle_timeout_ms,
+            final_record_retention_ms: c.final_record_retention_ms,
         }
     }
 }
@@ -339,6 +342,9 @@ pub struct Engine {
     dirty_records: BTreeSet<String>,
     dirty_agents: BTreeSet<String>,
     pending_audit: Vec<AuditEntry>,
+    /// Entries of the store's final-record index to delete, with whether the record goes too
+    /// (see [`Engine::purge_final`]).
+    purged: Vec<(u64, String, bool)>,
     /// Agents waiting for a smart logout to complete.
     pending_logouts: JSet<String>,
     /// The final records in memory, oldest first: they leave memory from the front, by age
@@ -393,6 +399,7 @@ impl Engine {
             dirty_records: BTreeSet::new(),
             dirty_agents: BTreeSet::new(),
             pending_audit: Vec::new(),
+            purged: Vec::new(),
             pending_logouts: JSet::default(),
             final_queue: JSet::default(),
             call_deadlines: JSet::default(),
@@ -477,6 +484,34 @@ impl Engine {
         (!self.records.contains_key(id.as_str())).then_some(id.as_str())
     }
 
+    /// Retention (`final_record_retention_ms`): the store's index says `id` became final at
+    /// `at_ms`, long enough ago. If that is still so, the record is deleted (from memory too),
+    /// and no longer counted; requests naming it later get `no_such_record`, as for a record never
+    /// attached. If the record is live again (attached anew) or became final again later, only
+    /// the stale index entry goes. `stored_final_ms` is the final time of the record as stored,
+    /// read by the shell, for a record not in memory. The deletions go to the store with the next
+    /// [`Engine::take_writes`].
+    pub fn purge_final(&mut self, at_ms: u64, id: &str, stored_final_ms: Option<u64>) {
+        let same = match self.records.get(id) {
+            Some(rec) => rec.final_.as_ref().and_then(|f| parse_rfc3339(&f.at)) == Some(at_ms),
+            None => stored_final_ms == Some(at_ms),
+        };
+        if same {
+            assert!(
+                !self.dirty_records.contains(id),
+                "a record is never purged in the batch that changed it"
+            );
+            if let Some(rec) = self.records.remove(id) {
+                let filed = self
+                    .final_queue
+                    .remove(&(rec.resident_since_ms, id.to_owned()));
+                assert!(filed, "a final record in memory is in the final queue");
+            }
+            self.finals -= 1;
+        }
+        self.purged.push((at_ms, id.to_owned(), same));
+    }
+
     /// Whether the server tracks `call` (for tests: the model test keeps its own picture of the
     /// switch's calls and forgets those the engine merged or dropped).
     pub fn tracks_call(&self, call: &str) -> bool {
@@ -527,7 +562,18 @@ impl Engine {
                 panic!("record {id} changed but is not in memory");
             };
             let value = serde_json::to_vec(rec).expect("records serialize");
+            if let Some(at) = rec.final_.as_ref().and_then(|f| parse_rfc3339(&f.at)) {
+                // Filed by the time it became final, for retention (written again if the record
+                // is, which changes nothing).
+                batch.finals_add.push((at, id.clone()));
+            }
             batch.records.push((id, Some(value)));
+        }
+        for (at, id, with_record) in std::mem::take(&mut self.purged) {
+            if with_record {
+                batch.records.push((id.clone(), None));
+            }
+            batch.finals_remove.push((at, id));
         }
         for id in std::mem::take(&mut self.dirty_agents) {
             let value = self.agents.get(&id).map(|a| {
@@ -727,6 +773,7 @@ impl Engine {
         self.dirty_records.clear();
         self.dirty_agents.clear();
         self.pending_audit.clear();
+        self.purged.clear();
     }
 
     /// Applies again, after a rollback, an input that is a fact rather than a request: a
@@ -794,8 +841,8 @@ impl Engine {
         );
         let _ = writeln!(
             d,
-            "final_queue {:?} call_deadlines {:?}",
-            *self.final_queue, *self.call_deadlines
+            "final_queue {:?} call_deadlines {:?} purged {:?}",
+            *self.final_queue, *self.call_deadlines, self.purged
         );
         let _ = writeln!(
             d,
@@ -3064,6 +3111,20 @@ pub fn stored_record_is_final(bytes: &[u8]) -> Result<bool, String> {
     serde_json::from_slice::<Probe>(bytes)
         .map(|p| p.final_.is_some())
         .map_err(|e| e.to_string())
+}
+
+/// When a record as stored became final (milliseconds since the epoch), if it is final.
+pub fn stored_record_final_ms(bytes: &[u8]) -> Result<Option<u64>, String> {
+    #[derive(Deserialize)]
+    struct At {
+        at: String,
+    }
+    #[derive(Deserialize)]
+    struct Probe {
+        final_: Option<At>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok(probe.final_.and_then(|f| parse_rfc3339(&f.at)))
 }
 
 /// Parses stored records on every core: at start this is most of the work for a big store.
