@@ -532,7 +532,7 @@ impl Harness {
             self.step_facts.push(input.clone());
         }
         if let Some(id) = self.engine.record_to_load(&input) {
-            self.load(&id.to_owned());
+            self.load(id);
         }
         self.engine.handle(self.now, input, out);
     }

@@ -100,7 +100,8 @@ impl<K: Eq + Hash + Clone, V: Clone> JMap<K, V> {
             let gone: Vec<K> = self
                 .map
                 .iter()
-                .filter_map(|(k, v)| (!keep(k, v)).then(|| k.clone()))
+                .filter(|&(k, v)| !keep(k, v))
+                .map(|(k, _)| k.clone())
                 .collect();
             for k in gone {
                 self.remove(&k);
