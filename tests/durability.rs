@@ -19,29 +19,6 @@ fn update(record: &str, fields: serde_json::Value) -> Request {
     })
 }
 
-/// Puts `record` on `call` established on `dn`, where `desk` is logged in; drains the pushes.
-async fn give(
-    switch: &mut Client,
-    dialer: &mut Client,
-    desk: &mut Client,
-    call: &str,
-    record: &str,
-    dn: &str,
-) {
-    dialer.request(attach(call, record)).await.unwrap();
-    event(switch, ringing(call, dn)).await;
-    event(switch, established(call, dn)).await;
-    loop {
-        if let ServerMsg::AccessChanged {
-            record: r, access, ..
-        } = desk.next_push().await.unwrap()
-        {
-            assert_eq!((r.as_str(), access), (record, Access::Full));
-            return;
-        }
-    }
-}
-
 /// The whole durable audit log, once it reaches the last entry the server has assigned (entries
 /// of reads and refusals are flushed a few milliseconds after their reply).
 async fn all_audit(admin: &mut Client) -> Vec<AuditEntry> {

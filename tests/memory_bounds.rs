@@ -184,13 +184,7 @@ async fn a_record_that_cannot_be_read_back_is_refused_not_denied() {
     let mut admin = server.connect(Role::Admin).await;
     let (mut a, _) = server.desktop("A", "7001").await;
     for (call, record) in [("C1", "R1"), ("C2", "R2")] {
-        dialer.request(attach(call, record)).await.unwrap();
-        event(&mut switch, ringing(call, "7001")).await;
-        event(&mut switch, established(call, "7001")).await;
-        assert!(matches!(
-            next_access(&mut a).await,
-            ServerMsg::AccessChanged { .. }
-        ));
+        give(&mut switch, &mut dialer, &mut a, call, record, "7001").await;
     }
     let reply = a
         .request(record_req("RecordProcessed", "R1"))
@@ -383,13 +377,7 @@ async fn retention_case(memory_ms: u64) {
     let mut admin = server.connect(Role::Admin).await;
     let (mut a, _) = server.desktop("A", "7001").await;
     for (call, record) in [("C1", "R1"), ("C2", "R2")] {
-        dialer.request(attach(call, record)).await.unwrap();
-        event(&mut switch, ringing(call, "7001")).await;
-        event(&mut switch, established(call, "7001")).await;
-        assert!(matches!(
-            next_access(&mut a).await,
-            ServerMsg::AccessChanged { .. }
-        ));
+        give(&mut switch, &mut dialer, &mut a, call, record, "7001").await;
         let reply = a
             .request(record_req("RecordProcessed", record))
             .await

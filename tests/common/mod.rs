@@ -377,3 +377,26 @@ pub async fn raw_session(
     assert_eq!(welcome["type"], "Welcome", "{welcome}");
     (reader, write)
 }
+
+/// Puts `record` on `call` established on `dn`, where `desk` is logged in; drains the pushes.
+pub async fn give(
+    switch: &mut Client,
+    dialer: &mut Client,
+    desk: &mut Client,
+    call: &str,
+    record: &str,
+    dn: &str,
+) {
+    dialer.request(attach(call, record)).await.unwrap();
+    event(switch, ringing(call, dn)).await;
+    event(switch, established(call, dn)).await;
+    loop {
+        if let ServerMsg::AccessChanged {
+            record: r, access, ..
+        } = desk.next_push().await.unwrap()
+        {
+            assert_eq!((r.as_str(), access), (record, Access::Full));
+            return;
+        }
+    }
+}
