@@ -7,15 +7,14 @@
 //! - [`codec`] cuts TCP bytes into frames, [`messages`] turns frames into typed requests and back;
 //! - [`engine`] is the pure state machine holding agents, DNs, calls, records and access;
 //! - [`server`] is the thin I/O shell (connections, queues, timers, shutdown) around the engine;
-//! - [`client`] is a typed client used by the tests and tools; [`config`] holds every limit.
+//! - [`client`] is a typed client (the admin commands, the tests and the tools use it); [`config`]
+//!   holds every limit; [`admin`] is what the `baton` admin commands print.
 
 pub mod admin;
 pub mod client;
 pub mod codec;
 pub mod config;
 pub mod engine;
-pub mod load;
 pub mod messages;
-pub mod restart;
 pub mod server;
 pub mod store;

@@ -3,7 +3,6 @@
 use anyhow::Context;
 use baton::admin::{self, TailOptions, Target};
 use baton::config::Config;
-use baton::load::{LoadOptions, Mix, Scenario};
 use baton::server::StartOptions;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -51,84 +50,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Play an outbound centre against a running server and report throughput and latency.
+    /// Play an outbound centre against a running server (`baton load --help`).
+    #[command(disable_help_flag = true)]
     Load {
-        /// What to play.
-        #[arg(long, value_enum, default_value_t = Scenario::Mix)]
-        scenario: Scenario,
-        /// Desktops to log in (the mix uses groups of three); dialers for `attach`.
-        #[arg(long, default_value_t = 48)]
-        agents: usize,
-        /// Records to complete (mix, processed, attach) or requests to send (get, denied).
-        #[arg(long)]
-        records: Option<u64>,
-        /// Run for this many seconds instead (idle: how long to heartbeat).
-        #[arg(long)]
-        duration: Option<f64>,
-        /// Open loop: records or requests started per second. Default: as fast as possible.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Mix weights, e.g. straight=55,transfer=15,consult=15,conference=15.
-        #[arg(
-            long,
-            default_value = "straight=55,transfer=15,consult=15,conference=15"
-        )]
-        mix: Mix,
-        /// PID of a local server, to report its resident memory.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Requests each connection keeps in flight (get, denied, processed, attach): it writes N
-        /// back to back, then reads the N replies, and again. At most 1000, so that a burst's
-        /// replies always fit the server's queue and the socket buffers while the burst is written.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
-        pipeline: u16,
-        /// Follow the audit log on an admin connection during the run and report how long after
-        /// each acknowledgment its entry reaches the tail (scenario `processed`).
-        #[arg(long)]
-        tail: bool,
-        /// Print the summary as one JSON object.
-        #[arg(long)]
-        json: bool,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-        #[command(flatten)]
-        conn: AdminConn,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
-    /// Write a large store as a busy centre would leave it (for `baton restart-time`).
+    /// Write a large store as a busy centre would leave it (`baton fill --help`).
+    #[command(disable_help_flag = true)]
     Fill {
-        /// Directory of the new store; must be empty or missing.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Calling-list records to write.
-        #[arg(long, default_value_t = 1_000_000)]
-        records: u64,
-        /// Audit entries to write.
-        #[arg(long, default_value_t = 10_000_000)]
-        audit: u64,
-        /// Logged-in agents taking the calls.
-        #[arg(long, default_value_t = 300)]
-        agents: usize,
-        /// Print the summary as one JSON object.
-        #[arg(long)]
-        json: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
-    /// Start `baton serve` on a filled store several times and time each start until it answers.
+    /// Time the server's start on a filled store (`baton restart-time --help`).
+    #[command(disable_help_flag = true)]
     RestartTime {
-        /// A directory written by `baton fill`.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Starts to time; the median is reported.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Address the measured server listens on.
-        #[arg(long, default_value = "127.0.0.1:7399")]
-        listen: SocketAddr,
-        /// Give up on a start after this many seconds.
-        #[arg(long, default_value_t = 300.0)]
-        timeout: f64,
-        #[arg(long)]
-        json: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
     /// Read the access-audit log.
     Audit {
@@ -234,109 +172,9 @@ fn main() -> anyhow::Result<()> {
                 .block_on(admin::record(&target, &record, json, &mut stdout))
                 .with_context(|| format!("record {record} from {}", target.addr))
         }
-        Some(Command::Load {
-            scenario,
-            agents,
-            records,
-            duration,
-            rate,
-            mix,
-            server_pid,
-            pipeline,
-            tail,
-            json,
-            quiet,
-            conn,
-        }) => {
-            if tail && scenario != Scenario::Processed {
-                anyhow::bail!("--tail measures the durable load: use it with --scenario processed");
-            }
-            if pipeline > 1 && !scenario.can_pipeline() {
-                anyhow::bail!(
-                    "--pipeline applies to the get, denied, processed and attach scenarios"
-                );
-            }
-            let target = conn.target()?;
-            let config = Config::load_or_default(&conn.config)?;
-            let opts = LoadOptions {
-                addr: target.addr,
-                tokens: config.tokens,
-                scenario,
-                agents,
-                records: if records.is_none() && duration.is_none() && scenario != Scenario::Idle {
-                    Some(10_000)
-                } else {
-                    records
-                },
-                duration: duration.map(std::time::Duration::from_secs_f64),
-                rate,
-                mix,
-                server_pid,
-                tail,
-                pipeline: usize::from(pipeline),
-                progress: !quiet && !json,
-                run_id: format!("L{}", baton::server::now_ms() % 100_000_000),
-            };
-            let summary = runtime
-                .block_on(baton::load::run(opts))
-                .with_context(|| format!("load against {}", target.addr))?;
-            if json {
-                println!("{}", serde_json::to_string(&summary)?);
-            } else {
-                print!("{}", summary.render());
-            }
-            if !summary.is_clean() {
-                anyhow::bail!("the run was not clean (see errors above)");
-            }
-            Ok(())
-        }
-        Some(Command::Fill {
-            data_dir,
-            records,
-            audit,
-            agents,
-            json,
-        }) => {
-            let opts = baton::restart::FillOptions {
-                data_dir,
-                records,
-                audit,
-                agents,
-                progress: !json,
-            };
-            let summary = baton::restart::fill(&opts)
-                .with_context(|| format!("fill {}", opts.data_dir.display()))?;
-            if json {
-                println!("{}", serde_json::to_string(&summary)?);
-            } else {
-                print!("{}", summary.render());
-            }
-            Ok(())
-        }
-        Some(Command::RestartTime {
-            data_dir,
-            runs,
-            listen,
-            timeout,
-            json,
-        }) => {
-            let opts = baton::restart::MeasureOptions {
-                binary: std::env::current_exe().context("cannot find the baton binary")?,
-                data_dir,
-                listen,
-                runs,
-                timeout: std::time::Duration::from_secs_f64(timeout),
-            };
-            let summary = runtime
-                .block_on(baton::restart::measure(&opts))
-                .with_context(|| format!("restart on {}", opts.data_dir.display()))?;
-            if json {
-                println!("{}", serde_json::to_string(&summary)?);
-            } else {
-                print!("{}", summary.render());
-            }
-            Ok(())
-        }
+        Some(Command::Load { args }) => tool("load", args),
+        Some(Command::Fill { args }) => tool("fill", args),
+        Some(Command::RestartTime { args }) => tool("restart-time", args),
         Some(Command::Audit {
             command:
                 AuditCommand::Tail {
@@ -372,4 +210,34 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     }
     baton::server::serve(config, StartOptions::service()).await?;
     Ok(())
+}
+
+/// Runs `baton-tools COMMAND ARGS` in place of this process: the tools live in their own binary,
+/// next to this one, so that the server links none of their dependencies.
+fn tool(command: &str, args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the baton binary")?;
+    let tools = exe.with_file_name(format!("baton-tools{}", std::env::consts::EXE_SUFFIX));
+    if !tools.exists() {
+        anyhow::bail!(
+            "`baton {command}` runs {}, which is missing: build it with `cargo build --release` \
+             (it is the workspace's baton-tools package)",
+            tools.display()
+        );
+    }
+    let mut child = std::process::Command::new(&tools);
+    child.arg(command).args(args);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // Named `baton` so that its usage lines read as the user typed them.
+        let err = child.arg0("baton").exec();
+        Err(err).with_context(|| format!("cannot run {}", tools.display()))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = child
+            .status()
+            .with_context(|| format!("cannot run {}", tools.display()))?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
 }

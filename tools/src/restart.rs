@@ -13,12 +13,12 @@
 //! `Status` is answered, checks a held, a final and a waiting record against what the fill wrote,
 //! and reads the server's own start-up breakdown (store open, load, restore) from its JSON log.
 
-use crate::client::{Client, ClientError};
-use crate::config::Config;
-use crate::engine::{ConnId, Engine, EngineConfig, Input, Output};
 use crate::load::{ev_est, ev_rel, ev_ring, proc_status_kib};
-use crate::messages::*;
-use crate::store::{SledStore, Store, StoreError, WriteBatch};
+use baton::client::{Client, ClientError};
+use baton::config::Config;
+use baton::engine::{ConnId, Engine, EngineConfig, Input, Output};
+use baton::messages::*;
+use baton::store::{SledStore, Store, StoreError, WriteBatch};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -412,7 +412,7 @@ pub fn fill(opts: &FillOptions) -> Result<FillSummary, RestartError> {
     let inputs_per_record = 12;
     let inputs = opts.records.max(1) * inputs_per_record;
     let step_ms = (30 * 86_400_000 / inputs).clamp(1, 1000);
-    let start_ms = crate::server::now_ms().saturating_sub(step_ms * inputs);
+    let start_ms = baton::server::now_ms().saturating_sub(step_ms * inputs);
     let mut d = Driver {
         engine: Engine::new(
             EngineConfig::from_config(&Config::default()),

@@ -19,9 +19,9 @@
 //!
 //! Latencies go into HDR histograms per request type (microseconds).
 
-use crate::client::{Client, ClientError};
-use crate::config::Tokens;
-use crate::messages::*;
+use baton::client::{Client, ClientError};
+use baton::config::Tokens;
+use baton::messages::*;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -1195,7 +1195,7 @@ impl TailReader {
                 mark(&m, record, 1, Instant::now());
                 // The entry's own time has millisecond resolution.
                 if let Some(ts) = parse_rfc3339(&e.ts) {
-                    let behind = crate::server::now_ms().saturating_sub(ts);
+                    let behind = baton::server::now_ms().saturating_sub(ts);
                     stats.record("audit tail lag (entry time)", Duration::from_millis(behind));
                 }
             }

@@ -1,0 +1,17 @@
+//! What Baton's tests, benches, the model test and the load tools share: one set of message
+//! builders, one way to start a server (in process or as a child process) and wait until it
+//! serves, and one fixture for a small centre of agents.
+//!
+//! Nothing here is needed to serve: the server binary never links this crate.
+
+pub mod centre;
+pub mod expect;
+pub mod msg;
+pub mod server;
+pub mod wire;
+
+pub use centre::Centre;
+pub use expect::*;
+pub use msg::*;
+pub use server::{free_addr, ServerProcess, TestServer};
+pub use wire::{raw_session, request_frame, RawReader};

@@ -1,0 +1,259 @@
+//! `baton-tools`: the commands `baton load`, `baton fill` and `baton restart-time` run (the `baton`
+//! command hands them over to this binary, so that the server carries none of their dependencies).
+
+use anyhow::Context;
+use baton::admin::Target;
+use baton::config::Config;
+use baton_tools::load::{LoadOptions, Mix, Scenario};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+// The load generator allocates as much per request as the server does; the same allocator keeps
+// its own cost per request low, so that it measures the server rather than itself.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Baton's load generator, store filler and restart timer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Play an outbound centre against a running server and report throughput and latency.
+    Load {
+        /// What to play.
+        #[arg(long, value_enum, default_value_t = Scenario::Mix)]
+        scenario: Scenario,
+        /// Desktops to log in (the mix uses groups of three); dialers for `attach`.
+        #[arg(long, default_value_t = 48)]
+        agents: usize,
+        /// Records to complete (mix, processed, attach) or requests to send (get, denied).
+        #[arg(long)]
+        records: Option<u64>,
+        /// Run for this many seconds instead (idle: how long to heartbeat).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Open loop: records or requests started per second. Default: as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Mix weights, e.g. straight=55,transfer=15,consult=15,conference=15.
+        #[arg(
+            long,
+            default_value = "straight=55,transfer=15,consult=15,conference=15"
+        )]
+        mix: Mix,
+        /// PID of a local server, to report its resident memory.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Requests each connection keeps in flight (get, denied, processed, attach): it writes N
+        /// back to back, then reads the N replies, and again. At most 1000, so that a burst's
+        /// replies always fit the server's queue and the socket buffers while the burst is written.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        pipeline: u16,
+        /// Follow the audit log on an admin connection during the run and report how long after
+        /// each acknowledgment its entry reaches the tail (scenario `processed`).
+        #[arg(long)]
+        tail: bool,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Write a large store as a busy centre would leave it (for `baton restart-time`).
+    Fill {
+        /// Directory of the new store; must be empty or missing.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Calling-list records to write.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Audit entries to write.
+        #[arg(long, default_value_t = 10_000_000)]
+        audit: u64,
+        /// Logged-in agents taking the calls.
+        #[arg(long, default_value_t = 300)]
+        agents: usize,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start `baton serve` on a filled store several times and time each start until it answers.
+    RestartTime {
+        /// A directory written by `baton fill`.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Starts to time; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Address the measured server listens on.
+        #[arg(long, default_value = "127.0.0.1:7399")]
+        listen: SocketAddr,
+        /// Give up on a start after this many seconds.
+        #[arg(long, default_value_t = 300.0)]
+        timeout: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How an admin command reaches the server: the config file, or explicit flags.
+#[derive(Args)]
+struct AdminConn {
+    /// Configuration file to read the address and admin token from.
+    #[arg(long, default_value = "config.toml")]
+    config: PathBuf,
+    /// Server address (overrides the config's `listen`).
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Admin token (overrides the config's `tokens.admin`).
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl AdminConn {
+    fn target(&self) -> anyhow::Result<Target> {
+        let config = Config::load_or_default(&self.config)?;
+        let mut target = Target::from_config(&config);
+        if let Some(addr) = self.addr {
+            target.addr = addr;
+        }
+        if let Some(token) = &self.token {
+            target.token = token.clone();
+        }
+        Ok(target)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Load {
+            scenario,
+            agents,
+            records,
+            duration,
+            rate,
+            mix,
+            server_pid,
+            pipeline,
+            tail,
+            json,
+            quiet,
+            conn,
+        } => {
+            if tail && scenario != Scenario::Processed {
+                anyhow::bail!("--tail measures the durable load: use it with --scenario processed");
+            }
+            if pipeline > 1 && !scenario.can_pipeline() {
+                anyhow::bail!(
+                    "--pipeline applies to the get, denied, processed and attach scenarios"
+                );
+            }
+            let target = conn.target()?;
+            let config = Config::load_or_default(&conn.config)?;
+            let opts = LoadOptions {
+                addr: target.addr,
+                tokens: config.tokens,
+                scenario,
+                agents,
+                records: if records.is_none() && duration.is_none() && scenario != Scenario::Idle {
+                    Some(10_000)
+                } else {
+                    records
+                },
+                duration: duration.map(std::time::Duration::from_secs_f64),
+                rate,
+                mix,
+                server_pid,
+                tail,
+                pipeline: usize::from(pipeline),
+                progress: !quiet && !json,
+                run_id: format!("L{}", baton::server::now_ms() % 100_000_000),
+            };
+            let summary = runtime
+                .block_on(baton_tools::load::run(opts))
+                .with_context(|| format!("load against {}", target.addr))?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print!("{}", summary.render());
+            }
+            if !summary.is_clean() {
+                anyhow::bail!("the run was not clean (see errors above)");
+            }
+            Ok(())
+        }
+        Command::Fill {
+            data_dir,
+            records,
+            audit,
+            agents,
+            json,
+        } => {
+            let opts = baton_tools::restart::FillOptions {
+                data_dir,
+                records,
+                audit,
+                agents,
+                progress: !json,
+            };
+            let summary = baton_tools::restart::fill(&opts)
+                .with_context(|| format!("fill {}", opts.data_dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print!("{}", summary.render());
+            }
+            Ok(())
+        }
+        Command::RestartTime {
+            data_dir,
+            runs,
+            listen,
+            timeout,
+            json,
+        } => {
+            let opts = baton_tools::restart::MeasureOptions {
+                binary: server_binary()?,
+                data_dir,
+                listen,
+                runs,
+                timeout: std::time::Duration::from_secs_f64(timeout),
+            };
+            let summary = runtime
+                .block_on(baton_tools::restart::measure(&opts))
+                .with_context(|| format!("restart on {}", opts.data_dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print!("{}", summary.render());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The `baton` server binary next to this one: the restart timer starts it.
+fn server_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the baton-tools binary")?;
+    let baton = exe.with_file_name(format!("baton{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(
+        baton.exists(),
+        "the restart timer starts {}, which is missing: build it with `cargo build --release`",
+        baton.display()
+    );
+    Ok(baton)
+}
