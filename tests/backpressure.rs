@@ -4,24 +4,13 @@
 //! Each test writes far more than the connection's outbound queue holds while reading its answers
 //! at its own pace, and checks that every answer arrives, in order, on a connection still open.
 
-mod common;
-
 use baton::messages::*;
+use baton_kit::*;
 use bytes::BytesMut;
-use common::*;
 use tokio::io::AsyncWriteExt;
 
 fn ping_frame(r#ref: u64) -> bytes::Bytes {
     request_frame(&Request::Ping, r#ref)
-}
-
-fn audit_tail(from_seq: Option<u64>, follow: bool) -> Request {
-    Request::AuditTail(AuditTail {
-        from_seq,
-        follow,
-        record: None,
-        agent: None,
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,16 +8,18 @@
 
 use baton::client::Client;
 use baton::messages::*;
+use baton_kit::*;
 use rand::Rng;
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const WORKERS: usize = 6;
+
+/// How long a restart may take before the test gives up on it.
+const SERVING: Duration = Duration::from_secs(20);
 
 /// What the server acknowledged for one record.
 #[derive(Debug, Default, Clone)]
@@ -27,28 +29,6 @@ struct Acked {
 }
 
 type Ledger = Arc<Mutex<HashMap<String, Acked>>>;
-
-fn start(exe: &str, config: &Path) -> Child {
-    Command::new(exe)
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server starts")
-}
-
-async fn wait_ready(addr: SocketAddr) {
-    for _ in 0..400 {
-        if let Ok(mut c) = Client::connect(addr, Role::Admin, "admin-secret").await {
-            if c.request(Request::Status).await.is_ok() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("server did not become ready");
-}
 
 /// One desktop agent working records end to end until the server dies.
 async fn worker(
@@ -62,35 +42,11 @@ async fn worker(
     let mut desk = Client::connect(addr, Role::Desktop, "desk-secret").await?;
     let mut switch = Client::connect(addr, Role::Switch, "switch-secret").await?;
     let mut dialer = Client::connect(addr, Role::Dialer, "dialer-secret").await?;
-    match desk
-        .request(Request::Login(Login {
-            agent: agent.clone(),
-            dn: dn.clone(),
-            password: None,
-            resume: None,
-        }))
-        .await?
-    {
-        ServerMsg::LoggedIn { .. } => {}
-        other => panic!("login: {other:?}"),
-    }
+    log_in(&mut desk, &agent, &dn).await?;
     for i in 0.. {
         let record = format!("c{cycle}-w{k}-r{i}");
         let call = format!("call-{record}");
-        let data = json!({"customer": record}).as_object().unwrap().clone();
-        let reply = dialer
-            .request(Request::AttachRecord(AttachRecord {
-                call: call.clone(),
-                record: record.clone(),
-                campaign: "crash".into(),
-                list: None,
-                chain_id: None,
-                chain_n: None,
-                phone: None,
-                data,
-                chain: vec![],
-            }))
-            .await?;
+        let reply = dialer.request(attach(&call, &record)).await?;
         assert!(
             matches!(reply, ServerMsg::RecordAttached { .. }),
             "{reply:?}"
@@ -99,19 +55,7 @@ async fn worker(
             .lock()
             .unwrap()
             .insert(record.clone(), Acked::default());
-        for ev in [
-            Request::Ringing(Ringing {
-                call: call.clone(),
-                dn: dn.clone(),
-                ani: None,
-                from_dn: None,
-                consult_of: None,
-            }),
-            Request::Established(CallDn {
-                call: call.clone(),
-                dn: dn.clone(),
-            }),
-        ] {
+        for ev in [ringing(&call, &dn), established(&call, &dn)] {
             assert_eq!(switch.request(ev).await?, ServerMsg::Ack);
         }
         loop {
@@ -127,13 +71,7 @@ async fn worker(
             }
         }
         for v in 1..=2u64 {
-            let reply = desk
-                .request(Request::UpdateRecord(RecordChange {
-                    record: record.clone(),
-                    call_result: None,
-                    fields: Some(json!({"v": v}).as_object().unwrap().clone()),
-                }))
-                .await?;
+            let reply = desk.request(update(&record, json!({"v": v}))).await?;
             assert_eq!(
                 reply,
                 ServerMsg::RecordUpdated {
@@ -143,13 +81,7 @@ async fn worker(
             );
             ledger.lock().unwrap().get_mut(&record).unwrap().version = v;
         }
-        let reply = desk
-            .request(Request::RecordProcessed(RecordChange {
-                record: record.clone(),
-                call_result: Some("done".into()),
-                fields: None,
-            }))
-            .await?;
+        let reply = desk.request(processed(&record, "done")).await?;
         assert_eq!(
             reply,
             ServerMsg::RecordProcessedAck {
@@ -158,13 +90,7 @@ async fn worker(
         );
         ledger.lock().unwrap().get_mut(&record).unwrap().processed = true;
         assert_eq!(
-            switch
-                .request(Request::Released(Released {
-                    call,
-                    dn: dn.clone(),
-                    cause: None
-                }))
-                .await?,
+            switch.request(released(&call, &dn, None)).await?,
             ServerMsg::Ack
         );
     }
@@ -215,10 +141,7 @@ async fn verify(addr: SocketAddr, ledger: &Ledger) -> (usize, u64) {
         }
     }
     let all = admin
-        .request_stream(Request::AuditTail(AuditTail {
-            from_seq: Some(1),
-            ..Default::default()
-        }))
+        .request_stream(audit_tail(Some(1), false))
         .await
         .unwrap();
     let mut expected = 1;
@@ -257,37 +180,23 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
-    let exe = env!("CARGO_BIN_EXE_baton");
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_baton"));
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = dir.path().join("baton.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{addr}\"\ndata_dir = \"{}\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let addr = free_addr();
+    let config = config_file(dir.path(), addr, "");
     let ledger: Ledger = Arc::default();
     let mut rng = rand::thread_rng();
     let mut total_acked_processed = 0;
     for cycle in 0..cycles {
-        let mut child = start(exe, &config);
-        wait_ready(addr).await;
+        let mut child = ServerProcess::serve(exe, &config).expect("server starts");
+        child.wait_serving(SERVING).await.unwrap();
         let (records, audit) = verify(addr, &ledger).await;
         let workers: Vec<_> = (0..WORKERS)
             .map(|k| tokio::spawn(worker(addr, cycle, k, ledger.clone())))
             .collect();
         let run_ms = rng.gen_range(200..1500);
         tokio::time::sleep(Duration::from_millis(run_ms)).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        child.kill();
         for w in workers {
             // Every worker ends with a connection error once the server is gone.
             assert!(w.await.unwrap().is_err());
@@ -300,11 +209,10 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
             .count();
         eprintln!("cycle {cycle}: verified {records} records and {audit} audit entries; killed after {run_ms} ms");
     }
-    let mut child = start(exe, &config);
-    wait_ready(addr).await;
+    let mut child = ServerProcess::serve(exe, &config).expect("server starts");
+    child.wait_serving(SERVING).await.unwrap();
     let (records, audit) = verify(addr, &ledger).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     eprintln!("final: {records} records ({total_acked_processed} acked processed), {audit} audit entries, {cycles} kill -9 cycles");
     assert!(total_acked_processed > 0, "the traffic made progress");
 }

@@ -1,56 +1,13 @@
 //! CONTRACT section 9 through sockets: restart keeps everything, storage failure acknowledges
 //! nothing, the audit log is gap-free and can be tailed, and the admin CLI works as a process.
 
-mod common;
-
 use baton::client::Client;
 use baton::messages::*;
 use baton::store::MemoryStore;
-use common::*;
+use baton_kit::*;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn update(record: &str, fields: serde_json::Value) -> Request {
-    Request::UpdateRecord(RecordChange {
-        record: record.into(),
-        call_result: Some("callback".into()),
-        fields: Some(fields.as_object().unwrap().clone()),
-    })
-}
-
-/// The whole durable audit log, once it reaches the last entry the server has assigned (entries
-/// of reads and refusals are flushed a few milliseconds after their reply).
-async fn all_audit(admin: &mut Client) -> Vec<AuditEntry> {
-    let assigned = match admin.request(Request::Status).await.unwrap() {
-        ServerMsg::StatusReport { audit_last_seq, .. } => audit_last_seq,
-        other => panic!("{other:?}"),
-    };
-    for _ in 0..200 {
-        let entries = durable_audit(admin).await;
-        if entries.last().map_or(0, |e| e.seq) >= assigned {
-            return entries;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("audit entries up to {assigned} never became durable");
-}
-
-async fn durable_audit(admin: &mut Client) -> Vec<AuditEntry> {
-    admin
-        .request_stream(Request::AuditTail(AuditTail {
-            from_seq: Some(1),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            ServerMsg::Audit(e) => Some(e),
-            _ => None,
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn restart_keeps_records_holders_finals_context_and_audit() {
@@ -64,7 +21,11 @@ async fn restart_keeps_records_holders_finals_context_and_audit() {
         give(&mut switch, &mut dialer, &mut a, "C1", "R1", "7001").await;
         give(&mut switch, &mut dialer, &mut a, "C2", "R2", "7001").await;
         let reply = a
-            .request(update("R1", json!({"note": "call after six"})))
+            .request(update_with_result(
+                "R1",
+                "callback",
+                json!({"note": "call after six"}),
+            ))
             .await
             .unwrap();
         assert_eq!(
@@ -85,7 +46,7 @@ async fn restart_keeps_records_holders_finals_context_and_audit() {
             }
         );
         let mut admin = server.connect(Role::Admin).await;
-        let last_seq = all_audit(&mut admin).await.last().unwrap().seq;
+        let last_seq = whole_audit_log(&mut admin).await.last().unwrap().seq;
         server.shutdown().await;
         (session, last_seq)
     };
@@ -170,7 +131,7 @@ async fn restart_keeps_records_holders_finals_context_and_audit() {
         other => panic!("{other:?}"),
     }
     // Audit seq continues without reuse or gaps.
-    let entries = all_audit(&mut admin).await;
+    let entries = whole_audit_log(&mut admin).await;
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     assert!(
@@ -231,7 +192,7 @@ async fn storage_failure_acknowledges_nothing_and_changes_nothing() {
     let (mut a, _) = server.desktop("A", "7001").await;
     give(&mut switch, &mut dialer, &mut a, "C1", "R1", "7001").await;
     let mut admin = server.connect(Role::Admin).await;
-    let before = all_audit(&mut admin).await.len();
+    let before = whole_audit_log(&mut admin).await.len();
 
     store.set_failing(true);
     for req in [
@@ -280,7 +241,7 @@ async fn storage_failure_acknowledges_nothing_and_changes_nothing() {
     let reply = admin.request(record_req("RecordInfo", "R9")).await.unwrap();
     expect_error(&reply, ErrorCode::NoSuchRecord);
     // The audit log has no hole where the failed batches were.
-    let entries = all_audit(&mut admin).await;
+    let entries = whole_audit_log(&mut admin).await;
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     assert_eq!(
@@ -415,7 +376,7 @@ async fn reads_answered_before_a_storage_failure_keep_their_audit_entries() {
     let (mut a, _) = server.desktop("A", "7001").await;
     give(&mut switch, &mut dialer, &mut a, "C1", "R1", "7001").await;
     let mut admin = server.connect(Role::Admin).await;
-    let before = all_audit(&mut admin).await.len() as u64;
+    let before = whole_audit_log(&mut admin).await.len() as u64;
 
     // A read is answered at once; its audit entry waits to be written with later ones.
     assert!(matches!(
@@ -434,7 +395,7 @@ async fn reads_answered_before_a_storage_failure_keep_their_audit_entries() {
     );
 
     // The read's entry survived the failure, in its place, and nothing of the refused update did.
-    let entries = all_audit(&mut admin).await;
+    let entries = whole_audit_log(&mut admin).await;
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     let after: Vec<(AuditKind, Option<&str>)> = entries
@@ -461,7 +422,7 @@ async fn audit_tail_filters_from_seq_and_follow() {
     give(&mut switch, &mut dialer, &mut a, "C1", "R1", "7001").await;
     give(&mut switch, &mut dialer, &mut b, "C2", "R2", "7002").await;
     let mut admin = server.connect(Role::Admin).await;
-    let all = all_audit(&mut admin).await;
+    let all = whole_audit_log(&mut admin).await;
 
     let only = |record: Option<&str>, agent: Option<&str>, from: u64| {
         Request::AuditTail(AuditTail {
@@ -544,15 +505,7 @@ async fn a_slow_tail_reader_never_slows_the_engine_and_misses_nothing() {
     let (mut a, _) = server.desktop("A", "7001").await;
     give(&mut switch, &mut dialer, &mut a, "C1", "R1", "7001").await;
     let mut tail = server.connect(Role::Admin).await;
-    let r = tail
-        .send(&Request::AuditTail(AuditTail {
-            from_seq: Some(1),
-            follow: true,
-            record: None,
-            agent: None,
-        }))
-        .await
-        .unwrap();
+    let r = tail.send(&audit_tail(Some(1), true)).await.unwrap();
     // The tail reader reads nothing while 2000 audited requests run; they are all served.
     for i in 0..2000 {
         let reply = a.request(update("R1", json!({"i": i}))).await.unwrap();
@@ -591,10 +544,7 @@ async fn retention_trims_old_entries_and_tells_readers() {
     let mut first = None;
     for _ in 0..100 {
         let msgs = admin
-            .request_stream(Request::AuditTail(AuditTail {
-                from_seq: Some(1),
-                ..Default::default()
-            }))
+            .request_stream(audit_tail(Some(1), false))
             .await
             .unwrap();
         if let ServerMsg::AuditTrimmed { from_seq, to_seq } = msgs[0] {
@@ -615,44 +565,18 @@ async fn retention_trims_old_entries_and_tells_readers() {
     assert!(to_seq >= 150);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn the_admin_cli_works_against_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config_path = dir.path().join("baton.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[tokens]\nadmin = \"cli-secret\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let addr = free_addr();
+    let config_path = config_file(dir.path(), addr, "[tokens]\nadmin = \"cli-secret\"\n");
     let exe = env!("CARGO_BIN_EXE_baton");
-    let mut child = std::process::Command::new(exe)
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ready, "server did not start");
+    let mut server =
+        ServerProcess::serve(std::path::Path::new(exe), &config_path).expect("server starts");
+    server
+        .wait_serving(Duration::from_secs(20))
+        .await
+        .expect("serving");
     // Some traffic to report on.
     let mut dialer = Client::connect(addr, Role::Dialer, "dialer-secret")
         .await
@@ -721,11 +645,6 @@ async fn the_admin_cli_works_against_a_running_server() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("auth_failed"));
 
     // SIGTERM stops the server cleanly with exit status 0.
-    let pid = child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    let status = server.stop().expect("stopped by SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 }

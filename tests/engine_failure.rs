@@ -10,12 +10,13 @@ use baton::client::Client;
 use baton::config::Config;
 use baton::messages::*;
 use baton::server::{self, ServerError, StartOptions, ENGINE_FAILURE_EXIT_CODE};
-use std::io::{Read, Write};
+use baton_kit::{free_addr, ServerProcess};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Set by the parent test for its child process: `<listen address> <data directory>`.
 const CHILD_ENV: &str = "BATON_TEST_ENGINE_FAILURE_CHILD";
@@ -69,62 +70,33 @@ async fn a_dead_engine_closes_the_listener_and_the_handle_reports_it() {
 #[test]
 fn baton_serve_exits_non_zero_at_once_when_its_engine_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let addr = free_addr();
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child
         .args(["--exact", CHILD_TEST, "--ignored", "--nocapture"])
         .env(
             CHILD_ENV,
             format!("{addr} {}", dir.path().join("data").display()),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-
+        );
+    let mut child = ServerProcess::spawn(child, addr, &Config::default().tokens.admin).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let serving = runtime.block_on(async {
-        for _ in 0..400 {
-            if let Ok(mut admin) = Client::connect(addr, Role::Admin, "admin-secret").await {
-                if let Ok(ServerMsg::StatusReport { .. }) = admin.request(Request::Status).await {
-                    return true;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        false
-    });
-    if !serving {
-        let _ = child.kill();
-        panic!("the child server never answered Status");
-    }
+    runtime
+        .block_on(child.wait_serving(Duration::from_secs(20)))
+        .expect("the child serves");
 
     // Break its engine; the child must go away by itself, with a failing status.
-    child.stdin.take().unwrap().write_all(b"break\n").unwrap();
-    let given_up = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > given_up {
-            let _ = child.kill();
-            panic!("the server still runs 10 s after its engine died");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    };
-    let mut stderr = String::new();
     child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
+        .stdin()
+        .expect("a pipe")
+        .write_all(b"break\n")
         .unwrap();
+    let status = child
+        .wait_exit(Duration::from_secs(10))
+        .expect("the server exits within 10 s of its engine's death");
+    let stderr = child.log();
     assert_eq!(status.code(), Some(ENGINE_FAILURE_EXIT_CODE), "{stderr}");
     assert!(
         stderr

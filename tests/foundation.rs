@@ -1,9 +1,7 @@
 //! Sessions, DN monitoring, call pushes, ANI linking and the first grant (rule 1), through sockets.
 
-mod common;
-
 use baton::messages::*;
-use common::*;
+use baton_kit::*;
 
 #[tokio::test]
 async fn login_is_announced_to_the_switch_and_monitored() {

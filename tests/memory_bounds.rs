@@ -2,11 +2,9 @@
 //! memory and are read back from the store with the very same answers; calls the switch never
 //! ends are dropped after `call_idle_timeout_ms`.
 
-mod common;
-
 use baton::client::Client;
 use baton::messages::*;
-use common::*;
+use baton_kit::*;
 use std::time::Duration;
 
 async fn status(admin: &mut Client) -> (u64, u64, u64, u64) {
@@ -410,14 +408,7 @@ async fn retention_case(memory_ms: u64) {
         other => panic!("{other:?}"),
     }
     // The audit log keeps R1's history.
-    let entries = admin
-        .request_stream(Request::AuditTail(AuditTail {
-            from_seq: Some(1),
-            record: Some("R1".into()),
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
+    let entries = admin.request_stream(record_history("R1")).await.unwrap();
     assert!(entries
         .iter()
         .any(|m| matches!(m, ServerMsg::Audit(e) if e.kind == AuditKind::Finalized)));

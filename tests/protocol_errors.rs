@@ -1,17 +1,16 @@
 //! Every bad input of CONTRACT sections 1, 2 and 8, through real sockets. After each, another
 //! client must still be served.
 
-mod common;
-
 use baton::client::Client;
 use baton::messages::*;
+use baton_kit::*;
 use bytes::Bytes;
-use common::*;
 use serde_json::json;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-fn hello(role: &str, token: &str, protocol: u32) -> Bytes {
+/// A `Hello` body as raw JSON, with any role string and protocol number.
+fn hello_body(role: &str, token: &str, protocol: u32) -> Bytes {
     Bytes::from(
         json!({"type":"Hello","ref":1,"protocol":protocol,"role":role,"token":token}).to_string(),
     )
@@ -132,7 +131,7 @@ async fn wrong_token_is_auth_failed() {
     let server = TestServer::start().await;
     let mut c = Client::connect_raw(server.addr).await.unwrap();
     // The dialer's secret does not open a desktop session.
-    c.send_bytes(hello("desktop", &server.config.tokens.dialer, 1))
+    c.send_bytes(hello_body("desktop", &server.config.tokens.dialer, 1))
         .await
         .unwrap();
     let env = expect_error_then_close(&mut c, ErrorCode::AuthFailed).await;
@@ -147,7 +146,9 @@ async fn wrong_token_is_auth_failed() {
 async fn unknown_role_is_bad_request_and_close() {
     let server = TestServer::start().await;
     let mut c = Client::connect_raw(server.addr).await.unwrap();
-    c.send_bytes(hello("supervisor", "x", 1)).await.unwrap();
+    c.send_bytes(hello_body("supervisor", "x", 1))
+        .await
+        .unwrap();
     let env = expect_error_then_close(&mut c, ErrorCode::BadRequest).await;
     match env.msg {
         ServerMsg::Error { message, .. } => assert!(message.contains("role"), "{message}"),
@@ -160,7 +161,7 @@ async fn unknown_role_is_bad_request_and_close() {
 async fn unsupported_protocol_is_protocol_mismatch() {
     let server = TestServer::start().await;
     let mut c = Client::connect_raw(server.addr).await.unwrap();
-    c.send_bytes(hello("desktop", &server.config.tokens.desktop, 2))
+    c.send_bytes(hello_body("desktop", &server.config.tokens.desktop, 2))
         .await
         .unwrap();
     expect_error_then_close(&mut c, ErrorCode::ProtocolMismatch).await;
@@ -279,7 +280,7 @@ async fn ping_is_answered_with_the_same_ref() {
 async fn welcome_announces_protocol_and_heartbeat() {
     let server = TestServer::start_with(|c| c.heartbeat_ms = 1234).await;
     let mut c = Client::connect_raw(server.addr).await.unwrap();
-    c.send_bytes(hello("admin", &server.config.tokens.admin, 1))
+    c.send_bytes(hello_body("admin", &server.config.tokens.admin, 1))
         .await
         .unwrap();
     let env = c.next_message().await.unwrap();

@@ -1,215 +1,10 @@
 //! The sharing rules of SCENARIOS.md (rules 2 to 12 and the scenarios), one test or more each,
 //! through real sockets: desktops, a dialer and a switch link as separate clients.
 
-mod common;
-
-use baton::client::Client;
 use baton::messages::*;
-use common::*;
+use baton_kit::*;
 use serde_json::json;
 use std::time::Duration;
-
-/// Three agents on 7001..7003, a switch link, a dialer and an admin.
-struct Centre {
-    server: TestServer,
-    switch: Client,
-    dialer: Client,
-    admin: Client,
-    a: Client,
-    b: Client,
-    c: Client,
-}
-
-impl Centre {
-    async fn new() -> Centre {
-        Centre::with(|_| {}).await
-    }
-
-    async fn with(adjust: impl FnOnce(&mut baton::config::Config)) -> Centre {
-        let server = TestServer::start_with(adjust).await;
-        let (switch, _) = server.switch().await;
-        let dialer = server.connect(Role::Dialer).await;
-        let admin = server.connect(Role::Admin).await;
-        let (a, _) = server.desktop("A", "7001").await;
-        let (b, _) = server.desktop("B", "7002").await;
-        let (c, _) = server.desktop("C", "7003").await;
-        let mut centre = Centre {
-            server,
-            switch,
-            dialer,
-            admin,
-            a,
-            b,
-            c,
-        };
-        // Drop the AgentLogin/Monitor pushes of the three logins.
-        for _ in 0..6 {
-            centre.switch.next_push().await.unwrap();
-        }
-        centre
-    }
-
-    /// Dialer attaches `record` to `call`; the call rings and is answered on A's DN: A holds it full.
-    async fn call_on_a(&mut self, call: &str, record: &str) {
-        self.dialer.request(attach(call, record)).await.unwrap();
-        event(
-            &mut self.switch,
-            ringing_full(call, "7001", Some(&format!("555{record}")), None, None),
-        )
-        .await;
-        event(&mut self.switch, established(call, "7001")).await;
-        expect_call_alerting(&mut self.a, call).await;
-        expect_push(
-            &mut self.a,
-            ServerMsg::CallEstablished {
-                call: call.into(),
-                dn: "7001".into(),
-            },
-        )
-        .await;
-        let (r, access, _, cause, _, _) = expect_access(&mut self.a).await;
-        assert_eq!(
-            (r.as_str(), access, cause),
-            (record, Access::Full, AccessCause::Established)
-        );
-    }
-
-    /// A consults B on `c2` (linked by consult_of); B answers and holds `record` read-only.
-    async fn consult_b(&mut self, c1: &str, c2: &str, record: &str) {
-        event(
-            &mut self.switch,
-            ringing_full(c2, "7002", None, Some("7001"), Some(c1)),
-        )
-        .await;
-        event(&mut self.switch, established(c2, "7001")).await;
-        event(&mut self.switch, established(c2, "7002")).await;
-        expect_call_alerting(&mut self.b, c2).await;
-        expect_push(
-            &mut self.b,
-            ServerMsg::CallEstablished {
-                call: c2.into(),
-                dn: "7002".into(),
-            },
-        )
-        .await;
-        let (r, access, _, cause, data, _) = expect_access(&mut self.b).await;
-        assert_eq!(
-            (r.as_str(), access, cause),
-            (record, Access::ReadOnly, AccessCause::Consultation)
-        );
-        assert!(data.is_some());
-        // A sees its own side of the consultation call established.
-        expect_push(
-            &mut self.a,
-            ServerMsg::CallEstablished {
-                call: c2.into(),
-                dn: "7001".into(),
-            },
-        )
-        .await;
-    }
-
-    async fn info(&mut self, record: &str) -> (String, Vec<Holder>, Option<FinalInfo>) {
-        match self
-            .admin
-            .request(record_req("RecordInfo", record))
-            .await
-            .unwrap()
-        {
-            ServerMsg::RecordReport {
-                state,
-                holders,
-                final_,
-                ..
-            } => (state, holders, final_),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    async fn outcome(&mut self) -> (String, Outcome, Option<String>, Option<Object>) {
-        match self.dialer.next_push().await.unwrap() {
-            ServerMsg::RecordOutcome {
-                record,
-                outcome,
-                by,
-                fields,
-                ..
-            } => (record, outcome, by, fields),
-            other => panic!("expected RecordOutcome, got {other:?}"),
-        }
-    }
-
-    async fn audit(&mut self, record: &str) -> Vec<AuditEntry> {
-        let tail = Request::AuditTail(AuditTail {
-            from_seq: Some(1),
-            follow: false,
-            record: Some(record.into()),
-            agent: None,
-        });
-        self.admin
-            .request_stream(tail)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|m| match m {
-                ServerMsg::Audit(e) => Some(e),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-async fn expect_push(client: &mut Client, expected: ServerMsg) {
-    assert_eq!(client.next_push().await.unwrap(), expected);
-}
-
-async fn expect_call_alerting(client: &mut Client, call: &str) {
-    match client.next_push().await.unwrap() {
-        ServerMsg::CallAlerting { call: c, .. } => assert_eq!(c, call),
-        other => panic!("expected CallAlerting, got {other:?}"),
-    }
-}
-
-/// Skips call pushes and returns the next AccessChanged / RecordFinalized.
-async fn next_record_push(client: &mut Client) -> ServerMsg {
-    loop {
-        let m = client.next_push().await.unwrap();
-        match m {
-            ServerMsg::CallAlerting { .. }
-            | ServerMsg::CallEstablished { .. }
-            | ServerMsg::CallCleared { .. } => {}
-            other => return other,
-        }
-    }
-}
-
-fn access_of(m: &ServerMsg) -> (String, Access, AccessCause) {
-    match m {
-        ServerMsg::AccessChanged {
-            record,
-            access,
-            cause,
-            ..
-        } => (record.clone(), *access, *cause),
-        other => panic!("expected AccessChanged, got {other:?}"),
-    }
-}
-
-fn update(record: &str, fields: serde_json::Value) -> Request {
-    Request::UpdateRecord(RecordChange {
-        record: record.into(),
-        call_result: None,
-        fields: Some(fields.as_object().unwrap().clone()),
-    })
-}
-
-fn processed(record: &str, call_result: &str) -> Request {
-    Request::RecordProcessed(RecordChange {
-        record: record.into(),
-        call_result: Some(call_result.into()),
-        fields: None,
-    })
-}
 
 // ----- Rule 2 and the single-step scenario -----------------------------------------------------
 
@@ -360,7 +155,7 @@ async fn consultee_is_read_only_and_refused_every_change() {
     event(&mut t.switch, ringing("C1", "7001")).await;
     event(&mut t.switch, established("C1", "7001")).await;
     let _ = next_record_push(&mut t.a).await;
-    t.consult_b("C1", "C2", "R1").await;
+    t.consult_b("C1", "C2", "R1", true).await;
 
     // Reading works, chained records come read-only.
     match t.b.request(record_req("GetRecord", "R1")).await.unwrap() {
@@ -439,7 +234,7 @@ async fn consultee_is_read_only_and_refused_every_change() {
 async fn scenario_two_step_transfer_completed() {
     let mut t = Centre::new().await;
     t.call_on_a("C1", "R1").await;
-    t.consult_b("C1", "C2", "R1").await;
+    t.consult_b("C1", "C2", "R1", true).await;
     event(
         &mut t.switch,
         transferred("C1", "7001", "7002", TransferKind::TwoStep, Some("C2")),
@@ -495,7 +290,7 @@ async fn scenario_two_step_transfer_completed() {
 async fn two_step_transfer_finds_the_consultation_without_consult_call() {
     let mut t = Centre::new().await;
     t.call_on_a("C1", "R1").await;
-    t.consult_b("C1", "C2", "R1").await;
+    t.consult_b("C1", "C2", "R1", true).await;
     event(
         &mut t.switch,
         transferred("C1", "7001", "7002", TransferKind::TwoStep, None),
@@ -524,7 +319,7 @@ async fn two_step_transfer_finds_the_consultation_without_consult_call() {
 async fn scenario_consultation_abandoned_by_the_consultee() {
     let mut t = Centre::new().await;
     t.call_on_a("C1", "R1").await;
-    t.consult_b("C1", "C2", "R1").await;
+    t.consult_b("C1", "C2", "R1", true).await;
     event(&mut t.switch, released("C2", "7002", None)).await;
     expect_push(
         &mut t.b,
@@ -552,7 +347,7 @@ async fn scenario_consultation_abandoned_by_the_consultee() {
 async fn consultation_ended_by_the_initiator_revokes_the_consultee() {
     let mut t = Centre::new().await;
     t.call_on_a("C1", "R1").await;
-    t.consult_b("C1", "C2", "R1").await;
+    t.consult_b("C1", "C2", "R1", true).await;
     event(&mut t.switch, released("C2", "7001", None)).await;
     let m = next_record_push(&mut t.b).await;
     assert_eq!(
@@ -797,7 +592,7 @@ async fn consultation_ended_by_rona_grants_nothing() {
 async fn conference_gives_everyone_full_and_leaving_revokes() {
     let mut t = Centre::new().await;
     t.call_on_a("C1", "R1").await;
-    t.consult_b("C1", "C2", "R1").await;
+    t.consult_b("C1", "C2", "R1", true).await;
     event(&mut t.switch, conferenced("C1", "7002", Some("C2"))).await;
     expect_push(
         &mut t.a,
@@ -1347,7 +1142,7 @@ async fn an_update_that_would_outgrow_a_frame_is_refused() {
 async fn every_decision_is_audited() {
     let mut t = Centre::new().await;
     t.call_on_a("C1", "R1").await;
-    t.consult_b("C1", "C2", "R1").await;
+    t.consult_b("C1", "C2", "R1", true).await;
     t.b.request(record_req("UpdateRecord", "R1")).await.unwrap();
     t.a.request(update("R1", json!({"k": 1}))).await.unwrap();
     t.a.request(processed("R1", "sale")).await.unwrap();
@@ -1382,10 +1177,7 @@ async fn every_decision_is_audited() {
     // Sequence numbers increase without gaps across the whole log.
     let all = t
         .admin
-        .request_stream(Request::AuditTail(AuditTail {
-            from_seq: Some(1),
-            ..Default::default()
-        }))
+        .request_stream(audit_tail(Some(1), false))
         .await
         .unwrap();
     let seqs: Vec<u64> = all
@@ -1412,7 +1204,7 @@ async fn audit_tail_follows_live_entries_for_one_agent() {
         .await
         .unwrap();
     t.call_on_a("C1", "R1").await;
-    t.consult_b("C1", "C2", "R1").await;
+    t.consult_b("C1", "C2", "R1", true).await;
     match tail.reply_to(r).await.unwrap() {
         ServerMsg::Audit(e) => {
             assert_eq!(

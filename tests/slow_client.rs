@@ -1,10 +1,8 @@
 //! A client that never reads is dropped (when pushes fill its outbound queue, or when it pipelines
 //! requests and takes none of the answers); nobody else waits for it.
 
-mod common;
-
 use baton::messages::*;
-use common::*;
+use baton_kit::*;
 use std::time::Duration;
 
 #[tokio::test]

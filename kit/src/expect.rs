@@ -119,6 +119,13 @@ pub async fn drain(client: &mut Client) {
     {}
 }
 
+/// Ends `client`'s connection without a `Logout`, as a desktop whose browser or machine went away:
+/// the server sees the connection close. The client can still read what was sent before.
+pub async fn hang_up(client: &mut Client) {
+    use tokio::io::AsyncWriteExt;
+    let _ = client.stream_mut().shutdown().await;
+}
+
 /// Puts `record` on `call` established on `dn`, where `desk` is logged in; waits for its `full`
 /// access and drops the pushes before it.
 pub async fn give(
@@ -144,4 +151,35 @@ pub async fn give(
             return;
         }
     }
+}
+
+/// The durable audit log from `from_seq` on, as one `AuditTail` (not following) returns it.
+pub async fn audit_from(admin: &mut Client, from_seq: u64) -> Vec<AuditEntry> {
+    admin
+        .request_stream(crate::audit_tail(Some(from_seq), false))
+        .await
+        .expect("AuditTail answered")
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMsg::Audit(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The whole audit log, once every entry the server has assigned is durable (entries of reads
+/// and refusals are written a few milliseconds after their reply).
+pub async fn whole_audit_log(admin: &mut Client) -> Vec<AuditEntry> {
+    let assigned = match admin.request(Request::Status).await.expect("StatusReport") {
+        ServerMsg::StatusReport { audit_last_seq, .. } => audit_last_seq,
+        other => panic!("expected StatusReport, got {other:?}"),
+    };
+    for _ in 0..400 {
+        let entries = audit_from(admin, 1).await;
+        if entries.last().map_or(0, |e| e.seq) >= assigned {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("audit entries up to {assigned} never became durable");
 }

@@ -13,5 +13,5 @@ pub mod wire;
 pub use centre::Centre;
 pub use expect::*;
 pub use msg::*;
-pub use server::{free_addr, ServerProcess, TestServer};
+pub use server::{config_file, free_addr, log_in, token, ServerProcess, TestServer};
 pub use wire::{raw_session, request_frame, RawReader};

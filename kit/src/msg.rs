@@ -160,6 +160,11 @@ pub fn update(record: &str, fields: serde_json::Value) -> Request {
     Request::UpdateRecord(change(record, None, Some(object(fields))))
 }
 
+/// `UpdateRecord` of `record` with a call result and `fields`.
+pub fn update_with_result(record: &str, call_result: &str, fields: serde_json::Value) -> Request {
+    Request::UpdateRecord(change(record, Some(call_result), Some(object(fields))))
+}
+
 /// `RecordProcessed` of `record` with a call result.
 pub fn processed(record: &str, call_result: &str) -> Request {
     Request::RecordProcessed(change(record, Some(call_result), None))

@@ -10,7 +10,7 @@ use baton::server::ServerHandle;
 use baton::store::Store;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +31,19 @@ pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
+}
+
+/// Writes `DIR/baton.toml` for a server on `addr` with its store in `DIR/data`, plus the TOML
+/// lines in `extra`; returns the file's path.
+pub fn config_file(dir: &Path, addr: SocketAddr, extra: &str) -> PathBuf {
+    let path = dir.join("baton.toml");
+    let data = dir.join("data").display().to_string().replace('\\', "\\\\");
+    std::fs::write(
+        &path,
+        format!("listen = \"{addr}\"\ndata_dir = \"{data}\"\n{extra}"),
+    )
+    .expect("config written");
+    path
 }
 
 /// A server running in this process on `127.0.0.1:0`.
@@ -121,6 +134,28 @@ impl TestServer {
         (c, session)
     }
 
+    /// A desktop that logs in as `agent` on `dn` presenting the session token `token`; returns
+    /// the client and whether the server resumed that session.
+    pub async fn resume(&self, agent: &str, dn: &str, token: &str) -> (Client, bool) {
+        let mut c = self.connect(Role::Desktop).await;
+        match c
+            .request(crate::login(agent, dn, Some(token)))
+            .await
+            .expect("an answer to Login")
+        {
+            ServerMsg::LoggedIn {
+                resumed,
+                agent: a,
+                dn: d,
+                ..
+            } => {
+                assert_eq!((a.as_str(), d.as_str()), (agent, dn));
+                (c, resumed)
+            }
+            other => panic!("expected LoggedIn, got {other:?}"),
+        }
+    }
+
     /// A switch link, after its initial `Monitor`.
     pub async fn switch(&self) -> (Client, Vec<String>) {
         let mut c = self.connect(Role::Switch).await;
@@ -197,7 +232,7 @@ impl ServerProcess {
 
     /// `baton serve --config CONFIG` with the binary at `exe`, on the config's address and
     /// admin token.
-    pub fn serve(exe: &std::path::Path, config_path: &std::path::Path) -> std::io::Result<Self> {
+    pub fn serve(exe: &Path, config_path: &Path) -> std::io::Result<Self> {
         let config = Config::load_or_default(config_path)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let mut command = Command::new(exe);
