@@ -8,6 +8,7 @@
 use baton::config::Config;
 use baton::engine::{ConnId, Engine, EngineConfig, Input, Output};
 use baton::messages::*;
+use baton_kit::*;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -73,12 +74,7 @@ fn centre() -> Engine {
             Input::Request {
                 conn: desk(i),
                 r#ref: Some(1),
-                request: Request::Login(Login {
-                    agent: agent(i),
-                    dn: dn(i),
-                    password: None,
-                    resume: None,
-                }),
+                request: login(&agent(i), &dn(i), None),
             },
         );
     }
@@ -97,47 +93,6 @@ fn req(conn: ConnId, r#ref: u64, request: Request) -> Input {
         r#ref: Some(r#ref),
         request,
     }
-}
-
-fn ring(call: &str, dn: &str, consult_of: Option<&str>, from_dn: Option<&str>) -> Request {
-    Request::Ringing(Ringing {
-        call: call.into(),
-        dn: dn.into(),
-        ani: None,
-        from_dn: from_dn.map(Into::into),
-        consult_of: consult_of.map(Into::into),
-    })
-}
-
-fn est(call: &str, dn: &str) -> Request {
-    Request::Established(CallDn {
-        call: call.into(),
-        dn: dn.into(),
-    })
-}
-
-fn rel(call: &str, dn: &str) -> Request {
-    Request::Released(Released {
-        call: call.into(),
-        dn: dn.into(),
-        cause: None,
-    })
-}
-
-fn transfer(
-    call: &str,
-    from: &str,
-    to: &str,
-    kind: TransferKind,
-    consult: Option<&str>,
-) -> Request {
-    Request::Transferred(Transferred {
-        call: call.into(),
-        from_dn: from.into(),
-        to_dn: to.into(),
-        kind,
-        consult_call: consult.map(Into::into),
-    })
 }
 
 #[derive(Clone, Copy)]
@@ -169,25 +124,10 @@ fn call_inputs(n: u64, lane: usize) -> Vec<Input> {
         r += 1;
         r
     };
-    let data = json!({"customer": record, "balance": 120, "segment": "gold", "phone": "5551234"});
     let mut v = vec![
-        req(
-            DIALER,
-            next_ref(),
-            Request::AttachRecord(AttachRecord {
-                call: call.clone(),
-                record: record.clone(),
-                campaign: "spring".into(),
-                list: Some("list-1".into()),
-                chain_id: None,
-                chain_n: Some(0),
-                phone: None,
-                data: data.as_object().cloned().unwrap_or_default(),
-                chain: vec![],
-            }),
-        ),
-        req(SWITCH, next_ref(), ring(&call, &a, None, None)),
-        req(SWITCH, next_ref(), est(&call, &a)),
+        req(DIALER, next_ref(), attach(&call, &record)),
+        req(SWITCH, next_ref(), ringing(&call, &a)),
+        req(SWITCH, next_ref(), established(&call, &a)),
     ];
     // (desktop that finishes the record, DNs still on the call at the end)
     let (finisher, last): (usize, Vec<&str>) = match flow_of(lane) {
@@ -196,9 +136,9 @@ fn call_inputs(n: u64, lane: usize) -> Vec<Input> {
             v.push(req(
                 SWITCH,
                 next_ref(),
-                transfer(&call, &a, &b, TransferKind::SingleStep, None),
+                transferred(&call, &a, &b, TransferKind::SingleStep, None),
             ));
-            v.push(req(SWITCH, next_ref(), est(&call, &b)));
+            v.push(req(SWITCH, next_ref(), established(&call, &b)));
             (ib, vec![b.as_str()])
         }
         Flow::Consult => {
@@ -206,14 +146,14 @@ fn call_inputs(n: u64, lane: usize) -> Vec<Input> {
             v.push(req(
                 SWITCH,
                 next_ref(),
-                ring(&c2, &b, Some(&call), Some(&a)),
+                ringing_full(&c2, &b, None, Some(&a), Some(&call)),
             ));
-            v.push(req(SWITCH, next_ref(), est(&c2, &a)));
-            v.push(req(SWITCH, next_ref(), est(&c2, &b)));
+            v.push(req(SWITCH, next_ref(), established(&c2, &a)));
+            v.push(req(SWITCH, next_ref(), established(&c2, &b)));
             v.push(req(
                 SWITCH,
                 next_ref(),
-                transfer(&call, &a, &b, TransferKind::TwoStep, Some(&c2)),
+                transferred(&call, &a, &b, TransferKind::TwoStep, Some(&c2)),
             ));
             (ib, vec![b.as_str()])
         }
@@ -251,7 +191,7 @@ fn call_inputs(n: u64, lane: usize) -> Vec<Input> {
         }),
     ));
     for d in last {
-        v.push(req(SWITCH, next_ref(), rel(&call, d)));
+        v.push(req(SWITCH, next_ref(), released(&call, d, None)));
     }
     v
 }
@@ -289,9 +229,9 @@ fn telephony_batch(first: u64) -> Vec<Input> {
                 let d = dn(i);
                 let r = (first + i as u64) * 10;
                 vec![
-                    req(SWITCH, r + 1, ring(&call, &d, None, None)),
-                    req(SWITCH, r + 2, est(&call, &d)),
-                    req(SWITCH, r + 3, rel(&call, &d)),
+                    req(SWITCH, r + 1, ringing(&call, &d)),
+                    req(SWITCH, r + 2, established(&call, &d)),
+                    req(SWITCH, r + 3, released(&call, &d, None)),
                 ]
             })
             .collect(),

@@ -6,10 +6,9 @@
 //! flush to disk (the fsync cost of a durable change).
 
 use baton::client::Client;
-use baton::config::Config;
 use baton::messages::*;
-use baton::server::{self, ServerHandle};
 use baton::store::MemoryStore;
+use baton_kit::*;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 use std::sync::Arc;
@@ -29,90 +28,22 @@ fn runtime() -> Runtime {
         .expect("tokio runtime")
 }
 
-fn config(data_dir: Option<&std::path::Path>) -> Config {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("valid address"),
-        ..Config::default()
-    };
-    if let Some(dir) = data_dir {
-        config.data_dir = dir.to_owned();
-    }
-    config
-}
-
 /// A server with one desktop holding `RECORD` full, plus the switch and dialer that got it there.
 struct Centre {
-    server: ServerHandle,
+    server: TestServer,
     desktop: Client,
     _switch: Client,
     _dialer: Client,
 }
 
 impl Centre {
-    async fn start(server: ServerHandle) -> Centre {
-        let addr = server.local_addr();
-        let tokens = Config::default().tokens;
-        let mut desktop = Client::connect(addr, Role::Desktop, &tokens.desktop)
-            .await
-            .expect("desktop connects");
-        let login = Request::Login(Login {
-            agent: AGENT.into(),
-            dn: DN.into(),
-            password: None,
-            resume: None,
-        });
-        let reply = desktop.request(login).await.expect("login");
-        assert!(matches!(reply, ServerMsg::LoggedIn { .. }), "{reply:?}");
-        let mut switch = Client::connect(addr, Role::Switch, &tokens.switch)
-            .await
-            .expect("switch connects");
+    async fn start(server: TestServer) -> Centre {
+        let (mut desktop, _) = server.desktop(AGENT, DN).await;
+        let (mut switch, _) = server.switch().await;
+        let mut dialer = server.connect(Role::Dialer).await;
         switch.set_discard_pushes(true);
-        let mut dialer = Client::connect(addr, Role::Dialer, &tokens.dialer)
-            .await
-            .expect("dialer connects");
         dialer.set_discard_pushes(true);
-        let data = json!({"customer": "A. Customer", "balance": 120, "phone": "5551234"});
-        let attach = Request::AttachRecord(AttachRecord {
-            call: CALL.into(),
-            record: RECORD.into(),
-            campaign: "spring".into(),
-            list: None,
-            chain_id: None,
-            chain_n: None,
-            phone: None,
-            data: data.as_object().cloned().unwrap_or_default(),
-            chain: vec![],
-        });
-        let reply = dialer.request(attach).await.expect("attach");
-        assert!(
-            matches!(reply, ServerMsg::RecordAttached { .. }),
-            "{reply:?}"
-        );
-        for event in [
-            Request::Ringing(Ringing {
-                call: CALL.into(),
-                dn: DN.into(),
-                ani: None,
-                from_dn: None,
-                consult_of: None,
-            }),
-            Request::Established(CallDn {
-                call: CALL.into(),
-                dn: DN.into(),
-            }),
-        ] {
-            let reply = switch.request(event).await.expect("telephony event");
-            assert_eq!(reply, ServerMsg::Ack);
-        }
-        loop {
-            if let ServerMsg::AccessChanged {
-                access: Access::Full,
-                ..
-            } = desktop.next_push().await.expect("access push")
-            {
-                break;
-            }
-        }
+        give(&mut switch, &mut dialer, &mut desktop, CALL, RECORD, DN).await;
         desktop.set_discard_pushes(true);
         desktop.clear_pushes();
         Centre {
@@ -124,25 +55,20 @@ impl Centre {
     }
 
     async fn stop(self) {
-        let Centre { server, .. } = self;
-        server.shutdown().await;
+        self.server.shutdown().await;
     }
 }
 
 fn get_record() -> Request {
-    Request::GetRecord(RecordRef {
-        record: RECORD.into(),
-    })
+    record_req("GetRecord", RECORD)
 }
 
 fn update_record() -> Request {
-    Request::UpdateRecord(RecordChange {
-        record: RECORD.into(),
-        call_result: Some("answered".into()),
-        fields: json!({"note": "wants a callback after six", "amount": 120.5})
-            .as_object()
-            .cloned(),
-    })
+    update_with_result(
+        RECORD,
+        "answered",
+        json!({"note": "wants a callback after six", "amount": 120.5}),
+    )
 }
 
 /// Times `iters` round trips of `make()` on the desktop, each reply checked by `ok`.
@@ -169,12 +95,7 @@ fn bench_loopback(c: &mut Criterion) {
     let mut group = c.benchmark_group("loopback");
     group.throughput(Throughput::Elements(1));
 
-    let server = rt
-        .block_on(server::start_with_store(
-            config(None),
-            Arc::new(MemoryStore::new()),
-        ))
-        .expect("server starts");
+    let server = rt.block_on(TestServer::start_with_store(Arc::new(MemoryStore::new())));
     let mut centre = rt.block_on(Centre::start(server));
     group.bench_function("ping", |b| {
         b.iter_custom(|iters| {
@@ -209,10 +130,7 @@ fn bench_loopback(c: &mut Criterion) {
     });
     rt.block_on(centre.stop());
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = rt
-        .block_on(server::start(config(Some(dir.path()))))
-        .expect("sled server starts");
+    let server = rt.block_on(TestServer::start());
     let mut centre = rt.block_on(Centre::start(server));
     group.bench_function("update_record_sled_durable", |b| {
         b.iter_custom(|iters| {

@@ -5,9 +5,11 @@
 //! config file the server reads, so an operator types nothing secret on the command line.
 
 use crate::client::{Client, ClientError};
+use crate::config::Config;
 use crate::messages::*;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// Where and how to reach the server as an admin.
 #[derive(Debug, Clone)]
@@ -235,5 +237,34 @@ pub async fn audit_tail(
             ServerMsg::AuditEnd { .. } => return Ok(()),
             other => return Err(refused(other)),
         }
+    }
+}
+
+/// How an admin command reaches the server: the config file, or explicit flags.
+#[derive(clap::Args)]
+pub struct AdminConn {
+    /// Configuration file to read the address and admin token from.
+    #[arg(long, default_value = "config.toml")]
+    pub config: PathBuf,
+    /// Server address (overrides the config's `listen`).
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// Admin token (overrides the config's `tokens.admin`).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+impl AdminConn {
+    /// Where to connect and with which token: the config's, overridden by the flags.
+    pub fn target(&self) -> anyhow::Result<Target> {
+        let config = Config::load_or_default(&self.config)?;
+        let mut target = Target::from_config(&config);
+        if let Some(addr) = self.addr {
+            target.addr = addr;
+        }
+        if let Some(token) = &self.token {
+            target.token = token.clone();
+        }
+        Ok(target)
     }
 }

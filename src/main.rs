@@ -1,11 +1,10 @@
 //! The `baton` command line: parses arguments and calls into the library.
 
 use anyhow::Context;
-use baton::admin::{self, TailOptions, Target};
+use baton::admin::{self, AdminConn, TailOptions};
 use baton::config::Config;
 use baton::server::StartOptions;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::net::SocketAddr;
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 // The server allocates and frees many small buffers per request (frames, JSON values, audit
@@ -97,34 +96,6 @@ enum AuditCommand {
         #[command(flatten)]
         conn: AdminConn,
     },
-}
-
-/// How an admin command reaches the server: the config file, or explicit flags.
-#[derive(Args)]
-struct AdminConn {
-    /// Configuration file to read the address and admin token from.
-    #[arg(long, default_value = "config.toml")]
-    config: PathBuf,
-    /// Server address (overrides the config's `listen`).
-    #[arg(long)]
-    addr: Option<SocketAddr>,
-    /// Admin token (overrides the config's `tokens.admin`).
-    #[arg(long)]
-    token: Option<String>,
-}
-
-impl AdminConn {
-    fn target(&self) -> anyhow::Result<Target> {
-        let config = Config::load_or_default(&self.config)?;
-        let mut target = Target::from_config(&config);
-        if let Some(addr) = self.addr {
-            target.addr = addr;
-        }
-        if let Some(token) = &self.token {
-            target.token = token.clone();
-        }
-        Ok(target)
-    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -275,11 +275,7 @@ async fn a_refused_batch_leaves_calls_sessions_and_smart_logouts_as_they_were() 
     switch.clear_pushes();
 
     // A asks to log out while still holding R1: the logout waits for R1 to be final.
-    match a
-        .request(Request::Logout(Logout { force: false }))
-        .await
-        .unwrap()
-    {
+    match a.request(logout(false)).await.unwrap() {
         ServerMsg::LogoutPending { records } => assert_eq!(records, vec!["R1".to_string()]),
         other => panic!("{other:?}"),
     }
@@ -462,15 +458,7 @@ async fn audit_tail_filters_from_seq_and_follow() {
 
     // follow: live entries for agent A arrive as they are written.
     let mut follower = server.connect(Role::Admin).await;
-    let r = follower
-        .send(&Request::AuditTail(AuditTail {
-            from_seq: None,
-            follow: true,
-            record: None,
-            agent: Some("A".into()),
-        }))
-        .await
-        .unwrap();
+    let r = follower.send(&agent_feed("A")).await.unwrap();
     // Make sure the tail is registered before the change happens: a Ping round trip on it.
     assert_eq!(
         follower.request(Request::Ping).await.unwrap(),

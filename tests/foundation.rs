@@ -108,10 +108,7 @@ async fn desktop_logout_tells_the_switch() {
     let (mut desk, _) = server.desktop("1042", "7001").await;
     let _ = switch.next_push().await.unwrap();
     let _ = switch.next_push().await.unwrap();
-    let reply = desk
-        .request(Request::Logout(Logout { force: false }))
-        .await
-        .unwrap();
+    let reply = desk.request(logout(false)).await.unwrap();
     assert_eq!(
         reply,
         ServerMsg::LoggedOut {

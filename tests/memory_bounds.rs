@@ -31,18 +31,6 @@ async fn until_finals_left_memory(admin: &mut Client) {
     panic!("final records never left memory");
 }
 
-/// Skips call pushes; the next access push.
-async fn next_access(c: &mut Client) -> ServerMsg {
-    loop {
-        match c.next_push().await.unwrap() {
-            ServerMsg::CallAlerting { .. }
-            | ServerMsg::CallEstablished { .. }
-            | ServerMsg::CallCleared { .. } => {}
-            other => return other,
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_final_record_that_left_memory_is_answered_exactly_as_before() {
     let server = TestServer::start_with(|c| {
@@ -62,11 +50,11 @@ async fn a_final_record_that_left_memory_is_answered_exactly_as_before() {
     event(&mut switch, established("C1", "7001")).await;
     event(&mut switch, conferenced("C1", "7002", None)).await;
     assert!(matches!(
-        next_access(&mut a).await,
+        next_record_push(&mut a).await,
         ServerMsg::AccessChanged { .. }
     ));
     assert!(matches!(
-        next_access(&mut b).await,
+        next_record_push(&mut b).await,
         ServerMsg::AccessChanged { .. }
     ));
     let reply = a
@@ -82,7 +70,7 @@ async fn a_final_record_that_left_memory_is_answered_exactly_as_before() {
         "{reply:?}"
     );
     assert!(matches!(
-        next_access(&mut b).await,
+        next_record_push(&mut b).await,
         ServerMsg::RecordFinalized { .. }
     ));
     assert_eq!(status(&mut admin).await.1, 1);
@@ -230,7 +218,7 @@ async fn a_call_the_switch_never_ends_is_dropped_after_the_idle_timeout() {
     .await;
     event(&mut switch, established("C2", "7002")).await;
     assert!(matches!(
-        next_access(&mut b).await,
+        next_record_push(&mut b).await,
         ServerMsg::AccessChanged {
             access: Access::ReadOnly,
             ..

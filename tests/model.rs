@@ -36,6 +36,7 @@
 
 use baton::engine::{ConnId, Engine, EngineConfig, Input, Output};
 use baton::messages::*;
+use baton_kit::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed, TestCaseError, TestRunner};
 use serde_json::json;
@@ -582,12 +583,7 @@ impl Harness {
     }
 
     fn login_req(&self, agent: usize, resume: Option<String>) -> Request {
-        Request::Login(Login {
-            agent: AGENTS[agent].into(),
-            dn: DNS[agent].into(),
-            password: None,
-            resume,
-        })
+        login(AGENTS[agent], DNS[agent], resume.as_deref())
     }
 
     fn some_party(&self, call: &str) -> usize {
@@ -858,13 +854,7 @@ impl Harness {
                     force,
                     full_live: self.full_live(a),
                 };
-                self.request(
-                    conn,
-                    Request::Logout(Logout { force }),
-                    kind,
-                    &mut out,
-                    &mut sent,
-                );
+                self.request(conn, logout(force), kind, &mut out, &mut sent);
             }
             Step::Disconnect(a) => {
                 let Some(conn) = self.desk[a].take() else {
@@ -899,13 +889,13 @@ impl Harness {
                 if let Some(from) = from_dn.filter(|f| *f != dn) {
                     self.add_party(call_s, DNS[from], Party::Dialing);
                 }
-                let req = Request::Ringing(Ringing {
-                    call: call_s.into(),
-                    dn: DNS[dn].into(),
-                    ani: ani.map(|i| ANIS[i].into()),
-                    from_dn: from_dn.map(|d| DNS[d].into()),
-                    consult_of: consult_of.map(|c| CALLS[c].into()),
-                });
+                let req = ringing_full(
+                    call_s,
+                    DNS[dn],
+                    ani.map(|i| ANIS[i]),
+                    from_dn.map(|d| DNS[d]),
+                    consult_of.map(|c| CALLS[c]),
+                );
                 self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
             }
             Step::Consult {
@@ -936,37 +926,28 @@ impl Harness {
                 if let Some(from) = caller {
                     self.add_party(call_s, DNS[from], Party::Dialing);
                 }
-                let req = Request::Ringing(Ringing {
-                    call: call_s.into(),
-                    dn: DNS[dn].into(),
-                    ani: None,
-                    from_dn: caller.map(|c| DNS[c].into()),
-                    consult_of: Some(CALLS[of].into()),
-                });
+                let req = ringing_full(
+                    call_s,
+                    DNS[dn],
+                    None,
+                    caller.map(|c| DNS[c]),
+                    Some(CALLS[of]),
+                );
                 self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
                 // Some switches also report the caller's side answered, most do not.
                 if let (Some(from), true) = (caller, caller_answer) {
                     self.add_party(call_s, DNS[from], Party::Answered);
-                    let req = Request::Established(CallDn {
-                        call: call_s.into(),
-                        dn: DNS[from].into(),
-                    });
+                    let req = established(call_s, DNS[from]);
                     self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
                 }
                 if answer {
-                    let req = Request::Established(CallDn {
-                        call: call_s.into(),
-                        dn: DNS[dn].into(),
-                    });
+                    let req = established(call_s, DNS[dn]);
                     self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
                 }
             }
             Step::Established { call, dn } => {
                 self.add_party(CALLS[call], DNS[dn], Party::Answered);
-                let req = Request::Established(CallDn {
-                    call: CALLS[call].into(),
-                    dn: DNS[dn].into(),
-                });
+                let req = established(CALLS[call], DNS[dn]);
                 self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
             }
             Step::Released { call, dn, rona } => {
@@ -985,11 +966,8 @@ impl Harness {
                 if nobody && !self.call_record.contains_key(c) {
                     self.drop_call(c);
                 }
-                let req = Request::Released(Released {
-                    call: CALLS[call].into(),
-                    dn: DNS[dn].into(),
-                    cause: Some(if rona { "rona" } else { "hangup" }.into()),
-                });
+                let cause = if rona { "rona" } else { "hangup" };
+                let req = released(CALLS[call], DNS[dn], Some(cause));
                 self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
             }
             Step::Transferred {
@@ -1018,13 +996,13 @@ impl Harness {
                     };
                     self.add_party(CALLS[call], DNS[to], state);
                 }
-                let req = Request::Transferred(Transferred {
-                    call: CALLS[call].into(),
-                    from_dn: DNS[from].into(),
-                    to_dn: DNS[to].into(),
+                let req = transferred(
+                    CALLS[call],
+                    DNS[from],
+                    DNS[to],
                     kind,
-                    consult_call: consult_call.map(|c| CALLS[c].into()),
-                });
+                    consult_call.map(|c| CALLS[c]),
+                );
                 self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
             }
             Step::Conferenced {
@@ -1036,26 +1014,16 @@ impl Harness {
                 // A merged consultation is dropped by the engine; its parties stay here, but it is
                 // in `maybe_consult` and never judged by them.
                 self.add_party(CALLS[call], DNS[dn], Party::Answered);
-                let req = Request::Conferenced(Conferenced {
-                    call: CALLS[call].into(),
-                    dn: DNS[dn].into(),
-                    consult_call: consult_call.map(|c| CALLS[c].into()),
-                });
+                let req = conferenced(CALLS[call], DNS[dn], consult_call.map(|c| CALLS[c]));
                 self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
             }
             Step::PhoneLogin { agent, dn } => {
-                let req = Request::AgentLogin(DnAgent {
-                    dn: DNS[dn].into(),
-                    agent: AGENTS[agent].into(),
-                });
+                let req = agent_login(DNS[dn], AGENTS[agent]);
                 self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
             }
             Step::PhoneLogout { agent, dn } => {
                 let dn = dn.unwrap_or(agent);
-                let req = Request::AgentLogout(DnAgent {
-                    dn: DNS[dn].into(),
-                    agent: AGENTS[agent].into(),
-                });
+                let req = agent_logout(DNS[dn], AGENTS[agent]);
                 self.request(SWITCH, req, Kind::Switch, &mut out, &mut sent);
             }
             Step::Attach {
@@ -1087,17 +1055,12 @@ impl Harness {
                 } else {
                     Vec::new()
                 };
-                let req = Request::AttachRecord(AttachRecord {
-                    call: CALLS[call].into(),
-                    record: r.into(),
-                    campaign: "camp".into(),
-                    list: None,
-                    chain_id: None,
-                    chain_n: Some(1),
-                    phone: phone.map(|i| ANIS[i].into()),
-                    data: record_data(r),
-                    chain,
-                });
+                let mut attach = attach_record(CALLS[call], r);
+                attach.phone = phone.map(|i| ANIS[i].into());
+                attach.chain_id = None;
+                attach.chain_n = Some(1);
+                attach.chain = chain;
+                let req = Request::AttachRecord(attach);
                 self.request(
                     DIALER,
                     req,
@@ -1115,7 +1078,7 @@ impl Harness {
                 } else {
                     Ok(())
                 };
-                let req = Request::CancelRecord(RecordRef { record: r.into() });
+                let req = record_req("CancelRecord", r);
                 self.request(
                     DIALER,
                     req,
@@ -1133,10 +1096,7 @@ impl Harness {
                 } else {
                     Ok(())
                 };
-                let req = Request::ReleaseRecord(ReleaseRecord {
-                    record: r.into(),
-                    reason: "stuck".into(),
-                });
+                let req = release(r, "stuck");
                 self.request(
                     ADMIN,
                     req,
@@ -1155,21 +1115,12 @@ impl Harness {
                 let req = match op {
                     DeskOp::Get => Request::GetRecord(rr),
                     DeskOp::Chained => Request::ChainedRecords(rr),
-                    DeskOp::Update => Request::UpdateRecord(RecordChange {
-                        record: r.clone(),
-                        call_result: Some("busy".into()),
-                        fields: Some(
-                            json!({"note": format!("by {}", AGENTS[agent])})
-                                .as_object()
-                                .unwrap()
-                                .clone(),
-                        ),
-                    }),
-                    DeskOp::Processed => Request::RecordProcessed(RecordChange {
-                        record: r.clone(),
-                        call_result: Some("sale".into()),
-                        fields: None,
-                    }),
+                    DeskOp::Update => update_with_result(
+                        &r,
+                        "busy",
+                        json!({"note": format!("by {}", AGENTS[agent])}),
+                    ),
+                    DeskOp::Processed => processed(&r, "sale"),
                     DeskOp::Reject => Request::RecordReject(rr),
                     DeskOp::Cancel => Request::RecordCancel(rr),
                     DeskOp::DoNotCall { chain } => Request::DoNotCall(DoNotCall {
@@ -1430,7 +1381,7 @@ impl Harness {
                             // earlier holders left; the receiver never polls.
                             if access.is_granted() {
                                 let want = self.context.get(record).cloned().unwrap_or_default();
-                                if data.as_ref() != Some(&record_data(record))
+                                if data.as_ref() != Some(&customer(record))
                                     || context.as_ref() != Some(&want)
                                 {
                                     return Err(format!(
@@ -1949,7 +1900,7 @@ impl Harness {
                             ) => {
                                 a == access
                                     && final_.is_none()
-                                    && *data == record_data(record)
+                                    && *data == customer(record)
                                     && *context
                                         == self.context.get(record).cloned().unwrap_or_default()
                             }
@@ -2308,11 +2259,6 @@ impl Harness {
         }
         Ok(())
     }
-}
-
-/// The data the dialer attaches with each record.
-fn record_data(record: &str) -> Object {
-    json!({ "name": record }).as_object().unwrap().clone()
 }
 
 /// The agent that logs in on each DN (none on D9).

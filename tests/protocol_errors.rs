@@ -257,10 +257,7 @@ async fn record_request_before_login_is_not_logged_in() {
         let reply = c.request(record_req(kind, "R1")).await.unwrap();
         expect_error(&reply, ErrorCode::NotLoggedIn);
     }
-    let reply = c
-        .request(Request::Logout(Logout { force: false }))
-        .await
-        .unwrap();
+    let reply = c.request(logout(false)).await.unwrap();
     expect_error(&reply, ErrorCode::NotLoggedIn);
     assert_still_serving(&server).await;
 }

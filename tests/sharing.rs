@@ -879,10 +879,7 @@ async fn a_transfer_into_an_agents_dn_takes_an_orphan() {
 async fn smart_logout_waits_for_the_last_full_record() {
     let mut t = Centre::new().await;
     t.call_on_a("C1", "R1").await;
-    let reply =
-        t.a.request(Request::Logout(Logout { force: false }))
-            .await
-            .unwrap();
+    let reply = t.a.request(logout(false)).await.unwrap();
     assert_eq!(
         reply,
         ServerMsg::LogoutPending {
@@ -918,10 +915,7 @@ async fn smart_logout_waits_for_the_last_full_record() {
 async fn forced_logout_returns_records_to_the_dialer() {
     let mut t = Centre::new().await;
     t.call_on_a("C1", "R1").await;
-    let reply =
-        t.a.request(Request::Logout(Logout { force: true }))
-            .await
-            .unwrap();
+    let reply = t.a.request(logout(true)).await.unwrap();
     assert_eq!(
         reply,
         ServerMsg::LoggedOut {
@@ -1194,15 +1188,7 @@ async fn every_decision_is_audited() {
 async fn audit_tail_follows_live_entries_for_one_agent() {
     let mut t = Centre::new().await;
     let mut tail = t.server.connect(Role::Admin).await;
-    let r = tail
-        .send(&Request::AuditTail(AuditTail {
-            from_seq: None,
-            follow: true,
-            record: None,
-            agent: Some("B".into()),
-        }))
-        .await
-        .unwrap();
+    let r = tail.send(&agent_feed("B")).await.unwrap();
     t.call_on_a("C1", "R1").await;
     t.consult_b("C1", "C2", "R1", true).await;
     match tail.reply_to(r).await.unwrap() {

@@ -160,16 +160,12 @@ impl Centre {
 
     /// Every durable audit entry about `record`, in order.
     pub async fn audit(&mut self, record: &str) -> Vec<AuditEntry> {
-        self.admin
-            .request_stream(record_history(record))
-            .await
-            .expect("AuditTail answered")
-            .into_iter()
-            .filter_map(|m| match m {
-                ServerMsg::Audit(e) => Some(e),
-                _ => None,
-            })
-            .collect()
+        entries(
+            self.admin
+                .request_stream(record_history(record))
+                .await
+                .expect("AuditTail answered"),
+        )
     }
 
     /// Waits until the server counts `connections` open connections (after a drop it has to

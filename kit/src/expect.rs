@@ -153,18 +153,25 @@ pub async fn give(
     }
 }
 
-/// The durable audit log from `from_seq` on, as one `AuditTail` (not following) returns it.
-pub async fn audit_from(admin: &mut Client, from_seq: u64) -> Vec<AuditEntry> {
-    admin
-        .request_stream(crate::audit_tail(Some(from_seq), false))
-        .await
-        .expect("AuditTail answered")
+/// The audit entries among `messages` (what an `AuditTail` answered), in order.
+pub fn entries(messages: Vec<ServerMsg>) -> Vec<AuditEntry> {
+    messages
         .into_iter()
         .filter_map(|m| match m {
             ServerMsg::Audit(e) => Some(e),
             _ => None,
         })
         .collect()
+}
+
+/// The durable audit log from `from_seq` on, as one `AuditTail` (not following) returns it.
+pub async fn audit_from(admin: &mut Client, from_seq: u64) -> Vec<AuditEntry> {
+    entries(
+        admin
+            .request_stream(crate::audit_tail(Some(from_seq), false))
+            .await
+            .expect("AuditTail answered"),
+    )
 }
 
 /// The whole audit log, once every entry the server has assigned is durable (entries of reads

@@ -23,6 +23,27 @@ pub fn login(agent: &str, dn: &str, resume: Option<&str>) -> Request {
     })
 }
 
+/// A desktop's `Logout`; `force` logs out at once instead of waiting for the last record.
+pub fn logout(force: bool) -> Request {
+    Request::Logout(Logout { force })
+}
+
+/// The switch's `AgentLogin` of `agent` on the phone at `dn`.
+pub fn agent_login(dn: &str, agent: &str) -> Request {
+    Request::AgentLogin(DnAgent {
+        dn: dn.into(),
+        agent: agent.into(),
+    })
+}
+
+/// The switch's `AgentLogout` of `agent` from the phone at `dn`.
+pub fn agent_logout(dn: &str, agent: &str) -> Request {
+    Request::AgentLogout(DnAgent {
+        dn: dn.into(),
+        agent: agent.into(),
+    })
+}
+
 /// `Ringing` of `call` on `dn`, with nothing else known about it.
 pub fn ringing(call: &str, dn: &str) -> Request {
     ringing_full(call, dn, None, None, None)
@@ -182,6 +203,16 @@ pub fn audit_tail(from_seq: Option<u64>, follow: bool) -> Request {
         follow,
         record: None,
         agent: None,
+    })
+}
+
+/// `AuditTail` following the new entries about `agent`.
+pub fn agent_feed(agent: &str) -> Request {
+    Request::AuditTail(AuditTail {
+        from_seq: None,
+        follow: true,
+        record: None,
+        agent: Some(agent.into()),
     })
 }
 

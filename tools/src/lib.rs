@@ -3,5 +3,6 @@
 //! times the server's start on such a store. The `baton` command runs them from the
 //! `baton-tools` binary next to it.
 
+pub mod fill;
 pub mod load;
-pub mod restart;
+pub mod restart_time;

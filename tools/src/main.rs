@@ -2,10 +2,10 @@
 //! command hands them over to this binary, so that the server carries none of their dependencies).
 
 use anyhow::Context;
-use baton::admin::Target;
+use baton::admin::AdminConn;
 use baton::config::Config;
 use baton_tools::load::{LoadOptions, Mix, Scenario};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -108,34 +108,6 @@ enum Command {
     },
 }
 
-/// How an admin command reaches the server: the config file, or explicit flags.
-#[derive(Args)]
-struct AdminConn {
-    /// Configuration file to read the address and admin token from.
-    #[arg(long, default_value = "config.toml")]
-    config: PathBuf,
-    /// Server address (overrides the config's `listen`).
-    #[arg(long)]
-    addr: Option<SocketAddr>,
-    /// Admin token (overrides the config's `tokens.admin`).
-    #[arg(long)]
-    token: Option<String>,
-}
-
-impl AdminConn {
-    fn target(&self) -> anyhow::Result<Target> {
-        let config = Config::load_or_default(&self.config)?;
-        let mut target = Target::from_config(&config);
-        if let Some(addr) = self.addr {
-            target.addr = addr;
-        }
-        if let Some(token) = &self.token {
-            target.token = token.clone();
-        }
-        Ok(target)
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -203,14 +175,14 @@ fn main() -> anyhow::Result<()> {
             agents,
             json,
         } => {
-            let opts = baton_tools::restart::FillOptions {
+            let opts = baton_tools::fill::FillOptions {
                 data_dir,
                 records,
                 audit,
                 agents,
                 progress: !json,
             };
-            let summary = baton_tools::restart::fill(&opts)
+            let summary = baton_tools::fill::fill(&opts)
                 .with_context(|| format!("fill {}", opts.data_dir.display()))?;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
@@ -226,7 +198,7 @@ fn main() -> anyhow::Result<()> {
             timeout,
             json,
         } => {
-            let opts = baton_tools::restart::MeasureOptions {
+            let opts = baton_tools::restart_time::MeasureOptions {
                 binary: server_binary()?,
                 data_dir,
                 listen,
@@ -234,7 +206,7 @@ fn main() -> anyhow::Result<()> {
                 timeout: std::time::Duration::from_secs_f64(timeout),
             };
             let summary = runtime
-                .block_on(baton_tools::restart::measure(&opts))
+                .block_on(baton_tools::restart_time::measure(&opts))
                 .with_context(|| format!("restart on {}", opts.data_dir.display()))?;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);

@@ -4,7 +4,7 @@
 use baton::client::Client;
 use baton::config::Config;
 use baton::messages::*;
-use baton_tools::restart::{fill, FillOptions};
+use baton_tools::fill::{fill, FillOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filled_store_restarts_with_its_records_holders_and_audit_position() {

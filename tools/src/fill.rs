@@ -1,5 +1,5 @@
-//! `baton fill` and `baton restart-time`: build a large store the way a running centre would, then
-//! time how long the real server binary takes to serve again on it.
+//! `baton fill`: build a large store the way a running centre would, for `baton restart-time` to
+//! time the server's start on it.
 //!
 //! The fill drives a real [`Engine`] through calls (attach, ring, answer, reads, updates, finish,
 //! hang up), so every record, agent and audit entry on disk is exactly what the server itself would
@@ -8,26 +8,18 @@
 //! states a centre leaves behind: most final (processed, rescheduled, rejected, do-not-call,
 //! cancelled by the dialer), some held in wrap-up by logged-in agents, some waiting on their call.
 //! Reads (`GetRecord`) are added while a record is held until the audit log reaches its target.
-//!
-//! The measurement starts `baton serve` on the filled directory, polls the port until an admin
-//! `Status` is answered, checks a held, a final and a waiting record against what the fill wrote,
-//! and reads the server's own start-up breakdown (store open, load, restore) from its JSON log.
 
-use crate::load::{ev_est, ev_rel, ev_ring, proc_status_kib};
-use baton::client::{Client, ClientError};
 use baton::config::Config;
 use baton::engine::{ConnId, Engine, EngineConfig, Input, Output};
 use baton::messages::*;
 use baton::store::{SledStore, Store, StoreError, WriteBatch};
+use baton_kit::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::io::BufRead;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Name of the file, next to sled's own files in the data directory, describing what was filled.
 pub const MANIFEST: &str = "baton-fill.json";
@@ -211,39 +203,36 @@ fn object(v: serde_json::Value) -> Object {
     }
 }
 
-fn attach(n: u64) -> Request {
+/// Record `n`'s `AttachRecord`: varied data, about what a calling list carries, and a chained
+/// mobile number for every fourth record.
+fn attach_nth(n: u64) -> Request {
     let record = record_id(n);
-    let phone = format!("+3319{:07}", n % 10_000_000);
-    let chain = if n.is_multiple_of(4) {
-        vec![ChainEntry {
+    let mut a = attach_record(&call_id(n), &record);
+    if n.is_multiple_of(4) {
+        a.chain = vec![ChainEntry {
             record: format!("{record}-m"),
             chain_n: 1,
             phone: Some(format!("+3366{:07}", n % 10_000_000)),
             data: object(json!({"kind": "mobile"})),
-        }]
+        }];
+        a.chain_id = Some(format!("K{n:08}"));
     } else {
-        Vec::new()
-    };
+        a.chain_id = None;
+    }
     let segment = ["gold", "silver", "bronze"][(n % 3) as usize];
     let city = ["Lyon", "Lille", "Nantes", "Metz"][(n % 4) as usize];
-    Request::AttachRecord(AttachRecord {
-        call: call_id(n),
-        record,
-        campaign: format!("campaign-{}", n % 12),
-        list: Some(format!("list-{}", n % 40)),
-        chain_id: (!chain.is_empty()).then(|| format!("K{n:08}")),
-        chain_n: Some(0),
-        phone: Some(phone),
-        data: object(json!({
-            "customer": format!("Customer {n}"),
-            "account": format!("AC-{:09}", n * 7919 % 1_000_000_000),
-            "balance": (n % 5000) as f64 + 0.25,
-            "segment": segment,
-            "city": city,
-            "last_contact": "2026-10-02",
-        })),
-        chain,
-    })
+    a.campaign = format!("campaign-{}", n % 12);
+    a.list = Some(format!("list-{}", n % 40));
+    a.phone = Some(format!("+3319{:07}", n % 10_000_000));
+    a.data = object(json!({
+        "customer": format!("Customer {n}"),
+        "account": format!("AC-{:09}", n * 7919 % 1_000_000_000),
+        "balance": (n % 5000) as f64 + 0.25,
+        "segment": segment,
+        "city": city,
+        "last_contact": "2026-10-02",
+    }));
+    Request::AttachRecord(a)
 }
 
 /// Plays record `n`'s call; `audit_goal` is the audit position to reach by the end of this record.
@@ -252,12 +241,12 @@ fn play(d: &mut Driver, n: u64, agents: usize, audit_goal: u64) -> Result<Flow, 
     let (call, record) = (call_id(n), record_id(n));
     let a = (n % agents as u64) as usize;
     let b = (a + 1) % agents;
-    d.request(DIALER, attach(n))?;
+    d.request(DIALER, attach_nth(n))?;
     match flow {
         Flow::Waiting => return Ok(flow),
         Flow::Unanswered => {
-            d.switch(ev_ring(&call, &dn_of(a), None, None))?;
-            d.switch(ev_rel(&call, &dn_of(a)))?;
+            d.switch(ringing(&call, &dn_of(a)))?;
+            d.switch(released(&call, &dn_of(a), None))?;
             d.request(
                 DIALER,
                 Request::CancelRecord(RecordRef {
@@ -268,8 +257,8 @@ fn play(d: &mut Driver, n: u64, agents: usize, audit_goal: u64) -> Result<Flow, 
         }
         _ => {}
     }
-    d.switch(ev_ring(&call, &dn_of(a), None, None))?;
-    d.switch(ev_est(&call, &dn_of(a)))?;
+    d.switch(ringing(&call, &dn_of(a)))?;
+    d.switch(established(&call, &dn_of(a)))?;
     let mut finisher = a;
     if flow == Flow::Transferred {
         d.switch(Request::Transferred(Transferred {
@@ -279,7 +268,7 @@ fn play(d: &mut Driver, n: u64, agents: usize, audit_goal: u64) -> Result<Flow, 
             kind: TransferKind::SingleStep,
             consult_call: None,
         }))?;
-        d.switch(ev_est(&call, &dn_of(b)))?;
+        d.switch(established(&call, &dn_of(b)))?;
         finisher = b;
     }
     // The entries still to come for this record once the reads are done: the update, the final
@@ -341,7 +330,7 @@ fn play(d: &mut Driver, n: u64, agents: usize, audit_goal: u64) -> Result<Flow, 
             }),
         )?,
     }
-    d.switch(ev_rel(&call, &dn_of(finisher)))?;
+    d.switch(released(&call, &dn_of(finisher), None))?;
     Ok(flow)
 }
 
@@ -438,15 +427,7 @@ pub fn fill(opts: &FillOptions) -> Result<FillSummary, RestartError> {
             conn: desk(i),
             role: Role::Desktop,
         })?;
-        d.request(
-            desk(i),
-            Request::Login(Login {
-                agent: agent_id(i),
-                dn: dn_of(i),
-                password: None,
-                resume: None,
-            }),
-        )?;
+        d.request(desk(i), login(&agent_id(i), &dn_of(i), None))?;
     }
 
     let mut m = Manifest {
@@ -528,290 +509,5 @@ pub fn fill(opts: &FillOptions) -> Result<FillSummary, RestartError> {
         manifest: m,
         elapsed_s: started.elapsed().as_secs_f64(),
         disk_bytes: disk_usage(&opts.data_dir),
-    })
-}
-
-#[derive(Debug, Clone)]
-pub struct MeasureOptions {
-    /// The `baton` binary to start.
-    pub binary: PathBuf,
-    pub data_dir: PathBuf,
-    pub listen: SocketAddr,
-    pub runs: usize,
-    /// Give up on one start after this long.
-    pub timeout: Duration,
-}
-
-/// One start of the server on the filled store.
-#[derive(Debug, Clone, Serialize)]
-pub struct Run {
-    /// From spawning the process to the first answered `Status`.
-    pub ready_ms: u64,
-    /// The server's own figures, from its log (absent if it did not log them).
-    pub open_ms: Option<u64>,
-    pub load_ms: Option<u64>,
-    pub restore_ms: Option<u64>,
-    /// Peak resident memory of the server, KiB.
-    pub peak_rss_kib: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct MeasureSummary {
-    pub records: u64,
-    pub audit_last_seq: u64,
-    pub disk_bytes: u64,
-    pub runs: Vec<Run>,
-    pub median_ready_ms: u64,
-}
-
-impl MeasureSummary {
-    pub fn render(&self) -> String {
-        let mut s = format!(
-            "store: {} records, audit up to seq {}, {:.2} GiB on disk\n",
-            self.records,
-            self.audit_last_seq,
-            self.disk_bytes as f64 / (1u64 << 30) as f64
-        );
-        let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
-        s.push_str("run  ready_ms  open_ms  load_ms  restore_ms  other_ms  peak_rss_mib\n");
-        for (i, r) in self.runs.iter().enumerate() {
-            let known = r.open_ms.unwrap_or(0) + r.load_ms.unwrap_or(0) + r.restore_ms.unwrap_or(0);
-            s.push_str(&format!(
-                "{:<4} {:>8}  {:>7}  {:>7}  {:>10}  {:>8}  {:>12}\n",
-                i + 1,
-                r.ready_ms,
-                ms(r.open_ms),
-                ms(r.load_ms),
-                ms(r.restore_ms),
-                r.ready_ms.saturating_sub(known),
-                r.peak_rss_kib
-                    .map_or("-".to_owned(), |k| (k / 1024).to_string()),
-            ));
-        }
-        s.push_str(&format!(
-            "median time to serve: {} ms (other = process start, bind, first answer)\n",
-            self.median_ready_ms
-        ));
-        s
-    }
-}
-
-/// The server's start-up figures, from one line of its JSON log.
-fn start_figures(line: &str, run: &mut Run) {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-        return;
-    };
-    let fields = &v["fields"];
-    let get = |k: &str| fields.get(k).and_then(serde_json::Value::as_u64);
-    if let Some(ms) = get("open_ms") {
-        run.open_ms = Some(ms);
-    }
-    if fields["message"] == "state loaded" {
-        run.load_ms = get("load_ms").or(run.load_ms);
-        run.restore_ms = get("restore_ms").or(run.restore_ms);
-    }
-}
-
-async fn ask(addr: SocketAddr, token: &str, request: Request) -> Result<ServerMsg, ClientError> {
-    let mut c = Client::connect(addr, Role::Admin, token).await?;
-    c.request(request).await
-}
-
-/// Checks what the restarted server says against what the fill wrote.
-async fn check(addr: SocketAddr, token: &str, m: &Manifest) -> Result<(), RestartError> {
-    let fail = |what: String| RestartError::Invalid(format!("after restart: {what}"));
-    let status = ask(addr, token, Request::Status)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    match status {
-        ServerMsg::StatusReport {
-            records_live,
-            records_final,
-            audit_last_seq,
-            agents,
-            ..
-        } => {
-            if records_live + records_final != m.records
-                || records_final != m.records_final
-                || audit_last_seq != m.audit_last_seq
-                || agents != m.agents
-            {
-                return Err(fail(format!(
-                    "Status says {records_live} live + {records_final} final records, {agents} agents, audit at {audit_last_seq}; the fill wrote {} ({} final), {} agents, audit at {}",
-                    m.records, m.records_final, m.agents, m.audit_last_seq
-                )));
-            }
-        }
-        other => return Err(fail(format!("Status answered {other:?}"))),
-    }
-    let info = |record: String| ask(addr, token, Request::RecordInfo(RecordRef { record }));
-    if let Some((record, holder)) = &m.held_record {
-        match info(record.clone())
-            .await
-            .map_err(|e| fail(e.to_string()))?
-        {
-            ServerMsg::RecordReport { state, holders, .. }
-                if state == "held"
-                    && holders
-                        .iter()
-                        .any(|h| &h.agent == holder && h.access == Access::Full) => {}
-            other => {
-                return Err(fail(format!(
-                    "{record} should be held by {holder}: {other:?}"
-                )))
-            }
-        }
-    }
-    if let Some(record) = &m.final_record {
-        match info(record.clone())
-            .await
-            .map_err(|e| fail(e.to_string()))?
-        {
-            ServerMsg::RecordReport { state, .. } if state == "final" => {}
-            other => return Err(fail(format!("{record} should be final: {other:?}"))),
-        }
-    }
-    if let Some(record) = &m.waiting_record {
-        match info(record.clone())
-            .await
-            .map_err(|e| fail(e.to_string()))?
-        {
-            ServerMsg::RecordReport { state, .. } if state == "waiting" => {}
-            other => return Err(fail(format!("{record} should be waiting: {other:?}"))),
-        }
-    }
-    Ok(())
-}
-
-/// Stops a server this tool started: SIGTERM (a clean stop), then SIGKILL if it lingers.
-fn stop(child: &mut std::process::Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-async fn measure_once(
-    opts: &MeasureOptions,
-    config_path: &Path,
-    token: &str,
-    m: &Manifest,
-) -> Result<Run, RestartError> {
-    let started = Instant::now();
-    let mut child = Command::new(&opts.binary)
-        .arg("--log-format")
-        .arg("json")
-        .arg("serve")
-        .arg("--config")
-        .arg(config_path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (lines_tx, lines_rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let ready = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log: Vec<String> = lines_rx.try_iter().collect();
-            return Err(RestartError::Invalid(format!(
-                "the server exited with {status} before serving:\n{}",
-                log.join("\n")
-            )));
-        }
-        if started.elapsed() > opts.timeout {
-            stop(&mut child);
-            return Err(RestartError::Invalid(format!(
-                "the server did not answer within {:?}",
-                opts.timeout
-            )));
-        }
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(5),
-            ask(opts.listen, token, Request::Status),
-        )
-        .await;
-        if let Ok(Ok(ServerMsg::StatusReport { .. })) = attempt {
-            break started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let checked = check(opts.listen, token, m).await;
-    let peak = proc_status_kib(child.id(), "VmHWM:");
-    stop(&mut child);
-    let _ = reader.join();
-    checked?;
-    let mut run = Run {
-        ready_ms: ready.as_millis() as u64,
-        open_ms: None,
-        load_ms: None,
-        restore_ms: None,
-        peak_rss_kib: peak,
-    };
-    for line in lines_rx.try_iter() {
-        start_figures(&line, &mut run);
-    }
-    Ok(run)
-}
-
-/// Starts the server `opts.runs` times on the filled store and times each start.
-pub async fn measure(opts: &MeasureOptions) -> Result<MeasureSummary, RestartError> {
-    let manifest: Manifest =
-        serde_json::from_slice(&std::fs::read(opts.data_dir.join(MANIFEST)).map_err(|e| {
-            RestartError::Invalid(format!(
-                "{}: {e} (fill the directory with `baton fill` first)",
-                opts.data_dir.join(MANIFEST).display()
-            ))
-        })?)?;
-    let config = Config::default();
-    let config_path =
-        std::env::temp_dir().join(format!("baton-restart-{}.toml", std::process::id()));
-    let data_dir = opts.data_dir.canonicalize()?;
-    let toml = format!(
-        "listen = \"{}\"\ndata_dir = \"{}\"\n",
-        opts.listen,
-        data_dir.display().to_string().replace('\\', "\\\\")
-    );
-    std::fs::write(&config_path, toml)?;
-    let mut runs = Vec::new();
-    let mut result = Ok(());
-    for _ in 0..opts.runs.max(1) {
-        match measure_once(opts, &config_path, &config.tokens.admin, &manifest).await {
-            Ok(run) => runs.push(run),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
-    let _ = std::fs::remove_file(&config_path);
-    result?;
-    let mut ready: Vec<u64> = runs.iter().map(|r| r.ready_ms).collect();
-    ready.sort_unstable();
-    Ok(MeasureSummary {
-        records: manifest.records,
-        audit_last_seq: manifest.audit_last_seq,
-        disk_bytes: disk_usage(&opts.data_dir),
-        median_ready_ms: ready[ready.len() / 2],
-        runs,
     })
 }
