@@ -52,11 +52,53 @@ pub(super) enum EngineMsg {
     Shutdown,
 }
 
+/// What the engine task holds of a connection: where its frames go, how to drop it, and what to
+/// log when it does.
 struct ConnHandle {
     outbox: Arc<Outbox>,
     cancel: CancellationToken,
     peer: SocketAddr,
     role: Role,
+}
+
+/// The connections the engine knows: each one from the `Connected` the engine task took until its
+/// `Disconnected`, its `Close`, or its drop for not reading. The engine task alone reads and
+/// changes it, in the engine's own order, so what is here is exactly what the engine was told;
+/// listeners reach it only through [`EngineMsg`]. Bounded by `max_connections`: an entry belongs
+/// to a connection task that holds one of the slots until its `Disconnected` is sent.
+///
+/// A plain map, not a concurrent one: the only look-up is one per output, on this task; a map
+/// shared with the listeners would let a connection be found before the engine took its
+/// `Connected` or after it let go of it, and would put a lock on every push.
+#[derive(Default)]
+struct Registry(HashMap<ConnId, ConnHandle>);
+
+impl Registry {
+    /// Registers a connection the engine is told of now. Connection ids are never reused (one
+    /// counter for every listener, see `accept`), so the id cannot be taken.
+    fn open(&mut self, conn: ConnId, handle: ConnHandle) {
+        let before = self.0.insert(conn, handle);
+        debug_assert!(before.is_none(), "connection id {conn} registered twice");
+    }
+
+    fn knows(&self, conn: ConnId) -> bool {
+        self.0.contains_key(&conn)
+    }
+
+    /// The connection, if the engine still knows it (an output may name one that left meanwhile).
+    fn get(&self, conn: ConnId) -> Option<&ConnHandle> {
+        self.0.get(&conn)
+    }
+
+    /// Forgets the connection; `None` if it was already forgotten (dropped or closed before its
+    /// reader reported it gone).
+    fn remove(&mut self, conn: ConnId) -> Option<ConnHandle> {
+        self.0.remove(&conn)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Requests of one engine batch, per connection, to be counted as answered once the batch's
@@ -97,7 +139,7 @@ pub(super) async fn engine_loop(
         lazy_since: None,
         failing: Arc::new(AtomicBool::new(false)),
     };
-    let mut conns: HashMap<ConnId, ConnHandle> = HashMap::new();
+    let mut conns = Registry::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<EngineMsg> = Vec::with_capacity(ENGINE_BATCH);
@@ -142,7 +184,7 @@ pub(super) async fn engine_loop(
                         outbox.close();
                         continue;
                     }
-                    conns.insert(
+                    conns.open(
                         conn,
                         ConnHandle {
                             outbox,
@@ -160,7 +202,7 @@ pub(super) async fn engine_loop(
                     outbox,
                 } => {
                     answered.add(outbox);
-                    if conns.contains_key(&conn) {
+                    if conns.knows(conn) {
                         inputs.push(Input::Request {
                             conn,
                             r#ref,
@@ -169,7 +211,7 @@ pub(super) async fn engine_loop(
                     }
                 }
                 EngineMsg::Disconnected { conn } => {
-                    if conns.remove(&conn).is_some() {
+                    if conns.remove(conn).is_some() {
                         inputs.push(Input::Disconnected { conn });
                     }
                 }
@@ -243,7 +285,7 @@ pub(super) async fn engine_loop(
 /// its state moves on at once.
 async fn dispatch(
     engine: &mut Engine,
-    conns: &mut HashMap<ConnId, ConnHandle>,
+    conns: &mut Registry,
     out: &mut Vec<Output>,
     now: u64,
     store: &Arc<dyn Store>,
@@ -254,7 +296,7 @@ async fn dispatch(
         for output in out.drain(..) {
             match output {
                 Output::Send { conn, env } => {
-                    let Some(handle) = conns.get(&conn) else {
+                    let Some(handle) = conns.get(conn) else {
                         continue;
                     };
                     // An answer to the connection's own request is always taken (the reader's
@@ -275,14 +317,14 @@ async fn dispatch(
                                 "dropping connection: the client is not reading (pushes piled up past twice outbound_queue_frames while it took nothing for 3 heartbeats, or past eight times it)"
                             );
                             handle.cancel.cancel();
-                            conns.remove(&conn);
+                            conns.remove(conn);
                             dropped.push(conn);
                         }
                         Err(PushError::Closed) => {}
                     }
                 }
                 Output::Close { conn } => {
-                    if let Some(handle) = conns.remove(&conn) {
+                    if let Some(handle) = conns.remove(conn) {
                         handle.outbox.close();
                     }
                 }
