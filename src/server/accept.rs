@@ -13,10 +13,11 @@ use super::{
 };
 use crate::config::Config;
 use crate::engine::Engine;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +25,54 @@ use tracing::{error, info, warn, Instrument};
 
 /// How long shutdown waits for connections to write their last frames.
 const DRAIN: Duration = Duration::from_secs(3);
+
+/// What every listener shares to admit a connection: one counter of connection ids (the engine
+/// task's registry relies on an id never coming twice), one pool of `max_connections` slots, the
+/// engine's queue, and the tracker and token with which shutdown drains and closes connections.
+/// A second listener (WebSocket) would admit its connections through the same one.
+struct Admission {
+    next_id: AtomicU64,
+    slots: Arc<Semaphore>,
+    config: Arc<Config>,
+    engine: mpsc::Sender<EngineMsg>,
+    shared: Shared,
+    tracker: TaskTracker,
+    /// Cancelled only when draining took too long: connections then stop at once.
+    hard_stop: CancellationToken,
+}
+
+impl Admission {
+    /// Serves an accepted TCP connection on a task of its own, or refuses it (`overloaded`) when
+    /// every slot is taken.
+    fn admit_tcp(&self, socket: TcpStream, peer: SocketAddr) {
+        let conn = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        let span = tracing::info_span!(
+            "conn",
+            id = conn,
+            %peer,
+            role = tracing::field::Empty,
+            agent = tracing::field::Empty
+        );
+        let ctx = ConnCtx {
+            conn,
+            peer,
+            config: self.config.clone(),
+            engine: self.engine.clone(),
+            cancel: self.hard_stop.child_token(),
+            shared: self.shared.clone(),
+        };
+        self.tracker.spawn(
+            async move {
+                match permit {
+                    Some(_permit) => serve_connection(socket, ctx).await,
+                    None => refuse_overloaded(socket, &ctx).await,
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
 
 pub(super) async fn run(
     listener: TcpListener,
@@ -51,10 +100,16 @@ pub(super) async fn run(
         ))
     });
     let tracker = TaskTracker::new();
-    // Cancelled only when draining took too long: connections then stop at once.
     let hard_stop = CancellationToken::new();
-    let slots = Arc::new(Semaphore::new(config.max_connections));
-    let next_id = AtomicU64::new(1);
+    let admission = Admission {
+        next_id: AtomicU64::new(1),
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        config,
+        engine: engine_tx,
+        shared,
+        tracker: tracker.clone(),
+        hard_stop: hard_stop.clone(),
+    };
 
     let mut engine_failure = None;
     loop {
@@ -71,25 +126,7 @@ pub(super) async fn run(
                 break;
             }
             accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    let conn = next_id.fetch_add(1, Ordering::Relaxed);
-                    let permit = slots.clone().try_acquire_owned().ok();
-                    let span = tracing::info_span!("conn", id = conn, %peer, role = tracing::field::Empty, agent = tracing::field::Empty);
-                    let ctx = ConnCtx {
-                        conn,
-                        peer,
-                        config: config.clone(),
-                        engine: engine_tx.clone(),
-                        cancel: hard_stop.child_token(),
-                        shared: shared.clone(),
-                    };
-                    tracker.spawn(async move {
-                        match permit {
-                            Some(_permit) => serve_connection(socket, ctx).await,
-                            None => refuse_overloaded(socket, &ctx).await,
-                        }
-                    }.instrument(span));
-                }
+                Ok((socket, peer)) => admission.admit_tcp(socket, peer),
                 Err(e) => {
                     // Usually out of file descriptors: back off instead of spinning.
                     warn!("accept failed: {e}");
@@ -119,8 +156,8 @@ pub(super) async fn run(
         return Err(ServerError::EngineFailed(why));
     }
     info!("shutting down: no longer accepting, telling clients");
-    let _ = engine_tx.send(EngineMsg::Shutdown).await;
-    drop(engine_tx);
+    let _ = admission.engine.send(EngineMsg::Shutdown).await;
+    drop(admission);
     tracker.close();
     if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
         warn!("connections did not finish within {DRAIN:?}; closing them");
