@@ -12,6 +12,7 @@
 //! `outbound_queue_frames` are waiting and the socket has taken nothing for the stall bound, or
 //! in any case at eight times it (a memory bound). Audit tails wait for room before each frame
 //! ([`Outbox::push_when_room`]) and leave half of the room to the connection's own answers.
+//! The outbox never decides what is sent or to whom, only whether a frame still fits.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;

@@ -2,7 +2,8 @@
 //! sent to the log.
 //!
 //! Lives in the library, not the binary, so that a test can run a child process through exactly
-//! the code path of `baton serve` (the exit on engine failure included).
+//! the code path of `baton serve` (the exit on engine failure included). It never serves anything
+//! itself: it only starts the server as [`super::start_with_options`] does and stops it on a signal.
 
 use super::{start_with_options, ServerError, StartOptions};
 use crate::config::Config;

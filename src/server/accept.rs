@@ -1,0 +1,182 @@
+//! The accept loop and shutdown: takes TCP connections (or refuses them past `max_connections`),
+//! starts the engine task and retention beside it, watches the engine task, and stops in order
+//! (stop accepting, tell clients, drain, flush).
+//!
+//! Never reads a frame or decides anything about a client: an accepted socket goes straight to
+//! [`super::connection`].
+
+use super::connection::{refuse_overloaded, serve_connection, ConnCtx};
+use super::engine_task::{engine_loop, EngineMsg, ENGINE_QUEUE};
+use super::retention::retention_loop;
+use super::{
+    panic_message, OnEngineFailure, ServerError, Shared, StartOptions, ENGINE_FAILURE_EXIT_CODE,
+};
+use crate::config::Config;
+use crate::engine::Engine;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn, Instrument};
+
+/// How long shutdown waits for connections to write their last frames.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// What every listener shares to admit a connection: one counter of connection ids (the engine
+/// task's registry relies on an id never coming twice), one pool of `max_connections` slots, the
+/// engine's queue, and the tracker and token with which shutdown drains and closes connections.
+/// A second listener (WebSocket) would admit its connections through the same one.
+struct Admission {
+    next_id: AtomicU64,
+    slots: Arc<Semaphore>,
+    config: Arc<Config>,
+    engine: mpsc::Sender<EngineMsg>,
+    shared: Shared,
+    tracker: TaskTracker,
+    /// Cancelled only when draining took too long: connections then stop at once.
+    hard_stop: CancellationToken,
+}
+
+impl Admission {
+    /// Serves an accepted TCP connection on a task of its own, or refuses it (`overloaded`) when
+    /// every slot is taken.
+    fn admit_tcp(&self, socket: TcpStream, peer: SocketAddr) {
+        let conn = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        let span = tracing::info_span!(
+            "conn",
+            id = conn,
+            %peer,
+            role = tracing::field::Empty,
+            agent = tracing::field::Empty
+        );
+        let ctx = ConnCtx {
+            conn,
+            peer,
+            config: self.config.clone(),
+            engine: self.engine.clone(),
+            cancel: self.hard_stop.child_token(),
+            shared: self.shared.clone(),
+        };
+        self.tracker.spawn(
+            async move {
+                match permit {
+                    Some(_permit) => serve_connection(socket, ctx).await,
+                    None => refuse_overloaded(socket, &ctx).await,
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+pub(super) async fn run(
+    listener: TcpListener,
+    config: Arc<Config>,
+    stop: CancellationToken,
+    engine: Engine,
+    shared: Shared,
+    opts: StartOptions,
+) -> Result<(), ServerError> {
+    let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
+    let mut engine_task = tokio::spawn(engine_loop(
+        engine,
+        engine_rx,
+        shared.store.clone(),
+        shared.announcer.clone(),
+        opts.engine_fault.clone(),
+        config.max_deferred_audit_entries as usize,
+        config.final_record_retention_ms,
+    ));
+    let retention = (config.audit_retention_entries > 0).then(|| {
+        tokio::spawn(retention_loop(
+            shared.clone(),
+            config.audit_retention_entries,
+            stop.clone(),
+        ))
+    });
+    let tracker = TaskTracker::new();
+    let hard_stop = CancellationToken::new();
+    let admission = Admission {
+        next_id: AtomicU64::new(1),
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        config,
+        engine: engine_tx,
+        shared,
+        tracker: tracker.clone(),
+        hard_stop: hard_stop.clone(),
+    };
+
+    let mut engine_failure = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            // The engine only ends after the server stops: ending before means it died, and a
+            // server that accepts connections nobody answers would look alive to everyone.
+            ended = &mut engine_task => {
+                engine_failure = Some(match ended {
+                    Ok(()) => "the engine task ended on its own".to_owned(),
+                    Err(e) if e.is_panic() => panic_message(e.into_panic().as_ref()),
+                    Err(e) => e.to_string(),
+                });
+                break;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => admission.admit_tcp(socket, peer),
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    if let Some(why) = engine_failure {
+        if opts.on_engine_failure == OnEngineFailure::ExitProcess {
+            error!(
+                "ENGINE FAILURE: {why}; no longer accepting; exiting with status \
+                 {ENGINE_FAILURE_EXIT_CODE} for the supervisor to restart the server"
+            );
+            std::process::exit(ENGINE_FAILURE_EXIT_CODE);
+        }
+        error!("ENGINE FAILURE: {why}; no longer accepting, closing every connection");
+        // Nobody would answer them any more: close them at once rather than drain.
+        stop.cancel();
+        hard_stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        if let Some(task) = retention {
+            let _ = task.await;
+        }
+        return Err(ServerError::EngineFailed(why));
+    }
+    info!("shutting down: no longer accepting, telling clients");
+    let _ = admission.engine.send(EngineMsg::Shutdown).await;
+    drop(admission);
+    tracker.close();
+    if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
+        warn!("connections did not finish within {DRAIN:?}; closing them");
+        hard_stop.cancel();
+        tracker.wait().await;
+    }
+    let ended = engine_task.await;
+    if let Some(task) = retention {
+        let _ = task.await;
+    }
+    if let Err(e) = ended {
+        // What it had not yet written (audit entries of the last reads) may be lost.
+        let why = match e.try_into_panic() {
+            Ok(payload) => panic_message(payload.as_ref()),
+            Err(e) => e.to_string(),
+        };
+        error!("ENGINE FAILURE during shutdown: {why}");
+        return Err(ServerError::EngineFailed(why));
+    }
+    info!("shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! The commit pipeline of an engine batch: group commit (one write and one flush before anything
+//! the batch produced is sent), the lazy flush of the audit entries of reads, refusal and rollback
+//! when the store fails, and the read-back of final records that left memory.
+//!
+//! Never decides access (the engine does) and never sends anything: it only leaves in the batch's
+//! outputs what may be sent.
+
+use super::audit_feed::{log_audit, Announcer};
+use crate::engine::{ConnId, Engine, Input, Output};
+use crate::messages::*;
+use crate::store::{Store, StoreError, WriteBatch};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info};
+
+/// Audit entries of reads and refusals (no state change) are written and flushed together at
+/// most this much later, instead of making the reply wait for the disk.
+pub(super) const LAZY_FLUSH: Duration = Duration::from_millis(20);
+
+/// What is on disk: the highest audit `seq` written, and since when written entries wait for a
+/// flush (only ever entries of reads and refusals, which acknowledge no change).
+pub(super) struct Durability {
+    pub(super) announcer: Arc<Announcer>,
+    /// Highest audit `seq` handed to the store.
+    pub(super) written: u64,
+    /// Deferred audit entries kept at most (`max_deferred_audit_entries`).
+    pub(super) max_deferred: usize,
+    /// Audit entries of reads and refusals not yet handed to the store: they are written together
+    /// (one store batch per `LAZY_FLUSH`, not one per engine batch) or go first into the next
+    /// batch that changes state.
+    pub(super) deferred: Vec<(u64, Vec<u8>)>,
+    pub(super) lazy_since: Option<tokio::time::Instant>,
+    /// The last write or flush failed: until one succeeds again, reads are written through
+    /// (and refused with `unavailable` if that fails too) instead of deferred.
+    pub(super) failing: Arc<AtomicBool>,
+}
+
+impl Durability {
+    /// Hands the deferred entries to the store and flushes in the background: the engine goes on
+    /// while the disk works. If the store refuses them they stay deferred and are tried again.
+    pub(super) fn flush_lazy(&mut self, store: &Arc<dyn Store>) {
+        self.lazy_since = None;
+        if !self.deferred.is_empty() {
+            let batch = WriteBatch {
+                audit: std::mem::take(&mut self.deferred),
+                ..WriteBatch::default()
+            };
+            // Without a flush, sled only appends to its in-memory log: cheap enough to do inline,
+            // and done here so that store batches keep `seq` order.
+            match store.commit(&batch, false) {
+                Ok(()) => {
+                    if let Some((seq, _)) = batch.audit.last() {
+                        self.written = *seq;
+                    }
+                }
+                Err(e) => {
+                    error!(
+                        "STORAGE FAILURE: writing audit entries of reads failed, will retry: {e}"
+                    );
+                    self.failing.store(true, Ordering::Relaxed);
+                    self.deferred = batch.audit;
+                    self.lazy_since = Some(tokio::time::Instant::now());
+                    return;
+                }
+            }
+        }
+        let (s, announcer, written) = (store.clone(), self.announcer.clone(), self.written);
+        let failing = self.failing.clone();
+        tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || s.flush()).await {
+                Ok(Ok(())) => announcer.durable_up_to(written),
+                Ok(Err(e)) => {
+                    failing.store(true, Ordering::Relaxed);
+                    error!("STORAGE FAILURE: flushing audit entries of reads failed: {e}")
+                }
+                Err(e) => {
+                    failing.store(true, Ordering::Relaxed);
+                    error!("STORAGE FAILURE: flush task failed: {e}")
+                }
+            }
+        });
+    }
+}
+
+/// What the shell must know of a batch to refuse it: the requests to answer `unavailable`, and
+/// the facts (connections opened or closed, shutdown) to apply again after the rollback.
+#[derive(Default)]
+pub(super) struct BatchInfo {
+    requests: Vec<(ConnId, Option<u64>)>,
+    facts: Vec<Input>,
+}
+
+impl BatchInfo {
+    pub(super) fn note(&mut self, input: &Input) {
+        match input {
+            Input::Request { conn, r#ref, .. } => self.requests.push((*conn, *r#ref)),
+            fact if Engine::is_fact(fact) => self.facts.push(fact.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// Reads a final record that left the engine's memory back from the store (nothing to do if the
+/// store does not have it: the request names a record that never existed).
+pub(super) fn read_back(
+    engine: &mut Engine,
+    store: &Arc<dyn Store>,
+    id: &str,
+) -> Result<(), String> {
+    match store.record(id) {
+        Ok(Some(bytes)) => engine.admit(id, &bytes),
+        Ok(None) => Ok(()),
+        Err(e) => Err(format!("cannot read record {id} back from the store: {e}")),
+    }
+}
+
+/// Writes what the engine changed in this batch and flushes it, then keeps the batch
+/// ([`Engine::commit`]). If the store fails, nothing of the batch is acknowledged: every request
+/// of it gets `unavailable`, nothing else it produced is sent, the engine goes back to exactly
+/// where it was before the batch ([`Engine::rollback`]: records, agents, calls, parties,
+/// connection bindings, deadlines, pending logouts), and the connections that opened or closed
+/// meanwhile are applied again. A refused request changed nothing.
+pub(super) async fn commit(
+    engine: &mut Engine,
+    store: &Arc<dyn Store>,
+    durable: &mut Durability,
+    out: &mut Vec<Output>,
+    now: u64,
+    info: BatchInfo,
+) {
+    let mut batch = engine.take_writes();
+    if batch.is_empty() {
+        engine.commit();
+        return;
+    }
+    // The batch's audit entries go to the log (at debug level) and, once flushed, to the tails
+    // that follow; the rest of the outputs are replies and pushes.
+    let mut entries: Vec<AuditEntry> = Vec::with_capacity(batch.audit.len());
+    // A batch that changed records or agents acknowledges changes: it is written and flushed
+    // before anything is sent. One that only adds audit entries (reads, refusals) acknowledges
+    // nothing: its entries wait to be written with others and flushed soon after, so reads
+    // never wait for the disk (unless the disk is known to be failing).
+    let read_only = batch.records.is_empty()
+        && batch.agents.is_empty()
+        && batch.finals_add.is_empty()
+        && batch.finals_remove.is_empty();
+    if read_only && !durable.failing.load(Ordering::Relaxed) {
+        if durable.deferred.len() + batch.audit.len() > durable.max_deferred {
+            // The disk has not taken the entries of earlier reads: answering more reads would
+            // only grow memory. Refuse them until it catches up.
+            let why = format!(
+                "{} audit entries of reads are waiting for the disk (max_deferred_audit_entries)",
+                durable.deferred.len()
+            );
+            error!("STORAGE FAILURE: {why}; refusing this batch's requests with `unavailable`");
+            refuse(engine, out, now, info, &why);
+            return;
+        }
+        engine.commit();
+        take_audit(out, &mut entries);
+        durable.announcer.written(entries);
+        durable.deferred.append(&mut batch.audit);
+        match durable.lazy_since {
+            None => durable.lazy_since = Some(tokio::time::Instant::now()),
+            Some(t) if t.elapsed() >= LAZY_FLUSH => durable.flush_lazy(store),
+            Some(_) => {}
+        }
+        return;
+    }
+    let deferred = durable.deferred.len();
+    if deferred > 0 {
+        let mut audit = std::mem::take(&mut durable.deferred);
+        audit.append(&mut batch.audit);
+        batch.audit = audit;
+    }
+    let last_seq = batch.audit.last().map(|(seq, _)| *seq);
+    let writer = store.clone();
+    let (result, batch) = tokio::task::spawn_blocking(move || (writer.commit(&batch, true), batch))
+        .await
+        .unwrap_or_else(|e| {
+            (
+                Err(StoreError::Injected(format!("store task failed: {e}"))),
+                WriteBatch::default(),
+            )
+        });
+    match result {
+        Ok(()) => {
+            engine.commit();
+            if let Some(seq) = last_seq {
+                durable.written = seq;
+            }
+            take_audit(out, &mut entries);
+            durable.announcer.written(entries);
+            durable.announcer.durable_up_to(durable.written);
+            durable.lazy_since = None;
+            if durable.failing.swap(false, Ordering::Relaxed) {
+                info!("storage works again");
+            }
+        }
+        Err(e) => {
+            error!(
+                "STORAGE FAILURE: {e}; refusing this batch's requests with `unavailable` and returning to the state before it"
+            );
+            durable.failing.store(true, Ordering::Relaxed);
+            // Entries of earlier reads went out with this batch: they stay deferred (the
+            // engine's audit `seq` only goes back to where this batch started, past them).
+            let mut batch = batch;
+            batch.audit.truncate(deferred);
+            durable.deferred = batch.audit;
+            if !durable.deferred.is_empty() && durable.lazy_since.is_none() {
+                durable.lazy_since = Some(tokio::time::Instant::now());
+            }
+            refuse(engine, out, now, info, &e.to_string());
+        }
+    }
+}
+
+/// Takes the batch back: its requests are answered `unavailable`, nothing else it produced is
+/// sent, and the connection changes in it are applied again (their outputs, a `Monitor` to a new
+/// switch link or the shutdown's goodbyes, are sent).
+fn refuse(engine: &mut Engine, out: &mut Vec<Output>, now: u64, info: BatchInfo, why: &str) {
+    engine.rollback();
+    out.clear();
+    let mut seen = std::collections::HashSet::new();
+    for (conn, r#ref) in info.requests {
+        // A request sent without `ref` gets no answer (there is nothing to match it by).
+        let Some(r#ref) = r#ref else {
+            continue;
+        };
+        if !seen.insert((conn, r#ref)) {
+            continue;
+        }
+        out.push(Output::Send {
+            conn,
+            env: Envelope::reply(
+                Some(r#ref),
+                ServerMsg::error(
+                    ErrorCode::Unavailable,
+                    format!("storage failed, nothing was changed: {why}"),
+                ),
+            ),
+        });
+    }
+    for fact in info.facts {
+        engine.reapply_fact(now, fact, out);
+    }
+}
+
+/// Moves the audit entries out of `out` into `entries`, logging each at debug level.
+fn take_audit(out: &mut Vec<Output>, entries: &mut Vec<AuditEntry>) {
+    for o in out.extract_if(.., |o| matches!(o, Output::Audit(_))) {
+        if let Output::Audit(entry) = o {
+            log_audit(&entry);
+            entries.push(entry);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::EngineConfig;
+    use crate::store::MemoryStore;
+    use tokio::sync::watch;
+
+    fn get(conn: ConnId, r#ref: u64, record: &str) -> Input {
+        Input::Request {
+            conn,
+            r#ref: Some(r#ref),
+            request: Request::GetRecord(RecordRef {
+                record: record.into(),
+            }),
+        }
+    }
+
+    /// Reads' audit entries wait in memory for the disk; past `max_deferred_audit_entries` more
+    /// reads are refused with `unavailable` (and leave no entry) instead of growing memory.
+    #[tokio::test(start_paused = true)]
+    async fn reads_are_refused_once_the_deferred_audit_entries_reach_their_bound() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let config = Config::default();
+        let mut engine = Engine::new(EngineConfig::from_config(&config), [3; 32], 1_000);
+        let desk: ConnId = 1;
+        let mut out = Vec::new();
+        engine.begin();
+        engine.handle(
+            1_000,
+            Input::Connected {
+                conn: desk,
+                role: Role::Desktop,
+            },
+            &mut out,
+        );
+        let login = Request::Login(Login {
+            agent: "A".into(),
+            dn: "7001".into(),
+            password: None,
+            resume: None,
+        });
+        engine.handle(
+            1_000,
+            Input::Request {
+                conn: desk,
+                r#ref: Some(1),
+                request: login,
+            },
+            &mut out,
+        );
+        let _ = engine.take_writes();
+        engine.commit();
+        let mut durable = Durability {
+            announcer: Arc::new(Announcer::new(watch::channel(0).0)),
+            written: 0,
+            deferred: Vec::new(),
+            max_deferred: 3,
+            lazy_since: None,
+            failing: Arc::new(AtomicBool::new(false)),
+        };
+        let batch = |engine: &mut Engine, refs: std::ops::Range<u64>| {
+            let mut info = BatchInfo::default();
+            engine.begin();
+            let mut out = Vec::new();
+            for r in refs {
+                let input = get(desk, r, "R-unknown");
+                info.note(&input);
+                engine.handle(1_000, input, &mut out);
+            }
+            (out, info)
+        };
+        // Two reads: answered, their entries deferred.
+        let (mut out, info) = batch(&mut engine, 10..12);
+        commit(&mut engine, &store, &mut durable, &mut out, 1_000, info).await;
+        let codes = |out: &[Output]| -> Vec<ErrorCode> {
+            out.iter()
+                .filter_map(|o| match o {
+                    Output::Send { env, .. } => match &env.msg {
+                        ServerMsg::Error { code, .. } => Some(*code),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(codes(&out), vec![ErrorCode::NoSuchRecord; 2]);
+        assert_eq!(durable.deferred.len(), 2);
+        let seq = engine.counts().audit_last_seq;
+        // Two more would make four waiting, over the bound of three: refused, nothing kept.
+        let (mut out, info) = batch(&mut engine, 12..14);
+        commit(&mut engine, &store, &mut durable, &mut out, 1_000, info).await;
+        assert_eq!(codes(&out), vec![ErrorCode::Unavailable; 2]);
+        assert_eq!(durable.deferred.len(), 2);
+        assert_eq!(engine.counts().audit_last_seq, seq);
+        // Once the disk has taken the waiting entries, reads are answered again.
+        durable.flush_lazy(&store);
+        let (mut out, info) = batch(&mut engine, 14..15);
+        commit(&mut engine, &store, &mut durable, &mut out, 1_000, info).await;
+        assert_eq!(codes(&out), vec![ErrorCode::NoSuchRecord]);
+    }
+}

@@ -1,0 +1,388 @@
+//! One connection's reader: the handshake (`Hello`, protocol, token), the read loop and its
+//! backpressure, and what the reader answers itself (`Ping`, framing errors, audit tails). The
+//! connection's queue and writer are in [`super::outbox`].
+//!
+//! Never decides access and never touches engine state: every other request goes to the engine
+//! task as a message.
+
+use super::audit_feed::{audit_tail, TailOut};
+use super::engine_task::EngineMsg;
+use super::outbox::{self, Outbox, RoomError};
+use super::Shared;
+use crate::codec::{FrameCodec, FrameError};
+use crate::config::Config;
+use crate::engine::ConnId;
+use crate::messages::*;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+/// Initial read buffer of a connection, in bytes.
+const CONN_BUFFER: usize = 1024;
+
+pub(super) struct ConnCtx {
+    pub(super) conn: ConnId,
+    pub(super) peer: SocketAddr,
+    pub(super) config: Arc<Config>,
+    pub(super) engine: mpsc::Sender<EngineMsg>,
+    pub(super) cancel: CancellationToken,
+    pub(super) shared: Shared,
+}
+
+fn error_frame(r#ref: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
+    Envelope::reply(r#ref, ServerMsg::error(code, message)).to_bytes()
+}
+
+pub(super) async fn refuse_overloaded(socket: TcpStream, ctx: &ConnCtx) {
+    warn!(
+        max_connections = ctx.config.max_connections,
+        "refusing connection: server is at max_connections"
+    );
+    let mut writer = FramedWrite::new(socket, FrameCodec::new(ctx.config.max_frame_bytes));
+    let frame = error_frame(
+        None,
+        ErrorCode::Overloaded,
+        format!(
+            "the server is serving its limit of {} connections; try again later",
+            ctx.config.max_connections
+        ),
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.send(frame)).await;
+}
+
+pub(super) async fn serve_connection(socket: TcpStream, ctx: ConnCtx) {
+    let _ = socket.set_nodelay(true);
+    let (read_half, write_half) = socket.into_split();
+    // A small initial read buffer: most connections send small frames, and an idle desktop should
+    // cost little memory. It grows on demand for bigger frames.
+    let mut reader = FramedRead::with_capacity(
+        read_half,
+        FrameCodec::new(ctx.config.max_frame_bytes),
+        CONN_BUFFER,
+    );
+    let outbox = Arc::new(Outbox::new(
+        ctx.config.outbound_queue_frames,
+        ctx.config.idle_timeout(),
+    ));
+    let writer_task = tokio::spawn(
+        outbox::write_loop(write_half, outbox.clone(), ctx.cancel.clone()).in_current_span(),
+    );
+
+    let registered = match handshake(&mut reader, &outbox, &ctx).await {
+        Some(role) => {
+            tracing::Span::current().record("role", role.as_str());
+            let msg = EngineMsg::Connected {
+                conn: ctx.conn,
+                role,
+                peer: ctx.peer,
+                outbox: outbox.clone(),
+                cancel: ctx.cancel.clone(),
+            };
+            if ctx.engine.send(msg).await.is_ok() {
+                debug!("session open");
+                read_loop(&mut reader, &outbox, &ctx, role).await;
+                true
+            } else {
+                false
+            }
+        }
+        None => false,
+    };
+    if registered {
+        let _ = ctx
+            .engine
+            .send(EngineMsg::Disconnected { conn: ctx.conn })
+            .await;
+    }
+    // Let the writer send what is queued (an error, a last reply), then close.
+    outbox.close();
+    if tokio::time::timeout(Duration::from_secs(2), writer_task)
+        .await
+        .is_err()
+    {
+        ctx.cancel.cancel();
+    }
+    debug!("connection closed");
+}
+
+/// Waits for `Hello` and answers it. Returns the role, or `None` after sending the error.
+async fn handshake(
+    reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    outbox: &Outbox,
+    ctx: &ConnCtx,
+) -> Option<Role> {
+    let first = tokio::select! {
+        _ = ctx.cancel.cancelled() => return None,
+        r = tokio::time::timeout(ctx.config.handshake_timeout(), reader.next()) => r,
+    };
+    let frame = match first {
+        Err(_) => {
+            info!(
+                "closing: no Hello within {} ms",
+                ctx.config.handshake_timeout_ms
+            );
+            let _ = outbox.push(error_frame(
+                None,
+                ErrorCode::HelloRequired,
+                format!(
+                    "no Hello within handshake_timeout_ms ({} ms)",
+                    ctx.config.handshake_timeout_ms
+                ),
+            ));
+            return None;
+        }
+        Ok(None) => return None,
+        Ok(Some(Err(e))) => {
+            report_frame_error(outbox, &e);
+            return None;
+        }
+        Ok(Some(Ok(frame))) => frame,
+    };
+    let incoming = match parse_request(&frame, None) {
+        Ok(i) => i,
+        Err(e) => {
+            // A broken Hello is a bad_request; anything that is not a Hello is hello_required.
+            let is_hello = e.type_name.as_deref() == Some("Hello");
+            let code = match e.code {
+                ErrorCode::BadFrame => e.code,
+                ErrorCode::BadRequest if is_hello => e.code,
+                _ => ErrorCode::HelloRequired,
+            };
+            let message = if code == ErrorCode::HelloRequired && e.code != code {
+                match e.type_name {
+                    Some(t) => format!("the first frame must be Hello, not `{t}`"),
+                    None => "the first frame must be Hello".to_owned(),
+                }
+            } else {
+                e.message
+            };
+            info!(code = code.as_str(), "closing: {message}");
+            let _ = outbox.push(error_frame(e.r#ref, code, message));
+            return None;
+        }
+    };
+    let Request::Hello(hello) = incoming.request else {
+        unreachable!("parse_request without a role only accepts Hello");
+    };
+    let r#ref = incoming.r#ref;
+    let refuse = |code: ErrorCode, message: String| {
+        info!(code = code.as_str(), "closing: {message}");
+        let _ = outbox.push(error_frame(r#ref, code, message));
+        None
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        return refuse(
+            ErrorCode::ProtocolMismatch,
+            format!(
+                "protocol {} is not supported; this server speaks protocol {PROTOCOL_VERSION}",
+                hello.protocol
+            ),
+        );
+    }
+    let Some(role) = Role::parse(&hello.role) else {
+        return refuse(
+            ErrorCode::BadRequest,
+            format!(
+                "Hello: field `role`: unknown role `{}` (expected desktop, dialer, switch or admin)",
+                hello.role
+            ),
+        );
+    };
+    let tokens = &ctx.config.tokens;
+    let expected = match role {
+        Role::Desktop => &tokens.desktop,
+        Role::Dialer => &tokens.dialer,
+        Role::Switch => &tokens.switch,
+        Role::Admin => &tokens.admin,
+    };
+    if !constant_time_eq(hello.token.as_bytes(), expected.as_bytes()) {
+        return refuse(
+            ErrorCode::AuthFailed,
+            format!("wrong token for role {role}"),
+        );
+    }
+    let welcome = Envelope::reply(
+        r#ref,
+        ServerMsg::Welcome {
+            protocol: PROTOCOL_VERSION,
+            server: format!("baton/{}", env!("CARGO_PKG_VERSION")),
+            heartbeat_ms: ctx.config.heartbeat_ms,
+        },
+    );
+    outbox.push(welcome.to_bytes()).is_ok().then_some(role)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn report_frame_error(outbox: &Outbox, e: &FrameError) {
+    if e.is_violation() {
+        info!("closing: framing violation: {e}");
+        let _ = outbox.push(error_frame(None, ErrorCode::BadFrame, e.to_string()));
+    } else {
+        debug!("read failed: {e}");
+    }
+}
+
+/// Drops a connection whose client has stopped reading.
+fn drop_not_reading(ctx: &ConnCtx, role: Role, outbox: &Outbox, why: &str) {
+    warn!(
+        conn = ctx.conn,
+        peer = %ctx.peer,
+        role = %role,
+        queued = outbox.pending(),
+        "dropping connection: the client is not reading ({why})"
+    );
+    ctx.cancel.cancel();
+}
+
+/// Queues an answer the reader produces itself; false when the connection must end.
+fn answer(outbox: &Outbox, frame: Bytes) -> bool {
+    outbox.push_reply(frame).is_ok()
+}
+
+async fn read_loop(
+    reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    outbox: &Arc<Outbox>,
+    ctx: &ConnCtx,
+    role: Role,
+) {
+    let idle = ctx.config.idle_timeout();
+    // Created with the first AuditTail: most connections never ask for one.
+    let mut tail_slots: Option<Arc<Semaphore>> = None;
+    loop {
+        // Backpressure: the next request is read only once its answer has room. Meanwhile the
+        // socket is not read, so TCP flow control slows a client that writes faster than it
+        // reads; and the idle timer does not run, since such a client is not silent.
+        let room = tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            r = outbox.room_for_request(idle) => r,
+        };
+        match room {
+            Ok(()) => {}
+            Err(RoomError::Closed) => return,
+            Err(RoomError::NotReading) => {
+                let why = format!(
+                    "it took nothing of its queued answers for {} ms, 3 heartbeats",
+                    idle.as_millis()
+                );
+                drop_not_reading(ctx, role, outbox, &why);
+                return;
+            }
+        }
+        let next = tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            r = tokio::time::timeout(idle, reader.next()) => r,
+        };
+        let frame = match next {
+            Err(_) => {
+                info!(
+                    "closing: nothing received for {} ms (3 heartbeats)",
+                    idle.as_millis()
+                );
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(Err(e))) => {
+                report_frame_error(outbox, &e);
+                return;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match parse_request(&frame, Some(role)) {
+            Ok(Incoming {
+                r#ref,
+                request: Request::Ping,
+            }) => {
+                let pong = Envelope::reply(r#ref, ServerMsg::Pong).to_bytes();
+                if !answer(outbox, pong) {
+                    return;
+                }
+            }
+            Ok(Incoming {
+                request: Request::Pong,
+                ..
+            }) => {}
+            Ok(Incoming {
+                r#ref,
+                request: Request::AuditTail(t),
+            }) => {
+                let limit = ctx.config.max_audit_tails_per_connection;
+                let slots = tail_slots.get_or_insert_with(|| Arc::new(Semaphore::new(limit)));
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let tail = TailOut {
+                            outbox: outbox.clone(),
+                            r#ref,
+                            cancel: ctx.cancel.clone(),
+                        };
+                        tokio::spawn(
+                            audit_tail(ctx.shared.clone(), tail, t, slot).in_current_span(),
+                        );
+                    }
+                    Err(_) => {
+                        let refusal = error_frame(
+                            r#ref,
+                            ErrorCode::Overloaded,
+                            format!(
+                                "this connection already runs {limit} audit tails, the limit \
+                                 (max_audit_tails_per_connection = {limit}); use another connection"
+                            ),
+                        );
+                        if !answer(outbox, refusal) {
+                            return;
+                        }
+                    }
+                }
+            }
+            Ok(Incoming {
+                r#ref,
+                request: Request::Hello(_),
+            }) => {
+                let refusal =
+                    error_frame(r#ref, ErrorCode::BadRequest, "Hello was already received");
+                if !answer(outbox, refusal) {
+                    return;
+                }
+            }
+            Ok(Incoming { r#ref, request }) => {
+                if let Request::Login(l) = &request {
+                    tracing::Span::current().record("agent", l.agent.as_str());
+                }
+                outbox.request_sent();
+                let msg = EngineMsg::Request {
+                    conn: ctx.conn,
+                    r#ref,
+                    request,
+                    outbox: outbox.clone(),
+                };
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return,
+                    sent = ctx.engine.send(msg) => if sent.is_err() { return },
+                }
+            }
+            Err(e) if e.code == ErrorCode::BadFrame => {
+                info!("closing: framing violation: {}", e.message);
+                let _ = outbox.push(error_frame(e.r#ref, e.code, e.message));
+                return;
+            }
+            Err(e) => {
+                debug!(code = e.code.as_str(), "refused frame: {}", e.message);
+                if !answer(outbox, error_frame(e.r#ref, e.code, e.message)) {
+                    return;
+                }
+            }
+        }
+    }
+}

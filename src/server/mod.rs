@@ -1,0 +1,283 @@
+//! The I/O shell around the engine: sockets, timers and shutdown.
+//!
+//! Each connection is a reader loop, an outbox (its bounded queue of outbound frames, see
+//! [`outbox`]) and a writer task. The reader does the handshake (`Hello`, `Ping`, framing errors)
+//! itself and forwards decoded requests to the one engine task; the engine task applies them in
+//! arrival order and pushes each output frame onto the target connection's outbox, never waiting.
+//! The reader applies backpressure: it reads a client's next request only while that connection's
+//! queued frames and unanswered requests leave room, so a client that pipelines is slowed down by
+//! TCP flow control, not dropped. A client that stops reading altogether is dropped and logged,
+//! and nobody else ever waits for it. The server watches its engine task: if that dies, it stops
+//! accepting and reports the failure (and `baton serve` exits, for its supervisor to restart it).
+//!
+//! This file owns the public API (`start*`, [`StartOptions`], [`ServerHandle`], [`ServerError`])
+//! and the wiring: it opens and loads the store, builds the engine, binds the listener and hands
+//! them to the rooms below. It never handles a frame or an engine output itself.
+//!
+//! - `accept`: the accept loop and the shutdown sequence;
+//! - `connection`: a connection's handshake and read loop (its backpressure included);
+//! - `outbox`: a connection's bounded outbound queue and its writer task;
+//! - `engine_task`: the one task that owns the engine, its batches and the dispatch of outputs;
+//! - `commit`: group commit, lazy flush, refusal and rollback, read-back of final records;
+//! - `audit_feed`: the announcer of durable audit entries and the `AuditTail` request;
+//! - `retention`: audit trimming and the purge of old final records;
+//! - `service`: running as `baton serve` does (signals, panics to the log).
+
+mod accept;
+mod audit_feed;
+mod commit;
+mod connection;
+mod engine_task;
+mod outbox;
+mod retention;
+mod service;
+
+pub use service::{log_panics, serve};
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig};
+use crate::store::{SledStore, Store, StoreError};
+use audit_feed::Announcer;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Exit status of `baton serve` when its engine task dies (`EX_SOFTWARE` of sysexits.h): not 0,
+/// so that systemd or any supervisor restarts it.
+pub const ENGINE_FAILURE_EXIT_CODE: i32 = 70;
+
+/// Why the server could not start, or stopped serving on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the data directory {dir}: {source}")]
+    Store { dir: String, source: StoreError },
+    #[error("cannot load the stored state: {0}")]
+    Load(String),
+    /// The engine task died (a panic): nothing would be answered any more, so the server stopped.
+    #[error("ENGINE FAILURE: {0}")]
+    EngineFailed(String),
+    #[error("the server task failed: {0}")]
+    Task(String),
+}
+
+/// A switch that makes the engine task panic at its next batch, as a bug in the engine would.
+/// Only tests set it: there is no config key, flag or environment variable that reaches it. They
+/// use it to prove that a dead engine stops the server rather than leaving it accepting
+/// connections that nobody answers.
+pub type EngineFault = Arc<AtomicBool>;
+
+/// What the server does when its engine task dies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnEngineFailure {
+    /// Stop accepting, close every connection, and end: [`ServerHandle::wait`] returns
+    /// [`ServerError::EngineFailed`]. For a server inside another program, such as a test.
+    #[default]
+    Report,
+    /// Log and exit the process at once with [`ENGINE_FAILURE_EXIT_CODE`], for the supervisor to
+    /// restart it (the restart restores the store). What `baton serve` does.
+    ExitProcess,
+}
+
+/// How to start a server, beyond its [`Config`].
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// The store to serve from; `None` opens sled in `config.data_dir`.
+    pub store: Option<Arc<dyn Store>>,
+    pub on_engine_failure: OnEngineFailure,
+    /// See [`EngineFault`]; `None` outside tests.
+    pub engine_fault: Option<EngineFault>,
+}
+
+impl StartOptions {
+    /// What `baton serve` runs with: sled in the data directory, and a dead engine exits the
+    /// process.
+    pub fn service() -> StartOptions {
+        StartOptions {
+            on_engine_failure: OnEngineFailure::ExitProcess,
+            ..StartOptions::default()
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the engine's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A running server.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, tells every client, drains the queues and waits for the server to end.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        if let Err(e) = self.wait().await {
+            error!("{e}");
+        }
+    }
+
+    /// Waits until the server ends: after [`ServerHandle::stop_token`] is cancelled (`Ok`), or on
+    /// its own because its engine task died ([`ServerError::EngineFailed`]; the listener is then
+    /// closed and every connection with it).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(ServerError::Task(e.to_string())))
+    }
+
+    /// Cancelling this token stops the server as [`ServerHandle::shutdown`] does.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// Opens the sled store in `config.data_dir`, loads it, binds `config.listen` and serves until the
+/// handle is shut down.
+pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    start_with_options(config, StartOptions::default()).await
+}
+
+/// Serves with the given store (tests use [`crate::store::MemoryStore`]).
+pub async fn start_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+) -> Result<ServerHandle, ServerError> {
+    let opts = StartOptions {
+        store: Some(store),
+        ..StartOptions::default()
+    };
+    start_with_options(config, opts).await
+}
+
+/// Loads the store (`opts.store`, or sled in `config.data_dir`), binds `config.listen` and serves
+/// until the handle is shut down or the engine dies (see [`OnEngineFailure`]).
+pub async fn start_with_options(
+    config: Config,
+    opts: StartOptions,
+) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    let store = match opts.store.clone() {
+        Some(store) => store,
+        None => open_sled(&config).await?,
+    };
+    serve_store(config, store, opts).await
+}
+
+async fn open_sled(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    let (dir, cache) = (config.data_dir.clone(), config.store_cache_bytes);
+    let opening = std::time::Instant::now();
+    let store = tokio::task::spawn_blocking(move || SledStore::open_with_cache(&dir, cache))
+        .await
+        .expect("store open does not panic")
+        .map_err(|source| ServerError::Store {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
+    info!(
+        dir = %config.data_dir.display(),
+        open_ms = opening.elapsed().as_millis() as u64,
+        "store opened"
+    );
+    Ok(Arc::new(store))
+}
+
+async fn serve_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    opts: StartOptions,
+) -> Result<ServerHandle, ServerError> {
+    let started = std::time::Instant::now();
+    let loader = store.clone();
+    let snapshot = tokio::task::spawn_blocking(move || loader.load())
+        .await
+        .expect("store load does not panic")
+        .map_err(|e| ServerError::Load(e.to_string()))?;
+    let loaded = started.elapsed();
+    let mut engine = Engine::new(
+        EngineConfig::from_config(&config),
+        rand::random::<[u8; 32]>(),
+        now_ms(),
+    );
+    let (records, agents, audit_last_seq) = (
+        snapshot.records.len(),
+        snapshot.agents.len(),
+        snapshot.audit_last_seq,
+    );
+    engine
+        .restore(snapshot, now_ms())
+        .map_err(ServerError::Load)?;
+    info!(
+        records,
+        agents,
+        audit_last_seq,
+        load_ms = loaded.as_millis() as u64,
+        restore_ms = (started.elapsed() - loaded).as_millis() as u64,
+        "state loaded"
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let stop = CancellationToken::new();
+    let config = Arc::new(config);
+    let announcer = Arc::new(Announcer::new(watch::channel(audit_last_seq).0));
+    let shared = Shared { store, announcer };
+    let task = tokio::spawn(accept::run(
+        listener,
+        config,
+        stop.clone(),
+        engine,
+        shared,
+        opts,
+    ));
+    info!(%addr, "baton listening");
+    Ok(ServerHandle { addr, stop, task })
+}
+
+/// What connection tasks share besides the engine: the store (for audit tails) and the announcer
+/// (the highest audit `seq` known to be on disk, and the live feed of newly durable entries).
+#[derive(Clone)]
+struct Shared {
+    store: Arc<dyn Store>,
+    announcer: Arc<Announcer>,
+}
+
+/// The message a panic was raised with.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
