@@ -24,7 +24,11 @@ mod telephony;
 mod timers;
 
 use crate::messages::*;
-use crate::store::{Snapshot, Stored, WriteBatch};
+// Kept at their old paths for the shell, which reads records the engine let go.
+pub use crate::store::records::{stored_record_final_ms, stored_record_is_final};
+
+use crate::store::records::{decode, encode, parse_records};
+use crate::store::{Snapshot, WriteBatch};
 use access::{already_final_error, FinalExtra};
 use journal::{FastMap, JMap, JSet};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
@@ -569,68 +573,4 @@ impl Engine {
             Request::ReleaseRecord(r) => self.release_record(out, conn, r#ref, r),
         }
     }
-}
-
-/// Whether a record as stored is final, read without building it (at start every stored record
-/// is looked at, and most are final: their data need not be allocated).
-pub fn stored_record_is_final(bytes: &[u8]) -> Result<bool, String> {
-    #[derive(Deserialize)]
-    struct Probe {
-        final_: Option<serde::de::IgnoredAny>,
-    }
-    serde_json::from_slice::<Probe>(bytes)
-        .map(|p| p.final_.is_some())
-        .map_err(|e| e.to_string())
-}
-
-/// When a record as stored became final (milliseconds since the epoch), if it is final.
-pub fn stored_record_final_ms(bytes: &[u8]) -> Result<Option<u64>, String> {
-    #[derive(Deserialize)]
-    struct At {
-        at: String,
-    }
-    #[derive(Deserialize)]
-    struct Probe {
-        final_: Option<At>,
-    }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    Ok(probe.final_.and_then(|f| parse_rfc3339(&f.at)))
-}
-
-/// Parses stored records on every core: at start this is most of the work for a big store.
-fn parse_records(stored: Vec<(String, Stored)>) -> Result<FastMap<String, Record>, String> {
-    fn parse(part: &[(String, Stored)]) -> Result<Vec<Record>, String> {
-        part.iter()
-            .map(|(id, bytes)| {
-                serde_json::from_slice(bytes)
-                    .map_err(|e| format!("record {id} cannot be read back: {e}"))
-            })
-            .collect()
-    }
-    // Below this, threads cost more than they save.
-    const PER_THREAD: usize = 20_000;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(stored.len() / PER_THREAD)
-        .max(1);
-    let parsed: Vec<Vec<Record>> = if threads == 1 {
-        vec![parse(&stored)?]
-    } else {
-        let chunk = stored.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = stored
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || parse(part)))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect::<Result<Vec<_>, String>>()
-        })?
-    };
-    let mut records = FastMap::with_capacity_and_hasher(stored.len(), Default::default());
-    for (rec, (id, _)) in parsed.into_iter().flatten().zip(stored) {
-        records.insert(id, rec);
-    }
-    Ok(records)
 }

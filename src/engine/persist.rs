@@ -64,8 +64,7 @@ impl Engine {
         if self.records.contains_key(id) {
             return Ok(());
         }
-        let mut rec: Record = serde_json::from_slice(stored)
-            .map_err(|e| format!("record {id} cannot be read back: {e}"))?;
+        let mut rec: Record = decode(&format!("record {id}"), stored)?;
         if rec.final_.is_none() {
             return Err(format!(
                 "record {id} is live in the store but not in memory; live records never leave memory"
@@ -86,7 +85,7 @@ impl Engine {
             let Some(rec) = self.records.get(&id) else {
                 panic!("record {id} changed but is not in memory");
             };
-            let value = serde_json::to_vec(rec).expect("records serialize");
+            let value = encode(rec);
             if let Some(at) = rec.final_.as_ref().and_then(|f| parse_rfc3339(&f.at)) {
                 // Filed by the time it became final, for retention (written again if the record
                 // is, which changes nothing).
@@ -106,12 +105,12 @@ impl Engine {
                     dn: a.dn.clone(),
                     session: a.session.clone(),
                 };
-                serde_json::to_vec(&state).expect("agents serialize")
+                encode(&state)
             });
             batch.agents.push((id, value));
         }
         for entry in std::mem::take(&mut self.pending_audit) {
-            let bytes = serde_json::to_vec(&entry).expect("audit entries serialize");
+            let bytes = encode(&entry);
             batch.audit.push((entry.seq, bytes));
         }
         batch
@@ -124,15 +123,16 @@ impl Engine {
     pub fn restore(&mut self, snapshot: Snapshot, now_ms: u64) -> Result<(), String> {
         self.now = self.now.max(now_ms);
         // Final records stay on disk: requests that name one read it back (`record_to_load`).
-        let records = parse_records(snapshot.records)?;
-        if let Some((id, _)) = records.iter().find(|(_, r)| r.final_.is_some()) {
+        let parsed: Vec<(String, Record)> = parse_records(snapshot.records)?;
+        if let Some((id, _)) = parsed.iter().find(|(_, r)| r.final_.is_some()) {
             return Err(format!("record {id} was loaded as live but is final"));
         }
+        let mut records = FastMap::with_capacity_and_hasher(parsed.len(), Default::default());
+        records.extend(parsed);
         let finals = snapshot.records_final;
         let mut agents = Vec::with_capacity(snapshot.agents.len());
         for (id, bytes) in snapshot.agents {
-            let a: AgentState = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("agent {id} cannot be read back: {e}"))?;
+            let a: AgentState = decode(&format!("agent {id}"), &bytes)?;
             agents.push((id, a));
         }
         self.records.replace_all(records);
