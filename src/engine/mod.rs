@@ -501,14 +501,14 @@ impl Engine {
             Request::Pong => {}
             Request::Login(l) => self.login(out, conn, r#ref, l),
             Request::Logout(l) => self.logout_request(out, conn, r#ref, l),
-            Request::GetRecord(_)
-            | Request::UpdateRecord(_)
-            | Request::RecordProcessed(_)
-            | Request::ChainedRecords(_)
-            | Request::RecordReject(_)
-            | Request::RecordCancel(_)
-            | Request::DoNotCall(_)
-            | Request::Reschedule(_) => self.record_request(out, conn, r#ref, request),
+            Request::GetRecord(r) => self.get_record(out, conn, r#ref, r),
+            Request::ChainedRecords(r) => self.chained_records(out, conn, r#ref, r),
+            Request::UpdateRecord(c) => self.update_record(out, conn, r#ref, c),
+            Request::RecordProcessed(c) => self.record_processed(out, conn, r#ref, c),
+            Request::RecordReject(r) => self.record_reject(out, conn, r#ref, r),
+            Request::RecordCancel(r) => self.record_cancel(out, conn, r#ref, r),
+            Request::DoNotCall(d) => self.do_not_call(out, conn, r#ref, d),
+            Request::Reschedule(s) => self.reschedule(out, conn, r#ref, s),
             Request::AttachRecord(a) => self.attach(out, conn, r#ref, a),
             Request::CancelRecord(c) => self.dialer_cancel(out, conn, r#ref, c),
             Request::Ringing(e) => {

@@ -1,18 +1,266 @@
 //! Desktop record requests: reading a record and its chain, changing it, and the requests that
-//! make it final, each checked in the contract's order and audited as accepted or denied.
-//! Never changes access directly: finals go through [`Engine::finalize`].
+//! make it final, one function per request. Each is checked in the contract's order (logged in,
+//! then [`Engine::check_access`], then what is particular to the request) and audited as
+//! accepted or denied. Never changes access directly: finals go through [`Engine::finalize`].
 
 use super::*;
 
+/// A desktop record request that passed the common checks: where to answer, who asked, with
+/// what access.
+struct Asked {
+    conn: ConnId,
+    r#ref: Option<u64>,
+    /// The request's type name, for errors and the audit log.
+    request: &'static str,
+    agent: String,
+    access: Access,
+}
+
 impl Engine {
-    pub(super) fn record_request(
+    pub(super) fn get_record(
         &mut self,
         out: &mut Vec<Output>,
         conn: ConnId,
         r#ref: Option<u64>,
-        request: Request,
+        r: RecordRef,
     ) {
-        let type_name = request.type_name();
+        let Some(asked) = self.check_request(out, conn, r#ref, "GetRecord", &r.record, false)
+        else {
+            return;
+        };
+        let rec = &self.records[&r.record];
+        let reply = ServerMsg::Record {
+            record: r.record.clone(),
+            access: asked.access,
+            data: rec.data.clone(),
+            context: rec.context.clone(),
+            final_: rec.final_.clone(),
+        };
+        self.conclude(out, &asked, &r.record, None, reply);
+    }
+
+    pub(super) fn chained_records(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        r: RecordRef,
+    ) {
+        let Some(asked) = self.check_request(out, conn, r#ref, "ChainedRecords", &r.record, false)
+        else {
+            return;
+        };
+        let rec = &self.records[&r.record];
+        let mut count = 0u32;
+        for entry in rec.chain.iter().filter(|e| e.record != r.record) {
+            count += 1;
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::ChainedRecord {
+                    record: entry.record.clone(),
+                    chain_n: entry.chain_n,
+                    data: entry.data.clone(),
+                    access: asked.access,
+                },
+            );
+        }
+        let reply = ServerMsg::ChainedRecordsEnd {
+            record: r.record.clone(),
+            count,
+        };
+        self.conclude(out, &asked, &r.record, None, reply);
+    }
+
+    pub(super) fn update_record(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        change: RecordChange,
+    ) {
+        let record = &change.record;
+        let Some(asked) = self.check_request(out, conn, r#ref, "UpdateRecord", record, true) else {
+            return;
+        };
+        if let Err(error) = self.check_size(record, &change) {
+            self.refuse(out, &asked, record, error);
+            return;
+        }
+        let version = self.apply_change(record, &change);
+        let others: Vec<String> = self.records[record]
+            .holders
+            .iter()
+            .filter(|(h, a)| a.is_granted() && **h != asked.agent)
+            .map(|(h, _)| h.clone())
+            .collect();
+        for h in others {
+            self.push_agent(
+                out,
+                &h,
+                ServerMsg::RecordChanged {
+                    record: record.clone(),
+                    version,
+                    call_result: change.call_result.clone(),
+                    fields: change.fields.clone(),
+                    by: asked.agent.clone(),
+                },
+            );
+        }
+        let reply = ServerMsg::RecordUpdated {
+            record: record.clone(),
+            version,
+        };
+        self.conclude(out, &asked, record, None, reply);
+    }
+
+    pub(super) fn record_processed(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        change: RecordChange,
+    ) {
+        let record = &change.record;
+        let Some(asked) = self.check_request(out, conn, r#ref, "RecordProcessed", record, true)
+        else {
+            return;
+        };
+        if let Err(error) = self.check_size(record, &change) {
+            self.refuse(out, &asked, record, error);
+            return;
+        }
+        self.apply_change(record, &change);
+        let finish = (Outcome::Processed, FinalExtra::default());
+        let reply = ServerMsg::RecordProcessedAck {
+            record: record.clone(),
+        };
+        self.conclude(out, &asked, record, Some(finish), reply);
+    }
+
+    pub(super) fn record_reject(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        r: RecordRef,
+    ) {
+        let Some(asked) = self.check_request(out, conn, r#ref, "RecordReject", &r.record, true)
+        else {
+            return;
+        };
+        let finish = (Outcome::Rejected, FinalExtra::default());
+        let reply = ServerMsg::RecordRejected {
+            record: r.record.clone(),
+        };
+        self.conclude(out, &asked, &r.record, Some(finish), reply);
+    }
+
+    pub(super) fn record_cancel(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        r: RecordRef,
+    ) {
+        let Some(asked) = self.check_request(out, conn, r#ref, "RecordCancel", &r.record, true)
+        else {
+            return;
+        };
+        let finish = (Outcome::Cancelled, FinalExtra::default());
+        let reply = ServerMsg::RecordCancelled {
+            record: r.record.clone(),
+        };
+        self.conclude(out, &asked, &r.record, Some(finish), reply);
+    }
+
+    pub(super) fn do_not_call(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        d: DoNotCall,
+    ) {
+        let Some(asked) = self.check_request(out, conn, r#ref, "DoNotCall", &d.record, true) else {
+            return;
+        };
+        let extra = FinalExtra {
+            scope: Some(d.scope),
+            ..FinalExtra::default()
+        };
+        let reply = ServerMsg::DoNotCallAck {
+            record: d.record.clone(),
+            scope: d.scope,
+        };
+        self.conclude(
+            out,
+            &asked,
+            &d.record,
+            Some((Outcome::DoNotCall, extra)),
+            reply,
+        );
+    }
+
+    pub(super) fn reschedule(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        s: Reschedule,
+    ) {
+        let Some(asked) = self.check_request(out, conn, r#ref, "Reschedule", &s.record, true)
+        else {
+            return;
+        };
+        // Validated after the access checks, so that those come in the contract's order.
+        let when = match parse_rfc3339(&s.at) {
+            Some(ms) if ms > self.now => Ok(ms),
+            Some(_) => Err("must be in the future"),
+            None => Err("is not an RFC 3339 time"),
+        };
+        let when = match when {
+            Ok(ms) => ms,
+            Err(problem) => {
+                let e = ServerMsg::error(
+                    ErrorCode::BadRequest,
+                    format!("Reschedule: field `at` ({}) {problem}", s.at),
+                );
+                self.refuse(out, &asked, &s.record, e);
+                return;
+            }
+        };
+        let at = rfc3339(when);
+        let extra = FinalExtra {
+            callback_at: Some(at.clone()),
+            callback: Some(s.callback),
+            ..FinalExtra::default()
+        };
+        let reply = ServerMsg::Rescheduled {
+            record: s.record.clone(),
+            at,
+            callback: s.callback,
+        };
+        self.conclude(
+            out,
+            &asked,
+            &s.record,
+            Some((Outcome::Rescheduled, extra)),
+            reply,
+        );
+    }
+
+    /// The checks every desktop record request starts with: a logged-in agent, then the access
+    /// checks in the contract's order. A refusal is answered (and audited) here.
+    fn check_request(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        request: &'static str,
+        record: &str,
+        needs_full: bool,
+    ) -> Option<Asked> {
         let Some(agent) = self.conns.get(&conn).and_then(|c| c.agent.clone()) else {
             Self::send(
                 out,
@@ -20,170 +268,54 @@ impl Engine {
                 r#ref,
                 ServerMsg::error(
                     ErrorCode::NotLoggedIn,
-                    format!("{type_name} needs a logged-in agent; send Login first"),
+                    format!("{request} needs a logged-in agent; send Login first"),
                 ),
             );
-            return;
+            return None;
         };
-        let (record, needs_full) = match &request {
-            Request::GetRecord(r) | Request::ChainedRecords(r) => (r.record.clone(), false),
-            Request::UpdateRecord(r) | Request::RecordProcessed(r) => (r.record.clone(), true),
-            Request::RecordReject(r) | Request::RecordCancel(r) => (r.record.clone(), true),
-            Request::DoNotCall(r) => (r.record.clone(), true),
-            Request::Reschedule(r) => (r.record.clone(), true),
-            _ => unreachable!("record_request only gets record requests"),
-        };
-        let access = match self.check_access(&record, &agent, needs_full) {
-            Ok(access) => access,
+        match self.check_access(record, &agent, needs_full) {
+            Ok(access) => Some(Asked {
+                conn,
+                r#ref,
+                request,
+                agent,
+                access,
+            }),
             Err(error) => {
-                self.deny(out, conn, r#ref, &agent, &record, type_name, error);
-                return;
+                self.deny(out, conn, r#ref, &agent, record, request, error);
+                None
             }
-        };
-        // Request-specific validation, after the access checks so that those come in contract order.
-        let mut finish: Option<(Outcome, FinalExtra)> = None;
-        let reply = match request {
-            Request::GetRecord(_) => {
-                let rec = &self.records[&record];
-                ServerMsg::Record {
-                    record: record.clone(),
-                    access,
-                    data: rec.data.clone(),
-                    context: rec.context.clone(),
-                    final_: rec.final_.clone(),
-                }
-            }
-            Request::ChainedRecords(_) => {
-                let rec = &self.records[&record];
-                let mut count = 0u32;
-                for entry in rec.chain.iter().filter(|e| e.record != record) {
-                    count += 1;
-                    Self::send(
-                        out,
-                        conn,
-                        r#ref,
-                        ServerMsg::ChainedRecord {
-                            record: entry.record.clone(),
-                            chain_n: entry.chain_n,
-                            data: entry.data.clone(),
-                            access,
-                        },
-                    );
-                }
-                ServerMsg::ChainedRecordsEnd {
-                    record: record.clone(),
-                    count,
-                }
-            }
-            Request::UpdateRecord(change) => {
-                if let Err(error) = self.check_size(&record, &change) {
-                    self.deny(out, conn, r#ref, &agent, &record, type_name, error);
-                    return;
-                }
-                let version = self.apply_change(&record, &change);
-                let others: Vec<String> = self.records[&record]
-                    .holders
-                    .iter()
-                    .filter(|(h, a)| a.is_granted() && h.as_str() != agent)
-                    .map(|(h, _)| h.clone())
-                    .collect();
-                for h in others {
-                    self.push_agent(
-                        out,
-                        &h,
-                        ServerMsg::RecordChanged {
-                            record: record.clone(),
-                            version,
-                            call_result: change.call_result.clone(),
-                            fields: change.fields.clone(),
-                            by: agent.clone(),
-                        },
-                    );
-                }
-                ServerMsg::RecordUpdated {
-                    record: record.clone(),
-                    version,
-                }
-            }
-            Request::RecordProcessed(change) => {
-                if let Err(error) = self.check_size(&record, &change) {
-                    self.deny(out, conn, r#ref, &agent, &record, type_name, error);
-                    return;
-                }
-                self.apply_change(&record, &change);
-                finish = Some((Outcome::Processed, FinalExtra::default()));
-                ServerMsg::RecordProcessedAck {
-                    record: record.clone(),
-                }
-            }
-            Request::RecordReject(_) => {
-                finish = Some((Outcome::Rejected, FinalExtra::default()));
-                ServerMsg::RecordRejected {
-                    record: record.clone(),
-                }
-            }
-            Request::RecordCancel(_) => {
-                finish = Some((Outcome::Cancelled, FinalExtra::default()));
-                ServerMsg::RecordCancelled {
-                    record: record.clone(),
-                }
-            }
-            Request::DoNotCall(d) => {
-                let extra = FinalExtra {
-                    scope: Some(d.scope),
-                    ..FinalExtra::default()
-                };
-                finish = Some((Outcome::DoNotCall, extra));
-                ServerMsg::DoNotCallAck {
-                    record: record.clone(),
-                    scope: d.scope,
-                }
-            }
-            Request::Reschedule(s) => {
-                let when = match parse_rfc3339(&s.at) {
-                    Some(ms) if ms > self.now => Ok(ms),
-                    Some(_) => Err("must be in the future"),
-                    None => Err("is not an RFC 3339 time"),
-                };
-                let when = match when {
-                    Ok(ms) => ms,
-                    Err(problem) => {
-                        let e = ServerMsg::error(
-                            ErrorCode::BadRequest,
-                            format!("Reschedule: field `at` ({}) {problem}", s.at),
-                        );
-                        self.deny(out, conn, r#ref, &agent, &record, type_name, e);
-                        return;
-                    }
-                };
-                let at = rfc3339(when);
-                let extra = FinalExtra {
-                    callback_at: Some(at.clone()),
-                    callback: Some(s.callback),
-                    ..FinalExtra::default()
-                };
-                finish = Some((Outcome::Rescheduled, extra));
-                ServerMsg::Rescheduled {
-                    record: record.clone(),
-                    at,
-                    callback: s.callback,
-                }
-            }
-            _ => unreachable!(),
-        };
-        self.accept(out, &agent, &record, type_name);
-        // The final requests: this agent's request decides the outcome, everyone else is told.
+        }
+    }
+
+    /// Refuses a request that passed the access checks but not its own.
+    fn refuse(&mut self, out: &mut Vec<Output>, asked: &Asked, record: &str, error: ServerMsg) {
+        let (conn, r#ref, request) = (asked.conn, asked.r#ref, asked.request);
+        self.deny(out, conn, r#ref, &asked.agent, record, request, error);
+    }
+
+    /// An accepted request: audited, made final when it is one of the final requests (this
+    /// agent's request decides the outcome, everyone else is told), then answered.
+    fn conclude(
+        &mut self,
+        out: &mut Vec<Output>,
+        asked: &Asked,
+        record: &str,
+        finish: Option<(Outcome, FinalExtra)>,
+        reply: ServerMsg,
+    ) {
+        self.accept(out, &asked.agent, record, asked.request);
         if let Some((outcome, extra)) = finish {
             self.finalize(
                 out,
-                &record,
+                record,
                 outcome,
-                Some(agent.clone()),
-                Some(&agent),
+                Some(asked.agent.clone()),
+                Some(&asked.agent),
                 extra,
             );
         }
-        Self::send(out, conn, r#ref, reply);
+        Self::send(out, asked.conn, asked.r#ref, reply);
     }
 
     #[allow(clippy::result_large_err)]
