@@ -28,7 +28,7 @@ impl Engine {
         if previous == Some(access) || (previous.is_none() && access == Access::Revoked) {
             return;
         }
-        debug_assert!(
+        assert!(
             rec.final_.is_none() || access == Access::Revoked,
             "a final record is never granted"
         );
@@ -69,6 +69,13 @@ impl Engine {
                 self.agent_records.remove(agent);
             }
         }
+        assert_eq!(
+            self.agent_records
+                .get(agent)
+                .is_some_and(|held| held.contains(record)),
+            access.is_granted(),
+            "agent_records lists exactly the records an agent holds"
+        );
         self.mark_dirty(record);
         let now = self.now;
         let window = self.lost_window_ms();
@@ -176,6 +183,7 @@ impl Engine {
                 *access = Access::Revoked;
             }
         }
+        assert!(!rec.has_live_holder(), "a final record has no live holder");
         self.mark_dirty(record);
         if self.call_record.get(&call).map(String::as_str) == Some(record) {
             self.call_record.remove(&call);

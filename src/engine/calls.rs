@@ -70,12 +70,30 @@ impl Engine {
         self.calls.get_mut(call).expect("inserted above")
     }
 
+    /// A call the event being applied has just filed (through [`Engine::call_entry`] or
+    /// [`Engine::add_party`]). Only [`Engine::drop_call`] removes a call, and no event handler
+    /// drops one before it is done with it.
+    pub(super) fn filed_call(&self, call: &str) -> &Call {
+        match self.calls.get(call) {
+            Some(c) => c,
+            None => panic!("call {call} was filed by the event being applied"),
+        }
+    }
+
+    /// [`Engine::filed_call`], to change it.
+    pub(super) fn filed_call_mut(&mut self, call: &str) -> &mut Call {
+        match self.calls.get_mut(call) {
+            Some(c) => c,
+            None => panic!("call {call} was filed by the event being applied"),
+        }
+    }
+
     pub(super) fn index_ani(&mut self, call: &str, ani: &str) {
         if ani.is_empty() {
             return;
         }
         let filed = self.ani_calls.get_or_default(ani).insert(call.to_owned());
-        debug_assert!(
+        assert!(
             self.calls.contains_key(call),
             "only live calls are filed by ANI"
         );

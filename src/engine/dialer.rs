@@ -122,8 +122,10 @@ impl Engine {
                 self.index_ani(&a.call, &phone);
             }
             // The call may already be answered on an agent's DN: grant at once (rule 1).
-            let established: Vec<String> =
-                self.calls[&a.call].parties.established().cloned().collect();
+            let established: Vec<String> = self
+                .calls
+                .get(&a.call)
+                .map_or_else(Vec::new, |c| c.parties.established().cloned().collect());
             for dn in established {
                 if let Some(agent) = self.agent_on(&dn) {
                     self.grant_for_party(out, &a.call, &agent, false);

@@ -272,7 +272,7 @@ impl Engine {
 
     /// The DNs the telephony link must monitor, sorted.
     pub fn monitored_dns(&self) -> Vec<String> {
-        debug_assert_eq!(self.monitored.len(), self.dn_agent.len());
+        assert_eq!(self.monitored.len(), self.dn_agent.len());
         self.monitored.clone()
     }
 
@@ -395,7 +395,7 @@ impl Engine {
             Input::Shutdown => self.on_shutdown(out),
             Input::Request { .. } | Input::Tick => {}
         }
-        debug_assert!(
+        assert!(
             self.dirty_records.is_empty()
                 && self.dirty_agents.is_empty()
                 && self.pending_audit.is_empty(),

@@ -28,7 +28,7 @@ impl Engine {
         else {
             return;
         };
-        let rec = &self.records[&r.record];
+        let rec = self.checked_record(&r.record);
         let reply = ServerMsg::Record {
             record: r.record.clone(),
             access: asked.access,
@@ -50,7 +50,7 @@ impl Engine {
         else {
             return;
         };
-        let rec = &self.records[&r.record];
+        let rec = self.checked_record(&r.record);
         let mut count = 0u32;
         for entry in rec.chain.iter().filter(|e| e.record != r.record) {
             count += 1;
@@ -89,7 +89,8 @@ impl Engine {
             return;
         }
         let version = self.apply_change(record, &change);
-        let others: Vec<String> = self.records[record]
+        let others: Vec<String> = self
+            .checked_record(record)
             .holders
             .iter()
             .filter(|(h, a)| a.is_granted() && **h != asked.agent)
@@ -250,6 +251,15 @@ impl Engine {
         );
     }
 
+    /// A record that passed [`Engine::check_request`]: the access checks found it in memory, and
+    /// nothing between them and the reply takes a record out of memory (only a tick does).
+    fn checked_record(&self, record: &str) -> &Record {
+        match self.records.get(record) {
+            Some(rec) => rec,
+            None => panic!("record {record} passed the access checks, which find it in memory"),
+        }
+    }
+
     /// The checks every desktop record request starts with: a logged-in agent, then the access
     /// checks in the contract's order. A refusal is answered (and audited) here.
     fn check_request(
@@ -320,7 +330,7 @@ impl Engine {
 
     #[allow(clippy::result_large_err)]
     fn check_size(&self, record: &str, change: &RecordChange) -> Result<(), ServerMsg> {
-        let rec = &self.records[record];
+        let rec = self.checked_record(record);
         let mut context = rec.context.clone();
         merge_change(&mut context, change);
         let size = json_len(&rec.data) + json_len(&context);
@@ -338,7 +348,9 @@ impl Engine {
     }
 
     fn apply_change(&mut self, record: &str, change: &RecordChange) -> u64 {
-        let rec = self.records.get_mut(record).expect("checked record");
+        let Some(rec) = self.records.get_mut(record) else {
+            panic!("record {record} passed the access checks, which find it in memory");
+        };
         merge_change(&mut rec.context, change);
         rec.version += 1;
         let version = rec.version;

@@ -15,6 +15,11 @@ impl Engine {
                 self.monitored.insert(i, dn.to_owned());
             }
         }
+        assert_eq!(
+            self.monitored.len(),
+            self.dn_agent.len(),
+            "monitored mirrors dn_agent"
+        );
     }
 
     fn unmonitor_dn(&mut self, dn: &str) {
@@ -26,6 +31,11 @@ impl Engine {
                 self.dn_calls.remove(dn);
             }
         }
+        assert_eq!(
+            self.monitored.len(),
+            self.dn_agent.len(),
+            "monitored mirrors dn_agent"
+        );
     }
 
     pub(super) fn agent_on(&self, dn: &str) -> Option<String> {

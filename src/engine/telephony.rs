@@ -15,13 +15,13 @@ impl Engine {
         }
         self.add_party(&e.call, &e.dn, PartyState::Alerting);
         if let Some(ani) = &e.ani {
-            if self.calls[&e.call].ani.is_none() {
-                self.calls.get_mut(&e.call).expect("exists").ani = Some(ani.clone());
+            if self.filed_call(&e.call).ani.is_none() {
+                self.filed_call_mut(&e.call).ani = Some(ani.clone());
                 self.index_ani(&e.call, ani);
             }
         }
-        let unlinked =
-            self.calls[&e.call].consult_of.is_none() && !self.call_record.contains_key(&e.call);
+        let unlinked = self.filed_call(&e.call).consult_of.is_none()
+            && !self.call_record.contains_key(&e.call);
         if unlinked {
             let link = match &e.consult_of {
                 Some(c1) if *c1 != e.call => Some(c1.clone()),
@@ -32,13 +32,13 @@ impl Engine {
                     .and_then(|ani| self.link_by_ani(&e.call, ani, e.from_dn.as_deref())),
             };
             if let Some(c1) = link {
-                self.calls.get_mut(&e.call).expect("exists").consult_of = Some(c1);
+                self.filed_call_mut(&e.call).consult_of = Some(c1);
             }
         }
         // The caller is on the call from now on (CONTRACT section 5): when it hangs up, its
         // `Released` must find it, whether or not the switch ever sends `Established` for it.
         if let Some(from) = e.from_dn.as_deref().filter(|f| *f != e.dn) {
-            let c = self.calls.get_mut(&e.call).expect("added above");
+            let c = self.filed_call_mut(&e.call);
             if c.caller.is_none() {
                 c.caller = Some(from.to_owned());
             }
@@ -53,7 +53,7 @@ impl Engine {
                 }
             }
         }
-        let c = &self.calls[&e.call];
+        let c = &self.filed_call(&e.call);
         if c.parties.get(&e.dn) == Some(PartyState::Alerting) {
             if let Some(conn) = self.conn_on_dn(&e.dn) {
                 let msg = ServerMsg::CallAlerting {
@@ -155,7 +155,8 @@ impl Engine {
             Some((record, false)) => {
                 if let Some(agent) = self.agent_on(&e.dn) {
                     // Only answered parties count: someone still ringing may never join.
-                    let remaining_agents = self.calls[&e.call]
+                    let remaining_agents = self
+                        .filed_call(&e.call)
                         .parties
                         .established()
                         .filter_map(|dn| self.dn_agent.get(dn))
@@ -215,7 +216,7 @@ impl Engine {
             TransferKind::TwoStep => PartyState::Established,
             _ => PartyState::Alerting,
         };
-        let before = self.calls[&e.call].parties.get(&e.to_dn);
+        let before = self.filed_call(&e.call).parties.get(&e.to_dn);
         self.add_party(&e.call, &e.to_dn, arriving);
         let record = self.call_record.get(&e.call).cloned();
         match (before, arriving) {
@@ -270,7 +271,7 @@ impl Engine {
         if let Some(c2) = &consult {
             self.merge_consultation(out, c2, "conferenced");
         }
-        let before = self.calls[&e.call].parties.get(&e.dn);
+        let before = self.filed_call(&e.call).parties.get(&e.dn);
         self.add_party(&e.call, &e.dn, PartyState::Established);
         if !PartyState::shown_established(before) {
             self.push_dn(
@@ -288,7 +289,12 @@ impl Engine {
         if self.records.get(&record).is_none_or(|r| r.final_.is_some()) {
             return;
         }
-        let dns: Vec<String> = self.calls[&e.call].parties.established().cloned().collect();
+        let dns: Vec<String> = self
+            .filed_call(&e.call)
+            .parties
+            .established()
+            .cloned()
+            .collect();
         for dn in dns {
             if let Some(agent) = self.agent_on(&dn) {
                 self.set_access(out, &record, &agent, Access::Full, AccessCause::Conference);

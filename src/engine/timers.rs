@@ -56,7 +56,9 @@ impl Engine {
                 .saturating_add(self.cfg.call_idle_timeout_ms);
             if due > now {
                 // Events came meanwhile: look again when the call has been silent long enough.
-                self.calls.get_mut(&call).expect("present").idle_deadline_ms = due;
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.idle_deadline_ms = due;
+                }
                 self.call_deadlines.insert((due, call));
             } else {
                 self.drop_idle_call(out, &call);
