@@ -51,7 +51,7 @@ impl Engine {
         let now_orphan = rec.final_.is_none() && !rec.has_live_holder();
         let previous = previous.unwrap_or(Access::Revoked);
         if access.is_granted() {
-            rec.orphaned_since = None;
+            rec.orphaned_since_ms = None;
             match self.agent_records.get_mut(agent) {
                 Some(held) => {
                     if !held.contains(record) {
@@ -77,11 +77,11 @@ impl Engine {
             "agent_records lists exactly the records an agent holds"
         );
         self.mark_dirty(record);
-        let now = self.now;
-        let window = self.lost_window_ms();
+        let now_ms = self.now_ms;
+        let window_ms = self.lost_window_ms();
         if let Some(a) = self.agents.get_mut(agent) {
             if access == Access::Revoked {
-                a.note_lost(record, previous, &call, now, window);
+                a.note_lost(record, previous, &call, now_ms, window_ms);
             } else {
                 a.lost_while_away.remove(record);
             }
@@ -121,17 +121,17 @@ impl Engine {
     }
 
     pub(super) fn orphan(&mut self, out: &mut Vec<Output>, record: &str, call: &str) {
-        let now = self.now;
+        let now_ms = self.now_ms;
         let Some(rec) = self.records.get_mut(record) else {
             return;
         };
-        if rec.final_.is_some() || rec.has_live_holder() || rec.orphaned_since.is_some() {
+        if rec.final_.is_some() || rec.has_live_holder() || rec.orphaned_since_ms.is_some() {
             return;
         }
-        rec.orphaned_since = Some(now);
+        rec.orphaned_since_ms = Some(now_ms);
         self.mark_dirty(record);
         self.orphan_deadlines
-            .insert((now + self.cfg.orphan_timeout_ms, record.to_owned()));
+            .insert((now_ms + self.cfg.orphan_timeout_ms, record.to_owned()));
         let call = call.to_owned();
         self.audit(out, AuditKind::Orphaned, |e| {
             e.record = Some(record.to_owned());
@@ -150,7 +150,7 @@ impl Engine {
         requester: Option<&str>,
         extra: FinalExtra,
     ) {
-        let now = self.now;
+        let now_ms = self.now_ms;
         let at = self.stamp();
         let Some(rec) = self.records.get_mut(record) else {
             return;
@@ -162,9 +162,9 @@ impl Engine {
             by: by.clone(),
             at: at.clone(),
         });
-        rec.orphaned_since = None;
-        rec.resident_since_ms = now;
-        self.final_queue.insert((now, record.to_owned()));
+        rec.orphaned_since_ms = None;
+        rec.resident_since_ms = now_ms;
+        self.final_queue.insert((now_ms, record.to_owned()));
         let call = rec.call.clone();
         // Only the dialers are told the outcome with the context; without one it is not copied.
         let context = if self.dialers.is_empty() {
@@ -204,9 +204,9 @@ impl Engine {
                     self.agent_records.remove(&h);
                 }
             }
-            let window = self.lost_window_ms();
+            let window_ms = self.lost_window_ms();
             if let Some(a) = self.agents.get_mut(&h) {
-                a.note_lost(record, previous, &call, now, window);
+                a.note_lost(record, previous, &call, now_ms, window_ms);
             }
             if requester != Some(h.as_str()) {
                 self.push_agent(

@@ -21,13 +21,13 @@ impl Engine {
             return;
         };
         let state = if rec.final_.is_some() {
-            "final"
+            RecordState::Final
         } else if rec.has_live_holder() {
-            "held"
-        } else if rec.orphaned_since.is_some() {
-            "orphaned"
+            RecordState::Held
+        } else if rec.orphaned_since_ms.is_some() {
+            RecordState::Orphaned
         } else {
-            "waiting"
+            RecordState::Waiting
         };
         let holders = rec
             .holders
@@ -43,7 +43,7 @@ impl Engine {
             r#ref,
             ServerMsg::RecordReport {
                 record: r.record,
-                state: state.to_owned(),
+                state: state.as_str().to_owned(),
                 holders,
                 call: Some(rec.call.clone()),
                 final_: rec.final_.clone(),

@@ -33,7 +33,7 @@ impl Engine {
         if !ours {
             self.ignored_events += 1;
         } else if let Some(c) = self.calls.get_mut(call) {
-            c.last_event_ms = self.now;
+            c.last_event_ms = self.now_ms;
         }
         ours
     }
@@ -42,7 +42,7 @@ impl Engine {
         if !self.calls.contains_key(call) {
             self.call_order += 1;
             let order = self.call_order;
-            let deadline = self.now.saturating_add(self.cfg.call_idle_timeout_ms);
+            let deadline = self.now_ms.saturating_add(self.cfg.call_idle_timeout_ms);
             self.calls.insert(
                 call.to_owned(),
                 Call {
@@ -53,7 +53,7 @@ impl Engine {
                     caller: None,
                     consult_over: false,
                     order,
-                    last_event_ms: self.now,
+                    last_event_ms: self.now_ms,
                     idle_deadline_ms: deadline,
                 },
             );
@@ -217,7 +217,12 @@ impl Engine {
     }
 
     /// Ends consultation `c2` because it was merged into the customer call; its parties are told.
-    pub(super) fn merge_consultation(&mut self, out: &mut Vec<Output>, c2: &str, cause: &str) {
+    pub(super) fn merge_consultation(
+        &mut self,
+        out: &mut Vec<Output>,
+        c2: &str,
+        cause: ClearCause,
+    ) {
         let Some(call) = self.calls.get(c2) else {
             return;
         };
@@ -228,7 +233,7 @@ impl Engine {
                 ServerMsg::CallCleared {
                     call: c2.to_owned(),
                     dn: dn.clone(),
-                    cause: cause.to_owned(),
+                    cause: cause.as_str().to_owned(),
                 },
             );
         }

@@ -87,7 +87,7 @@ impl Engine {
             version: 0,
             final_: None,
             holders: BTreeMap::new(),
-            orphaned_since: None,
+            orphaned_since_ms: None,
             resident_since_ms: 0,
         };
         if let Some(old) = self.records.insert(a.record.clone(), record) {

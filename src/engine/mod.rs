@@ -13,6 +13,7 @@
 mod access;
 mod admin;
 mod calls;
+mod causes;
 mod dialer;
 mod journal;
 mod outputs;
@@ -30,6 +31,7 @@ pub use crate::store::records::{stored_record_final_ms, stored_record_is_final};
 use crate::store::records::{decode, encode, parse_records};
 use crate::store::{Snapshot, WriteBatch};
 use access::{already_final_error, FinalExtra};
+use causes::{ClearCause, RecordState, SessionCause};
 use journal::{FastMap, JMap, JSet};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use records::json_len;
@@ -171,8 +173,8 @@ pub struct Engine {
     /// (deadline, call): when each call is next checked for silence (`call_idle_timeout_ms`).
     call_deadlines: JSet<(u64, String)>,
     call_order: u64,
-    now: u64,
-    /// `now` formatted as RFC 3339, for the audit entries and outcomes of inputs at the same
+    now_ms: u64,
+    /// `now_ms` formatted as RFC 3339, for the audit entries and outcomes of inputs at the same
     /// millisecond (formatting costs more than the rest of an audit entry).
     stamp: (u64, String),
     /// Counters as they were when the open batch began (see [`Engine::begin`]).
@@ -221,7 +223,7 @@ impl Engine {
             final_queue: JSet::default(),
             call_deadlines: JSet::default(),
             call_order: 0,
-            now: now_ms,
+            now_ms,
             stamp: (now_ms, rfc3339(now_ms)),
             batch_start: None,
         }
@@ -231,7 +233,7 @@ impl Engine {
     /// be done to `out`.
     pub fn handle(&mut self, now_ms: u64, input: Input, out: &mut Vec<Output>) {
         // Time never goes backwards inside the engine, even if the wall clock does.
-        self.now = self.now.max(now_ms);
+        self.now_ms = self.now_ms.max(now_ms);
         // Deadlines that passed since the last tick take effect before anything else is decided:
         // an expired session must not resume, an orphan past its time must not be taken.
         if !matches!(input, Input::Tick) {
@@ -388,7 +390,7 @@ impl Engine {
     /// disk did, write nothing, and must not be undone (a closed connection cannot be reopened).
     /// Requests and ticks are not facts: a request was refused, a tick comes again.
     pub fn reapply_fact(&mut self, now_ms: u64, input: Input, out: &mut Vec<Output>) {
-        self.now = self.now.max(now_ms);
+        self.now_ms = self.now_ms.max(now_ms);
         match input {
             Input::Connected { conn, role } => self.on_connected(conn, role, out),
             Input::Disconnected { conn } => self.on_disconnected(conn),
@@ -565,7 +567,7 @@ impl Engine {
                         connections: c.connections,
                         ignored_events: c.ignored_events,
                         audit_last_seq: c.audit_last_seq,
-                        uptime_s: self.now.saturating_sub(self.started_ms) / 1000,
+                        uptime_s: self.now_ms.saturating_sub(self.started_ms) / 1000,
                     },
                 );
             }

@@ -31,10 +31,10 @@ impl Engine {
         self.agents.get(self.dn_agent.get(dn)?)?.conn
     }
 
-    /// `now` as RFC 3339.
+    /// `now_ms` as RFC 3339.
     pub(super) fn stamp(&mut self) -> String {
-        if self.stamp.0 != self.now {
-            self.stamp = (self.now, rfc3339(self.now));
+        if self.stamp.0 != self.now_ms {
+            self.stamp = (self.now_ms, rfc3339(self.now_ms));
         }
         self.stamp.1.clone()
     }

@@ -70,8 +70,8 @@ impl Engine {
                 "record {id} is live in the store but not in memory; live records never leave memory"
             ));
         }
-        rec.resident_since_ms = self.now;
-        self.final_queue.insert((self.now, id.to_owned()));
+        rec.resident_since_ms = self.now_ms;
+        self.final_queue.insert((self.now_ms, id.to_owned()));
         self.records.insert(id.to_owned(), rec);
         Ok(())
     }
@@ -121,7 +121,7 @@ impl Engine {
     /// records are only counted: they are read back when a request names one.
     /// Agents come back away (their desktops may resume within `resume_grace_ms` of `now_ms`).
     pub fn restore(&mut self, snapshot: Snapshot, now_ms: u64) -> Result<(), String> {
-        self.now = self.now.max(now_ms);
+        self.now_ms = self.now_ms.max(now_ms);
         // Final records stay on disk: requests that name one read it back (`record_to_load`).
         let parsed: Vec<(String, Record)> = parse_records(snapshot.records)?;
         if let Some((id, _)) = parsed.iter().find(|(_, r)| r.final_.is_some()) {
@@ -144,7 +144,7 @@ impl Engine {
         for (id, rec) in self.records.iter() {
             if rec.final_.is_none() {
                 self.call_record.insert(rec.call.clone(), id.clone());
-                if let Some(t) = rec.orphaned_since {
+                if let Some(t) = rec.orphaned_since_ms {
                     self.orphan_deadlines
                         .insert((t + self.cfg.orphan_timeout_ms, id.clone()));
                 }
@@ -168,10 +168,14 @@ impl Engine {
         self.grace_deadlines.clear();
         for (id, a) in agents {
             let conn = bound.get(&id).copied();
-            let away_since = if conn.is_some() { None } else { Some(self.now) };
+            let away_since_ms = if conn.is_some() {
+                None
+            } else {
+                Some(self.now_ms)
+            };
             if conn.is_none() {
                 self.grace_deadlines
-                    .insert((self.now + self.cfg.resume_grace_ms, id.clone()));
+                    .insert((self.now_ms + self.cfg.resume_grace_ms, id.clone()));
             }
             self.monitor_dn(&a.dn, &id);
             self.agents.insert(
@@ -180,7 +184,7 @@ impl Engine {
                     dn: a.dn,
                     conn,
                     session: a.session,
-                    away_since,
+                    away_since_ms,
                     logout_pending: false,
                     lost_while_away: BTreeMap::new(),
                 },

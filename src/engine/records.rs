@@ -216,7 +216,7 @@ impl Engine {
         };
         // Validated after the access checks, so that those come in the contract's order.
         let when = match parse_rfc3339(&s.at) {
-            Some(ms) if ms > self.now => Ok(ms),
+            Some(ms) if ms > self.now_ms => Ok(ms),
             Some(_) => Err("must be in the future"),
             None => Err("is not an RFC 3339 time"),
         };

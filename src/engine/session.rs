@@ -79,9 +79,9 @@ impl Engine {
             if let Some(a) = self.agents.get_mut(&agent) {
                 if a.conn == Some(conn) {
                     a.conn = None;
-                    a.away_since = Some(self.now);
+                    a.away_since_ms = Some(self.now_ms);
                     self.grace_deadlines
-                        .insert((self.now + self.cfg.resume_grace_ms, agent));
+                        .insert((self.now_ms + self.cfg.resume_grace_ms, agent));
                 }
             }
         }
@@ -165,7 +165,7 @@ impl Engine {
                         a.conn = None;
                     }
                 }
-                self.end_agent(out, &l.agent, None, true, "replaced");
+                self.end_agent(out, &l.agent, None, true, SessionCause::Replaced);
             } else {
                 self.take_over(out, conn, r#ref, &l, existing);
                 return;
@@ -202,8 +202,8 @@ impl Engine {
         let lost: BTreeMap<String, Lost> = if resumed {
             // What was revoked since shortly before the desktop could have stopped hearing us.
             let since = existing
-                .away_since
-                .unwrap_or(self.now)
+                .away_since_ms
+                .unwrap_or(self.now_ms)
                 .saturating_sub(self.lost_window_ms());
             existing
                 .lost_while_away
@@ -215,7 +215,7 @@ impl Engine {
         };
         if let Some(a) = self.agents.get_mut(&l.agent) {
             a.conn = Some(conn);
-            a.away_since = None;
+            a.away_since_ms = None;
             a.session = session.clone();
             a.lost_while_away.clear();
         }
@@ -234,12 +234,16 @@ impl Engine {
                 resumed,
             },
         );
-        let cause = if resumed { "resume" } else { "replaced" };
+        let cause = if resumed {
+            SessionCause::Resume
+        } else {
+            SessionCause::Replaced
+        };
         let (agent, dn) = (l.agent.clone(), l.dn.clone());
         self.audit(out, AuditKind::Login, |e| {
             e.agent = Some(agent);
             e.dn = Some(dn);
-            e.cause = Some(cause.to_owned());
+            e.cause = Some(cause.as_str().to_owned());
         });
         self.replay(out, conn, &l.agent, &l.dn, lost);
     }
@@ -340,7 +344,7 @@ impl Engine {
                 dn: l.dn.clone(),
                 conn: Some(conn),
                 session: session.clone(),
-                away_since: None,
+                away_since_ms: None,
                 logout_pending: false,
                 lost_while_away: BTreeMap::new(),
             },
@@ -365,7 +369,7 @@ impl Engine {
         self.audit(out, AuditKind::Login, |e| {
             e.agent = Some(agent);
             e.dn = Some(dn);
-            e.cause = Some("desktop".to_owned());
+            e.cause = Some(SessionCause::Desktop.as_str().to_owned());
         });
         self.tell_switches(
             out,
@@ -399,7 +403,7 @@ impl Engine {
         agent: &str,
         cause: Option<LogoutCause>,
         tell_switch: bool,
-        audit_cause: &str,
+        audit_cause: SessionCause,
     ) {
         let Some(a) = self.agents.get(agent).cloned() else {
             return;
@@ -426,7 +430,7 @@ impl Engine {
             }
         }
         let (agent_s, dn) = (agent.to_owned(), a.dn.clone());
-        let cause_s = audit_cause.to_owned();
+        let cause_s = audit_cause.as_str().to_owned();
         self.audit(out, AuditKind::Logout, |e| {
             e.agent = Some(agent_s);
             e.dn = Some(dn);
@@ -503,7 +507,11 @@ impl Engine {
                 cause: LogoutCause::Desktop,
             },
         );
-        let cause = if l.force { "desktop_force" } else { "desktop" };
+        let cause = if l.force {
+            SessionCause::DesktopForce
+        } else {
+            SessionCause::Desktop
+        };
         self.end_agent(out, &agent, None, true, cause);
     }
 
@@ -520,7 +528,13 @@ impl Engine {
             }
             if self.full_live_records(&agent).is_empty() {
                 self.pending_logouts.remove(&agent);
-                self.end_agent(out, &agent, Some(LogoutCause::Desktop), true, "desktop");
+                self.end_agent(
+                    out,
+                    &agent,
+                    Some(LogoutCause::Desktop),
+                    true,
+                    SessionCause::Desktop,
+                );
             }
         }
     }
@@ -533,11 +547,23 @@ impl Engine {
         }
         let mut changed = false;
         if let Some(other) = self.dn_agent.get(&e.dn).cloned() {
-            self.end_agent(out, &other, Some(LogoutCause::Phone), false, "phone");
+            self.end_agent(
+                out,
+                &other,
+                Some(LogoutCause::Phone),
+                false,
+                SessionCause::Phone,
+            );
             changed = true;
         }
         if self.agents.contains_key(&e.agent) {
-            self.end_agent(out, &e.agent, Some(LogoutCause::Phone), false, "phone");
+            self.end_agent(
+                out,
+                &e.agent,
+                Some(LogoutCause::Phone),
+                false,
+                SessionCause::Phone,
+            );
             changed = true;
         }
         if !changed {
@@ -548,7 +574,13 @@ impl Engine {
 
     pub(super) fn phone_logout(&mut self, out: &mut Vec<Output>, e: DnAgent) {
         if self.agents.get(&e.agent).is_some_and(|a| a.dn == e.dn) {
-            self.end_agent(out, &e.agent, Some(LogoutCause::Phone), false, "phone");
+            self.end_agent(
+                out,
+                &e.agent,
+                Some(LogoutCause::Phone),
+                false,
+                SessionCause::Phone,
+            );
         } else {
             self.ignored_events += 1;
         }

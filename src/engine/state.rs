@@ -123,7 +123,7 @@ pub(super) struct Agent {
     pub(super) conn: Option<ConnId>,
     pub(super) session: String,
     /// When the desktop dropped; `None` while connected.
-    pub(super) away_since: Option<u64>,
+    pub(super) away_since_ms: Option<u64>,
     pub(super) logout_pending: bool,
     /// Records revoked recently (record -> access before, when, the record's call), replayed as
     /// `revoked` on resume. Kept while connected too: frames sent just before a drop may never
@@ -146,19 +146,19 @@ impl Agent {
         record: &str,
         previous: Access,
         call: &str,
-        now: u64,
-        window: u64,
+        now_ms: u64,
+        window_ms: u64,
     ) {
         self.lost_while_away.insert(
             record.to_owned(),
             Lost {
                 previous,
-                at_ms: now,
+                at_ms: now_ms,
                 call: call.to_owned(),
             },
         );
         if self.conn.is_some() && self.lost_while_away.len() > 64 {
-            let cutoff = now.saturating_sub(window);
+            let cutoff = now_ms.saturating_sub(window_ms);
             self.lost_while_away.retain(|_, lost| lost.at_ms >= cutoff);
         }
     }
@@ -177,7 +177,8 @@ pub(super) struct Record {
     pub(super) version: u64,
     pub(super) final_: Option<FinalInfo>,
     pub(super) holders: BTreeMap<String, Access>,
-    pub(super) orphaned_since: Option<u64>,
+    #[serde(rename = "orphaned_since")]
+    pub(super) orphaned_since_ms: Option<u64>,
     /// For a final record in memory: since when, its key in `final_queue` (not stored).
     #[serde(skip)]
     pub(super) resident_since_ms: u64,

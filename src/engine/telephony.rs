@@ -205,12 +205,12 @@ impl Engine {
                 ServerMsg::CallCleared {
                     call: e.call.clone(),
                     dn: e.from_dn.clone(),
-                    cause: "transferred".to_owned(),
+                    cause: ClearCause::Transferred.as_str().to_owned(),
                 },
             );
         }
         if let Some(c2) = &consult {
-            self.merge_consultation(out, c2, "transferred");
+            self.merge_consultation(out, c2, ClearCause::Transferred);
         }
         let arriving = match e.kind {
             TransferKind::TwoStep => PartyState::Established,
@@ -269,7 +269,7 @@ impl Engine {
         self.call_entry(&e.call);
         let consult = self.consultation_of(&e.call, e.consult_call.as_deref(), &e.dn);
         if let Some(c2) = &consult {
-            self.merge_consultation(out, c2, "conferenced");
+            self.merge_consultation(out, c2, ClearCause::Conferenced);
         }
         let before = self.filed_call(&e.call).parties.get(&e.dn);
         self.add_party(&e.call, &e.dn, PartyState::Established);

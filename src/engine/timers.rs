@@ -6,28 +6,28 @@ use super::*;
 
 impl Engine {
     pub(super) fn on_tick(&mut self, out: &mut Vec<Output>) {
-        let now = self.now;
+        let now_ms = self.now_ms;
         while let Some((deadline, agent)) = self.grace_deadlines.first().cloned() {
-            if deadline > now {
+            if deadline > now_ms {
                 break;
             }
             self.grace_deadlines.pop_first();
             let expired = self.agents.get(&agent).is_some_and(|a| {
                 a.conn.is_none()
-                    && a.away_since.map(|t| t + self.cfg.resume_grace_ms) == Some(deadline)
+                    && a.away_since_ms.map(|t| t + self.cfg.resume_grace_ms) == Some(deadline)
             });
             if expired {
-                self.end_agent(out, &agent, None, true, "grace_expired");
+                self.end_agent(out, &agent, None, true, SessionCause::GraceExpired);
             }
         }
         while let Some((deadline, record)) = self.orphan_deadlines.first().cloned() {
-            if deadline > now {
+            if deadline > now_ms {
                 break;
             }
             self.orphan_deadlines.pop_first();
             let stale = self.records.get(&record).is_some_and(|r| {
                 r.final_.is_none()
-                    && r.orphaned_since.map(|t| t + self.cfg.orphan_timeout_ms) == Some(deadline)
+                    && r.orphaned_since_ms.map(|t| t + self.cfg.orphan_timeout_ms) == Some(deadline)
             });
             if stale {
                 self.finalize(
@@ -41,7 +41,7 @@ impl Engine {
             }
         }
         while let Some((deadline, call)) = self.call_deadlines.first().cloned() {
-            if deadline > now {
+            if deadline > now_ms {
                 break;
             }
             self.call_deadlines.pop_first();
@@ -54,7 +54,7 @@ impl Engine {
             let due = c
                 .last_event_ms
                 .saturating_add(self.cfg.call_idle_timeout_ms);
-            if due > now {
+            if due > now_ms {
                 // Events came meanwhile: look again when the call has been silent long enough.
                 if let Some(c) = self.calls.get_mut(&call) {
                     c.idle_deadline_ms = due;
@@ -70,10 +70,10 @@ impl Engine {
     /// Only on a timer tick, never before a request: the shell may just have read back the
     /// record that request names. A record with changes not yet written stays (the write needs it).
     pub(super) fn evict_finals(&mut self) {
-        let now = self.now;
+        let now_ms = self.now_ms;
         while let Some((since, record)) = self.final_queue.first().cloned() {
             let over_number = self.final_queue.len() as u64 > self.cfg.max_final_records_in_memory;
-            let over_age = since.saturating_add(self.cfg.final_record_memory_ms) <= now;
+            let over_age = since.saturating_add(self.cfg.final_record_memory_ms) <= now_ms;
             if !(over_number || over_age) || self.dirty_records.contains(&record) {
                 break;
             }
@@ -95,7 +95,7 @@ impl Engine {
             return;
         };
         let dns: Vec<String> = c.parties.keys().cloned().collect();
-        let idle_ms = self.now.saturating_sub(c.last_event_ms);
+        let idle_ms = self.now_ms.saturating_sub(c.last_event_ms);
         tracing::warn!(
             call,
             idle_ms,
@@ -110,7 +110,7 @@ impl Engine {
                 ServerMsg::CallCleared {
                     call: call.to_owned(),
                     dn: dn.clone(),
-                    cause: "idle_timeout".to_owned(),
+                    cause: ClearCause::IdleTimeout.as_str().to_owned(),
                 },
             );
         }
