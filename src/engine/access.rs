@@ -139,17 +139,17 @@ impl Engine {
         });
     }
 
-    /// Makes the record final: every holder is revoked (told by `RecordFinalized`, except
-    /// `requester`, who gets the ack instead), and every dialer learns the outcome.
+    /// Makes the record final: every holder is revoked (told by `RecordFinalized`, except the
+    /// agent who decided, who gets the ack instead), and every dialer learns the outcome.
     pub(super) fn finalize(
         &mut self,
         out: &mut Vec<Output>,
         record: &str,
         outcome: Outcome,
-        by: Option<String>,
-        requester: Option<&str>,
+        finisher: FinalBy,
         extra: FinalExtra,
     ) {
+        let by = finisher.name();
         let now_ms = self.now_ms;
         let at = self.stamp();
         let Some(rec) = self.records.get_mut(record) else {
@@ -208,7 +208,7 @@ impl Engine {
             if let Some(a) = self.agents.get_mut(&h) {
                 a.note_lost(record, previous, &call, now_ms, window_ms);
             }
-            if requester != Some(h.as_str()) {
+            if finisher.agent() != Some(h.as_str()) {
                 self.push_agent(
                     out,
                     &h,

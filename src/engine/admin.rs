@@ -77,14 +77,7 @@ impl Engine {
             request: Some(format!("ReleaseRecord: {}", r.reason)),
             ..FinalExtra::default()
         };
-        self.finalize(
-            out,
-            &r.record,
-            Outcome::Returned,
-            Some("admin".to_owned()),
-            None,
-            extra,
-        );
+        self.finalize(out, &r.record, Outcome::Returned, FinalBy::Admin, extra);
         Self::send(
             out,
             conn,

@@ -1,5 +1,5 @@
 //! Why things happen, as closed sets: why a session began or ended, why the server cleared a
-//! call from a DN, where a record stands. The engine passes these around; they become the
+//! call from a DN, who made a record final, where a record stands. The engine passes these around; they become the
 //! contract's strings only where they leave it (audit entries, pushes, reports). Never holds
 //! state and never decides anything.
 
@@ -73,6 +73,40 @@ impl RecordState {
             RecordState::Held => "held",
             RecordState::Orphaned => "orphaned",
             RecordState::Waiting => "waiting",
+        }
+    }
+}
+
+/// Who made a record final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum FinalBy {
+    /// The agent whose request decided the outcome: it gets that request's answer instead of
+    /// `RecordFinalized`.
+    Agent(String),
+    /// An administrator's `ReleaseRecord`.
+    Admin,
+    /// The dialer's `CancelRecord`.
+    Dialer,
+    /// The server itself (the orphan timeout).
+    Server,
+}
+
+impl FinalBy {
+    /// As `FinalInfo.by` and the audit entry's agent say it: `None` for the server.
+    pub(super) fn name(&self) -> Option<String> {
+        match self {
+            FinalBy::Agent(agent) => Some(agent.clone()),
+            FinalBy::Admin => Some("admin".to_owned()),
+            FinalBy::Dialer => Some("dialer".to_owned()),
+            FinalBy::Server => None,
+        }
+    }
+
+    /// The agent who decided, if an agent did.
+    pub(super) fn agent(&self) -> Option<&str> {
+        match self {
+            FinalBy::Agent(agent) => Some(agent),
+            _ => None,
         }
     }
 }

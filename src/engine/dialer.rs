@@ -158,8 +158,7 @@ impl Engine {
             out,
             &c.record,
             Outcome::Cancelled,
-            Some("dialer".to_owned()),
-            None,
+            FinalBy::Dialer,
             FinalExtra::default(),
         );
         Self::send(

@@ -9,6 +9,15 @@
 //!
 //! Access only ever changes through [`Engine::set_access`], which pushes `AccessChanged`, writes the
 //! audit entry and keeps the orphan clock, so no rule can forget one of the three.
+//!
+//! The engine lives in rooms, one file per concern, each an `impl Engine` block of its own (as
+//! quinn-proto splits its `Connection`): `access` (the one place access changes, and the check
+//! order), `session` (connections, login, resume, logout), `records`, `dialer` and `admin` (one
+//! function per request), `telephony` (switch events) over `calls` (the call table), `timers`,
+//! `persist` (the engine's side of the store), `outputs` (replies, pushes, audit entries),
+//! `causes` and `state` (the words and the data). This file holds the engine itself, its inputs
+//! and outputs, the one dispatch of requests, and the batch glue (begin, commit, rollback); it
+//! never implements a rule itself.
 
 mod access;
 mod admin;
@@ -31,7 +40,7 @@ pub use crate::store::records::{stored_record_final_ms, stored_record_is_final};
 use crate::store::records::{decode, encode, parse_records};
 use crate::store::{Snapshot, WriteBatch};
 use access::{already_final_error, FinalExtra};
-use causes::{ClearCause, RecordState, SessionCause};
+use causes::{ClearCause, FinalBy, RecordState, SessionCause};
 use journal::{FastMap, JMap, JSet};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use records::json_len;

@@ -320,8 +320,7 @@ impl Engine {
                 out,
                 record,
                 outcome,
-                Some(asked.agent.clone()),
-                Some(&asked.agent),
+                FinalBy::Agent(asked.agent.clone()),
                 extra,
             );
         }

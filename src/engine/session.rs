@@ -494,8 +494,7 @@ impl Engine {
                 out,
                 record,
                 Outcome::Returned,
-                Some(agent.clone()),
-                Some(&agent),
+                FinalBy::Agent(agent.clone()),
                 FinalExtra::default(),
             );
         }

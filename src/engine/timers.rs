@@ -34,8 +34,7 @@ impl Engine {
                     out,
                     &record,
                     Outcome::Stale,
-                    None,
-                    None,
+                    FinalBy::Server,
                     FinalExtra::default(),
                 );
             }
