@@ -11,6 +11,8 @@
 //!   order records became final, so that final-record retention deletes the oldest without
 //!   scanning every record.
 
+pub mod records;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,7 +98,7 @@ pub trait Store: Send + Sync {
 
 /// Whether a stored record is final, read without building it.
 fn is_final(id: &str, bytes: &[u8]) -> Result<bool, StoreError> {
-    crate::engine::stored_record_is_final(bytes)
+    records::stored_record_is_final(bytes)
         .map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))
 }
 

@@ -118,7 +118,7 @@ impl<K: Eq + Hash + Clone, V: Clone> JMap<K, V> {
     }
 
     pub(crate) fn begin(&mut self) {
-        debug_assert!(self.undo.is_empty());
+        assert!(self.undo.is_empty(), "a batch opens with an empty journal");
         self.open = true;
     }
 
@@ -224,7 +224,7 @@ impl<T: Ord + Clone> JSet<T> {
     }
 
     pub(crate) fn begin(&mut self) {
-        debug_assert!(self.log.is_empty());
+        assert!(self.log.is_empty(), "a batch opens with an empty journal");
         self.open = true;
     }
 

@@ -1,0 +1,171 @@
+//! The dialer's requests: attaching a record to a call (granting at once if the call is already
+//! answered on an agent's DN) and cancelling a record. Never touches calls or sessions.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn attach(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        a: AttachRecord,
+    ) {
+        if a.record.is_empty() || a.call.is_empty() {
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(
+                    ErrorCode::BadRequest,
+                    "AttachRecord: fields `record` and `call` must not be empty",
+                ),
+            );
+            return;
+        }
+        let size = json_len(&a.data);
+        let limit = self.cfg.max_frame_bytes.saturating_sub(1024);
+        if size > limit {
+            let msg = format!(
+                "AttachRecord: field `data` holds {size} bytes, over the limit of {limit} (max_frame_bytes - 1024)"
+            );
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(ErrorCode::BadRequest, msg),
+            );
+            return;
+        }
+        if let Some(rec) = self.records.get(&a.record) {
+            if rec.final_.is_none() {
+                if rec.call == a.call {
+                    Self::send(
+                        out,
+                        conn,
+                        r#ref,
+                        ServerMsg::RecordAttached {
+                            record: a.record,
+                            call: a.call,
+                        },
+                    );
+                } else {
+                    let msg = format!(
+                        "record {} is live on call {}; it can be attached to call {} once it is final",
+                        a.record, rec.call, a.call
+                    );
+                    Self::send(
+                        out,
+                        conn,
+                        r#ref,
+                        ServerMsg::error(ErrorCode::RecordBusy, msg),
+                    );
+                }
+                return;
+            }
+        }
+        if let Some(other) = self.call_record.get(&a.call) {
+            let msg = format!("call {} already carries live record {other}", a.call);
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(ErrorCode::RecordBusy, msg),
+            );
+            return;
+        }
+        let chain_n = a.chain_n.unwrap_or(0);
+        let cause = format!("campaign {}, chain_n {chain_n}", a.campaign);
+        let record = Record {
+            call: a.call.clone(),
+            campaign: a.campaign,
+            chain_n,
+            phone: a.phone.clone(),
+            data: a.data,
+            chain: a.chain,
+            context: Context::default(),
+            version: 0,
+            final_: None,
+            holders: BTreeMap::new(),
+            orphaned_since_ms: None,
+            resident_since_ms: 0,
+        };
+        if let Some(old) = self.records.insert(a.record.clone(), record) {
+            if old.final_.is_some() {
+                // A final record attached again is live again.
+                self.finals -= 1;
+                let filed = self
+                    .final_queue
+                    .remove(&(old.resident_since_ms, a.record.clone()));
+                assert!(filed, "a final record in memory is in the final queue");
+            }
+        }
+        self.mark_dirty(&a.record);
+        self.call_record.insert(a.call.clone(), a.record.clone());
+        let (rid, cid) = (a.record.clone(), a.call.clone());
+        self.audit(out, AuditKind::Attached, |e| {
+            e.record = Some(rid);
+            e.call = Some(cid);
+            e.cause = Some(cause);
+        });
+        Self::send(
+            out,
+            conn,
+            r#ref,
+            ServerMsg::RecordAttached {
+                record: a.record,
+                call: a.call.clone(),
+            },
+        );
+        if self.calls.contains_key(&a.call) {
+            if let Some(phone) = a.phone {
+                self.index_ani(&a.call, &phone);
+            }
+            // The call may already be answered on an agent's DN: grant at once (rule 1).
+            let established: Vec<String> = self
+                .calls
+                .get(&a.call)
+                .map_or_else(Vec::new, |c| c.parties.established().cloned().collect());
+            for dn in established {
+                if let Some(agent) = self.agent_on(&dn) {
+                    self.grant_for_party(out, &a.call, &agent, false);
+                }
+            }
+        }
+    }
+
+    pub(super) fn dialer_cancel(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        c: RecordRef,
+    ) {
+        let Some(rec) = self.records.get(&c.record) else {
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {}", c.record)),
+            );
+            return;
+        };
+        if let Some(f) = &rec.final_ {
+            Self::send(out, conn, r#ref, already_final_error(&c.record, f));
+            return;
+        }
+        self.finalize(
+            out,
+            &c.record,
+            Outcome::Cancelled,
+            FinalBy::Dialer,
+            FinalExtra::default(),
+        );
+        Self::send(
+            out,
+            conn,
+            r#ref,
+            ServerMsg::RecordCancelled { record: c.record },
+        );
+    }
+}

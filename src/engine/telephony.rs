@@ -1,0 +1,304 @@
+//! Telephony events from the switch, `Ringing` to `Conferenced`: who is on which call, what their
+//! desktops are told, and the access each event entitles to (rules 1 to 9 of the contract).
+//! Never writes holders itself: every access change goes through [`Engine::set_access`].
+
+use super::*;
+
+impl Engine {
+    pub(super) fn ringing(&mut self, out: &mut Vec<Output>, e: Ringing) {
+        let relevant = match &e.from_dn {
+            Some(from) => self.relevant(&e.call, &[&e.dn, from]),
+            None => self.relevant(&e.call, &[&e.dn]),
+        };
+        if !relevant {
+            return;
+        }
+        self.add_party(&e.call, &e.dn, PartyState::Alerting);
+        if let Some(ani) = &e.ani {
+            if self.filed_call(&e.call).ani.is_none() {
+                self.filed_call_mut(&e.call).ani = Some(ani.clone());
+                self.index_ani(&e.call, ani);
+            }
+        }
+        let unlinked = self.filed_call(&e.call).consult_of.is_none()
+            && !self.call_record.contains_key(&e.call);
+        if unlinked {
+            let link = match &e.consult_of {
+                Some(c1) if *c1 != e.call => Some(c1.clone()),
+                Some(_) => None,
+                None => e
+                    .ani
+                    .as_deref()
+                    .and_then(|ani| self.link_by_ani(&e.call, ani, e.from_dn.as_deref())),
+            };
+            if let Some(c1) = link {
+                self.filed_call_mut(&e.call).consult_of = Some(c1);
+            }
+        }
+        // The caller is on the call from now on (CONTRACT section 5): when it hangs up, its
+        // `Released` must find it, whether or not the switch ever sends `Established` for it.
+        if let Some(from) = e.from_dn.as_deref().filter(|f| *f != e.dn) {
+            let c = self.filed_call_mut(&e.call);
+            if c.caller.is_none() {
+                c.caller = Some(from.to_owned());
+            }
+            if !c.parties.contains_key(from) {
+                self.add_party(&e.call, from, PartyState::Dialing);
+                if let Some(conn) = self.conn_on_dn(from) {
+                    let msg = ServerMsg::CallEstablished {
+                        call: e.call.clone(),
+                        dn: from.to_owned(),
+                    };
+                    Self::send(out, conn, None, msg);
+                }
+            }
+        }
+        let c = &self.filed_call(&e.call);
+        if c.parties.get(&e.dn) == Some(PartyState::Alerting) {
+            if let Some(conn) = self.conn_on_dn(&e.dn) {
+                let msg = ServerMsg::CallAlerting {
+                    record: self.record_of_call(&e.call).map(|(r, _)| r),
+                    consult_of: c.consult_of.clone(),
+                    call: e.call,
+                    dn: e.dn,
+                };
+                Self::send(out, conn, None, msg);
+            }
+        }
+    }
+
+    pub(super) fn established(&mut self, out: &mut Vec<Output>, e: CallDn) {
+        if !self.relevant(&e.call, &[&e.dn]) {
+            return;
+        }
+        let before = self.calls.get(&e.call).and_then(|c| c.parties.get(&e.dn));
+        self.add_party(&e.call, &e.dn, PartyState::Established);
+        if !PartyState::shown_established(before) {
+            if let Some(conn) = self.conn_on_dn(&e.dn) {
+                let msg = ServerMsg::CallEstablished {
+                    call: e.call.clone(),
+                    dn: e.dn.clone(),
+                };
+                Self::send(out, conn, None, msg);
+            }
+        }
+        // Most calls carry no record: then there is nothing to grant, and no agent id to copy.
+        if self.record_ref_of_call(&e.call).is_none() {
+            return;
+        }
+        if let Some(agent) = self.agent_on(&e.dn) {
+            self.grant_for_party(out, &e.call, &agent, false);
+        }
+    }
+
+    pub(super) fn released(&mut self, out: &mut Vec<Output>, e: Released) {
+        if !self.relevant(&e.call, &[&e.dn]) {
+            return;
+        }
+        let Some(call) = self.calls.get(&e.call) else {
+            return;
+        };
+        let linked = self.record_of_call(&e.call);
+        // A consultation's parties as they were before this one left (sorted, as parties are).
+        let consult_dns: Vec<String> = match linked {
+            Some((_, true)) => call.parties.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let Some(state) = self.remove_party(&e.call, &e.dn) else {
+            return;
+        };
+        if let Some(conn) = self.conn_on_dn(&e.dn) {
+            let msg = ServerMsg::CallCleared {
+                call: e.call.clone(),
+                dn: e.dn.clone(),
+                cause: e.cause.unwrap_or_else(|| "hangup".to_owned()),
+            };
+            Self::send(out, conn, None, msg);
+        }
+        match linked {
+            Some((record, true)) => {
+                // A consultation ends when either side leaves (rule 5): read-only access it gave
+                // is over. But while the DN that placed it is still on it, a consultee leaving
+                // (RONA, a hang-up) ends only its own part: the switch may ring the same call
+                // elsewhere (redistribution from a queue), and whoever answers is consulted.
+                let caller_stays = self.calls.get(&e.call).is_some_and(|c| {
+                    c.caller
+                        .as_ref()
+                        .is_some_and(|from| *from != e.dn && c.parties.contains_key(from))
+                });
+                // The agent holding the record leaving ends the consultation in any case.
+                let holder_left = self
+                    .agent_on(&e.dn)
+                    .is_some_and(|a| self.access_of(&record, &a) == Some(Access::Full));
+                let consult_dns = if caller_stays && !holder_left {
+                    vec![e.dn.clone()]
+                } else {
+                    if let Some(c) = self.calls.get_mut(&e.call) {
+                        c.consult_over = true;
+                    }
+                    consult_dns
+                };
+                for dn in consult_dns {
+                    if let Some(a) = self.agent_on(&dn) {
+                        if self.access_of(&record, &a) == Some(Access::ReadOnly) {
+                            self.set_access(
+                                out,
+                                &record,
+                                &a,
+                                Access::Revoked,
+                                AccessCause::Released,
+                            );
+                        }
+                    }
+                }
+            }
+            Some((record, false)) => {
+                if let Some(agent) = self.agent_on(&e.dn) {
+                    // Only answered parties count: someone still ringing may never join.
+                    let remaining_agents = self
+                        .filed_call(&e.call)
+                        .parties
+                        .established()
+                        .filter_map(|dn| self.dn_agent.get(dn))
+                        .any(|a| *a != agent);
+                    let held = self
+                        .access_of(&record, &agent)
+                        .is_some_and(Access::is_granted);
+                    if held && state == PartyState::Alerting {
+                        // Never answered (RONA, busy, abandoned while ringing).
+                        self.set_access(
+                            out,
+                            &record,
+                            &agent,
+                            Access::Revoked,
+                            AccessCause::Released,
+                        );
+                    } else if held && remaining_agents {
+                        self.set_access(out, &record, &agent, Access::Revoked, AccessCause::Left);
+                    }
+                }
+            }
+            None => {}
+        }
+        self.end_call_if_empty(out, &e.call);
+        self.end_call_nobody_is_on(&e.call);
+    }
+
+    pub(super) fn transferred(&mut self, out: &mut Vec<Output>, e: Transferred) {
+        if !self.relevant(&e.call, &[&e.from_dn, &e.to_dn]) {
+            return;
+        }
+        if e.from_dn == e.to_dn {
+            return;
+        }
+        self.call_entry(&e.call);
+        let consult = match e.kind {
+            TransferKind::TwoStep => {
+                self.consultation_of(&e.call, e.consult_call.as_deref(), &e.to_dn)
+            }
+            _ => None,
+        };
+        if self.remove_party(&e.call, &e.from_dn).is_some() {
+            self.push_dn(
+                out,
+                &e.from_dn,
+                ServerMsg::CallCleared {
+                    call: e.call.clone(),
+                    dn: e.from_dn.clone(),
+                    cause: ClearCause::Transferred.as_str().to_owned(),
+                },
+            );
+        }
+        if let Some(c2) = &consult {
+            self.merge_consultation(out, c2, ClearCause::Transferred);
+        }
+        let arriving = match e.kind {
+            TransferKind::TwoStep => PartyState::Established,
+            _ => PartyState::Alerting,
+        };
+        let before = self.filed_call(&e.call).parties.get(&e.to_dn);
+        self.add_party(&e.call, &e.to_dn, arriving);
+        let record = self.call_record.get(&e.call).cloned();
+        match (before, arriving) {
+            (Some(PartyState::Established | PartyState::Dialing), _) => {}
+            (_, PartyState::Established | PartyState::Dialing) => self.push_dn(
+                out,
+                &e.to_dn,
+                ServerMsg::CallEstablished {
+                    call: e.call.clone(),
+                    dn: e.to_dn.clone(),
+                },
+            ),
+            (_, PartyState::Alerting) => self.push_dn(
+                out,
+                &e.to_dn,
+                ServerMsg::CallAlerting {
+                    call: e.call.clone(),
+                    dn: e.to_dn.clone(),
+                    record: record.clone(),
+                    consult_of: None,
+                },
+            ),
+        }
+        if let Some(record) = record {
+            if self
+                .records
+                .get(&record)
+                .is_some_and(|r| r.final_.is_none())
+            {
+                let from = self.agent_on(&e.from_dn);
+                let to = self.agent_on(&e.to_dn);
+                // Grant first, so the record is never seen without a holder when there is a recipient.
+                if let Some(b) = &to {
+                    self.set_access(out, &record, b, Access::Full, AccessCause::Transfer);
+                }
+                if let Some(a) = from {
+                    if Some(&a) != to.as_ref() {
+                        self.set_access(out, &record, &a, Access::Revoked, AccessCause::Transfer);
+                    }
+                }
+            }
+        }
+        self.end_call_if_empty(out, &e.call);
+    }
+
+    pub(super) fn conferenced(&mut self, out: &mut Vec<Output>, e: Conferenced) {
+        if !self.relevant(&e.call, &[&e.dn]) {
+            return;
+        }
+        self.call_entry(&e.call);
+        let consult = self.consultation_of(&e.call, e.consult_call.as_deref(), &e.dn);
+        if let Some(c2) = &consult {
+            self.merge_consultation(out, c2, ClearCause::Conferenced);
+        }
+        let before = self.filed_call(&e.call).parties.get(&e.dn);
+        self.add_party(&e.call, &e.dn, PartyState::Established);
+        if !PartyState::shown_established(before) {
+            self.push_dn(
+                out,
+                &e.dn,
+                ServerMsg::CallEstablished {
+                    call: e.call.clone(),
+                    dn: e.dn.clone(),
+                },
+            );
+        }
+        let Some(record) = self.call_record.get(&e.call).cloned() else {
+            return;
+        };
+        if self.records.get(&record).is_none_or(|r| r.final_.is_some()) {
+            return;
+        }
+        let dns: Vec<String> = self
+            .filed_call(&e.call)
+            .parties
+            .established()
+            .cloned()
+            .collect();
+        for dn in dns {
+            if let Some(agent) = self.agent_on(&dn) {
+                self.set_access(out, &record, &agent, Access::Full, AccessCause::Conference);
+            }
+        }
+    }
+}
