@@ -34,9 +34,6 @@ mod telephony;
 mod timers;
 
 use crate::messages::*;
-// Kept at their old paths for the shell, which reads records the engine let go.
-pub use crate::store::records::{stored_record_final_ms, stored_record_is_final};
-
 use crate::store::records::{decode, encode, parse_records};
 use crate::store::{Snapshot, WriteBatch};
 use access::{already_final_error, FinalExtra};

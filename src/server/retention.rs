@@ -79,7 +79,9 @@ pub(super) async fn purge_old_finals(
             None
         } else {
             match store.record(id) {
-                Ok(Some(bytes)) => crate::engine::stored_record_final_ms(&bytes).unwrap_or(None),
+                Ok(Some(bytes)) => {
+                    crate::store::records::stored_record_final_ms(&bytes).unwrap_or(None)
+                }
                 Ok(None) => None,
                 Err(e) => {
                     error!("STORAGE FAILURE: cannot read record {id} for retention: {e}");
