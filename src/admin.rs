@@ -63,7 +63,17 @@ pub async fn status(target: &Target, json: bool, out: &mut impl Write) -> Result
     }
     if let Some(obj) = value.as_object() {
         for (k, v) in obj.iter().filter(|(k, _)| k.as_str() != "type") {
-            writeln!(out, "{k:<24} {v}").ok();
+            match v.as_object() {
+                // A group of figures (`startup`) prints one line per figure.
+                Some(group) => {
+                    for (sub, v) in group {
+                        writeln!(out, "{:<24} {v}", format!("{k}.{sub}")).ok();
+                    }
+                }
+                None => {
+                    writeln!(out, "{k:<24} {v}").ok();
+                }
+            }
         }
     }
     Ok(())

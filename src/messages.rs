@@ -771,6 +771,15 @@ pub struct Context {
 }
 
 /// How a record ended.
+/// How long the server's last start took, by step (`StatusReport.startup`): opening the store,
+/// reading what it holds, and rebuilding the state in memory from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Startup {
+    pub open_ms: u64,
+    pub load_ms: u64,
+    pub restore_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinalInfo {
     pub outcome: Outcome,
@@ -1021,6 +1030,9 @@ pub enum ServerMsg {
         ignored_events: u64,
         audit_last_seq: u64,
         uptime_s: u64,
+        /// How the server's last start went, in milliseconds.
+        #[serde(default)]
+        startup: Startup,
     },
     RecordReport {
         record: String,

@@ -35,3 +35,53 @@ fn the_tool_commands_are_answered_by_the_tools_binary() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
 }
+
+#[test]
+fn restart_time_starts_the_server_on_a_filled_store_and_reports_its_own_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let fill = baton(&[
+        "fill",
+        "--data-dir",
+        store,
+        "--records",
+        "2000",
+        "--audit",
+        "20000",
+        "--agents",
+        "10",
+        "--json",
+    ]);
+    assert!(
+        fill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fill.stderr)
+    );
+    let listen = baton_kit::free_addr().to_string();
+    let out = baton(&[
+        "restart-time",
+        "--data-dir",
+        store,
+        "--runs",
+        "1",
+        "--listen",
+        &listen,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["records"], 2000, "{summary}");
+    let run = &summary["runs"][0];
+    // The breakdown comes from the server's Status, and fits in the time the tool saw it take.
+    let part = |k: &str| run[k].as_u64().unwrap_or_else(|| panic!("{k} in {run}"));
+    let ready = part("ready_ms");
+    assert!(
+        part("open_ms") + part("load_ms") + part("restore_ms") <= ready,
+        "{run}"
+    );
+}

@@ -137,6 +137,8 @@ pub struct Engine {
     cfg: EngineConfig,
     rng: StdRng,
     started_ms: u64,
+    /// How the last start went, for `Status`.
+    startup: Startup,
     conns: JMap<ConnId, ConnState>,
     switches: JSet<ConnId>,
     dialers: JSet<ConnId>,
@@ -204,6 +206,7 @@ impl Engine {
             cfg,
             rng: StdRng::from_seed(seed),
             started_ms: now_ms,
+            startup: Startup::default(),
             conns: JMap::default(),
             switches: JSet::default(),
             dialers: JSet::default(),
@@ -263,6 +266,11 @@ impl Engine {
     }
 
     /// Counts for `Status` (and for tests).
+    /// Records how the server's start went, for `Status` to report.
+    pub fn set_startup(&mut self, startup: Startup) {
+        self.startup = startup;
+    }
+
     pub fn counts(&self) -> Counts {
         let resident_finals = self.final_queue.len() as u64;
         Counts {
@@ -574,6 +582,7 @@ impl Engine {
                         ignored_events: c.ignored_events,
                         audit_last_seq: c.audit_last_seq,
                         uptime_s: self.now_ms.saturating_sub(self.started_ms) / 1000,
+                        startup: self.startup,
                     },
                 );
             }

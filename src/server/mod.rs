@@ -36,6 +36,7 @@ pub use service::{log_panics, serve};
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
+use crate::messages::Startup;
 use crate::store::{SledStore, Store, StoreError};
 use audit_feed::Announcer;
 use std::net::SocketAddr;
@@ -181,14 +182,15 @@ pub async fn start_with_options(
     opts: StartOptions,
 ) -> Result<ServerHandle, ServerError> {
     config.validate()?;
-    let store = match opts.store.clone() {
-        Some(store) => store,
+    let (store, open_ms) = match opts.store.clone() {
+        Some(store) => (store, 0),
         None => open_sled(&config).await?,
     };
-    serve_store(config, store, opts).await
+    serve_store(config, store, open_ms, opts).await
 }
 
-async fn open_sled(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+/// Opens sled in `config.data_dir`; returns it and how long the open took (ms).
+async fn open_sled(config: &Config) -> Result<(Arc<dyn Store>, u64), ServerError> {
     let (dir, cache) = (config.data_dir.clone(), config.store_cache_bytes);
     let opening = std::time::Instant::now();
     let store = tokio::task::spawn_blocking(move || SledStore::open_with_cache(&dir, cache))
@@ -198,17 +200,15 @@ async fn open_sled(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
             dir: config.data_dir.display().to_string(),
             source,
         })?;
-    info!(
-        dir = %config.data_dir.display(),
-        open_ms = opening.elapsed().as_millis() as u64,
-        "store opened"
-    );
-    Ok(Arc::new(store))
+    let open_ms = opening.elapsed().as_millis() as u64;
+    info!(dir = %config.data_dir.display(), open_ms, "store opened");
+    Ok((Arc::new(store), open_ms))
 }
 
 async fn serve_store(
     config: Config,
     store: Arc<dyn Store>,
+    open_ms: u64,
     opts: StartOptions,
 ) -> Result<ServerHandle, ServerError> {
     let started = std::time::Instant::now();
@@ -231,12 +231,18 @@ async fn serve_store(
     engine
         .restore(snapshot, now_ms())
         .map_err(ServerError::Load)?;
+    let startup = Startup {
+        open_ms,
+        load_ms: loaded.as_millis() as u64,
+        restore_ms: (started.elapsed() - loaded).as_millis() as u64,
+    };
+    engine.set_startup(startup);
     info!(
         records,
         agents,
         audit_last_seq,
-        load_ms = loaded.as_millis() as u64,
-        restore_ms = (started.elapsed() - loaded).as_millis() as u64,
+        load_ms = startup.load_ms,
+        restore_ms = startup.restore_ms,
         "state loaded"
     );
     let listener = TcpListener::bind(config.listen)

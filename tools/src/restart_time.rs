@@ -1,6 +1,7 @@
 //! `baton restart-time`: start the real server binary on a store written by `baton fill`, time
 //! how long it takes to serve, check a held, a final and a waiting record against what the fill
-//! wrote, and read the server's own start-up breakdown (store open, load, restore).
+//! wrote, and ask the server for its own start-up breakdown (store open, load, restore: the
+//! `startup` figures of its `Status`).
 
 use crate::fill::{disk_usage, Manifest, RestartError, MANIFEST};
 use crate::load::proc_status_kib;
@@ -29,7 +30,7 @@ pub struct MeasureOptions {
 pub struct Run {
     /// From spawning the process to the first answered `Status`.
     pub ready_ms: u64,
-    /// The server's own figures, from its log (absent if it did not log them).
+    /// The server's own figures, from `StatusReport.startup` (absent if `Status` failed).
     pub open_ms: Option<u64>,
     pub load_ms: Option<u64>,
     pub restore_ms: Option<u64>,
@@ -75,22 +76,6 @@ impl MeasureSummary {
             self.median_ready_ms
         ));
         s
-    }
-}
-
-/// The server's start-up figures, from one line of its JSON log.
-fn start_figures(line: &str, run: &mut Run) {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-        return;
-    };
-    let fields = &v["fields"];
-    let get = |k: &str| fields.get(k).and_then(serde_json::Value::as_u64);
-    if let Some(ms) = get("open_ms") {
-        run.open_ms = Some(ms);
-    }
-    if fields["message"] == "state loaded" {
-        run.load_ms = get("load_ms").or(run.load_ms);
-        run.restore_ms = get("restore_ms").or(run.restore_ms);
     }
 }
 
@@ -171,10 +156,7 @@ async fn measure_once(
     m: &Manifest,
 ) -> Result<Run, RestartError> {
     let mut command = std::process::Command::new(&opts.binary);
-    command
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(config_path)
-        .env("RUST_LOG", "info");
+    command.args(["serve", "--config"]).arg(config_path);
     let config =
         Config::load_or_default(config_path).map_err(|e| RestartError::Invalid(e.to_string()))?;
     let mut server = ServerProcess::spawn(command, opts.listen, &config.tokens.admin)?;
@@ -182,21 +164,21 @@ async fn measure_once(
         .wait_serving(opts.timeout)
         .await
         .map_err(RestartError::Invalid)?;
+    let startup = match ask(opts.listen, &config.tokens.admin, Request::Status).await {
+        Ok(ServerMsg::StatusReport { startup, .. }) => Some(startup),
+        _ => None,
+    };
     let checked = check(opts.listen, &config.tokens.admin, m).await;
     let peak = proc_status_kib(server.pid(), "VmHWM:");
     server.stop();
     checked?;
-    let mut run = Run {
+    Ok(Run {
         ready_ms: ready.as_millis() as u64,
-        open_ms: None,
-        load_ms: None,
-        restore_ms: None,
+        open_ms: startup.map(|s| s.open_ms),
+        load_ms: startup.map(|s| s.load_ms),
+        restore_ms: startup.map(|s| s.restore_ms),
         peak_rss_kib: peak,
-    };
-    for line in server.log().lines() {
-        start_figures(line, &mut run);
-    }
-    Ok(run)
+    })
 }
 
 /// Starts the server `opts.runs` times on the filled store and times each start.
