@@ -1,0 +1,73 @@
+//! Rule 12: every decision is audited, and the audit log can be followed per agent.
+
+use super::*;
+
+#[tokio::test]
+async fn every_decision_is_audited() {
+    let mut t = Centre::new().await;
+    t.call_on_a("C1", "R1").await;
+    t.consult_b("C1", "C2", "R1", true).await;
+    t.b.request(record_req("UpdateRecord", "R1")).await.unwrap();
+    t.a.request(update("R1", json!({"k": 1}))).await.unwrap();
+    t.a.request(processed("R1", "sale")).await.unwrap();
+    let entries = t.audit("R1").await;
+    let kinds: Vec<AuditKind> = entries.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            AuditKind::Attached,
+            AuditKind::Granted,  // A full
+            AuditKind::Granted,  // B read_only
+            AuditKind::Denied,   // B's update
+            AuditKind::Accepted, // A's update
+            AuditKind::Accepted, // A's RecordProcessed
+            AuditKind::Finalized,
+            AuditKind::Revoked, // A
+            AuditKind::Revoked, // B
+        ]
+    );
+    let denied = &entries[3];
+    assert_eq!(denied.agent.as_deref(), Some("B"));
+    assert_eq!(denied.code, Some(ErrorCode::ReadOnly));
+    assert_eq!(denied.request.as_deref(), Some("UpdateRecord"));
+    assert_eq!(denied.access, Some(Access::ReadOnly));
+    let grant = &entries[2];
+    assert_eq!(
+        (grant.access, grant.previous),
+        (Some(Access::ReadOnly), Some(Access::Revoked))
+    );
+    assert_eq!(grant.cause.as_deref(), Some("consultation"));
+    assert_eq!(grant.dn.as_deref(), Some("7002"));
+    // Sequence numbers increase without gaps across the whole log.
+    let all = t
+        .admin
+        .request_stream(audit_tail(Some(1), false))
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = all
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::Audit(e) => Some(e.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn audit_tail_follows_live_entries_for_one_agent() {
+    let mut t = Centre::new().await;
+    let mut tail = t.server.connect(Role::Admin).await;
+    let r = tail.send(&agent_feed("B")).await.unwrap();
+    t.call_on_a("C1", "R1").await;
+    t.consult_b("C1", "C2", "R1", true).await;
+    match tail.reply_to(r).await.unwrap() {
+        ServerMsg::Audit(e) => {
+            assert_eq!(
+                (e.kind, e.agent.as_deref(), e.access),
+                (AuditKind::Granted, Some("B"), Some(Access::ReadOnly))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
