@@ -158,37 +158,22 @@ fn call_inputs(n: u64, lane: usize) -> Vec<Input> {
             (ib, vec![b.as_str()])
         }
         Flow::Conference => {
-            v.push(req(
-                SWITCH,
-                next_ref(),
-                Request::Conferenced(Conferenced {
-                    call: call.clone(),
-                    dn: b.clone(),
-                    consult_call: None,
-                }),
-            ));
+            v.push(req(SWITCH, next_ref(), conferenced(&call, &b, None)));
             (ia, vec![a.as_str(), b.as_str()])
         }
     };
     v.push(req(
         desk(finisher),
         next_ref(),
-        Request::UpdateRecord(RecordChange {
-            record: record.clone(),
-            call_result: None,
-            fields: json!({"note": "wants a callback after six", "amount": 120.5})
-                .as_object()
-                .cloned(),
-        }),
+        update(
+            &record,
+            json!({"note": "wants a callback after six", "amount": 120.5}),
+        ),
     ));
     v.push(req(
         desk(finisher),
         next_ref(),
-        Request::RecordProcessed(RecordChange {
-            record: record.clone(),
-            call_result: Some("answered".into()),
-            fields: None,
-        }),
+        processed(&record, "answered"),
     ));
     for d in last {
         v.push(req(SWITCH, next_ref(), released(&call, d, None)));

@@ -237,10 +237,7 @@ async fn answers_of_many_frames_each_never_get_a_reading_client_dropped() {
         .collect();
     let attach = Request::AttachRecord(AttachRecord {
         chain,
-        ..match attach("C1", "R1") {
-            Request::AttachRecord(a) => a,
-            _ => unreachable!(),
-        }
+        ..attach_record("C1", "R1")
     });
     dialer.request(attach).await.unwrap();
     let (mut reader, mut writer) = raw_session(&server, Role::Desktop, None).await;

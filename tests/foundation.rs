@@ -137,14 +137,7 @@ async fn phone_logout_logs_the_desktop_out() {
     let (mut desk, _) = server.desktop("1042", "7001").await;
     let _ = switch.next_push().await.unwrap();
     let _ = switch.next_push().await.unwrap();
-    event(
-        &mut switch,
-        Request::AgentLogout(DnAgent {
-            dn: "7001".into(),
-            agent: "1042".into(),
-        }),
-    )
-    .await;
+    event(&mut switch, agent_logout("7001", "1042")).await;
     assert_eq!(
         desk.next_push().await.unwrap(),
         ServerMsg::LoggedOut {
@@ -168,26 +161,12 @@ async fn phone_login_echo_is_a_no_op_and_a_conflict_is_won_by_the_phone() {
     let _ = switch.next_push().await.unwrap();
     let _ = switch.next_push().await.unwrap();
     // The switch echoes the login it was told about: nothing changes.
-    event(
-        &mut switch,
-        Request::AgentLogin(DnAgent {
-            dn: "7001".into(),
-            agent: "1042".into(),
-        }),
-    )
-    .await;
+    event(&mut switch, agent_login("7001", "1042")).await;
     expect_quiet(&mut desk).await;
     let reply = desk.request(record_req("GetRecord", "R1")).await.unwrap();
     expect_error(&reply, ErrorCode::NoSuchRecord);
     // Another agent logs in on the phone of 7001: the phone wins.
-    event(
-        &mut switch,
-        Request::AgentLogin(DnAgent {
-            dn: "7001".into(),
-            agent: "3000".into(),
-        }),
-    )
-    .await;
+    event(&mut switch, agent_login("7001", "3000")).await;
     assert_eq!(
         desk.next_push().await.unwrap(),
         ServerMsg::LoggedOut {

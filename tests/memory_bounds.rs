@@ -57,14 +57,7 @@ async fn a_final_record_that_left_memory_is_answered_exactly_as_before() {
         next_record_push(&mut b).await,
         ServerMsg::AccessChanged { .. }
     ));
-    let reply = a
-        .request(Request::RecordProcessed(RecordChange {
-            record: "R1".into(),
-            call_result: Some("sale".into()),
-            fields: None,
-        }))
-        .await
-        .unwrap();
+    let reply = a.request(processed("R1", "sale")).await.unwrap();
     assert!(
         matches!(reply, ServerMsg::RecordProcessedAck { .. }),
         "{reply:?}"

@@ -60,14 +60,7 @@ async fn forced_logout_returns_records_to_the_dialer() {
 async fn phone_logout_orphans_what_only_that_agent_held() {
     let mut t = Centre::new().await;
     t.call_on_a("C1", "R1").await;
-    event(
-        &mut t.switch,
-        Request::AgentLogout(DnAgent {
-            dn: "7001".into(),
-            agent: "A".into(),
-        }),
-    )
-    .await;
+    event(&mut t.switch, agent_logout("7001", "A")).await;
     expect_push(
         &mut t.a,
         ServerMsg::LoggedOut {
@@ -92,10 +85,7 @@ async fn admin_release_returns_a_stuck_record() {
     t.call_on_a("C1", "R1").await;
     let reply = t
         .admin
-        .request(Request::ReleaseRecord(ReleaseRecord {
-            record: "R1".into(),
-            reason: "agent went home".into(),
-        }))
+        .request(release("R1", "agent went home"))
         .await
         .unwrap();
     assert_eq!(

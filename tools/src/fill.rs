@@ -261,13 +261,13 @@ fn play(d: &mut Driver, n: u64, agents: usize, audit_goal: u64) -> Result<Flow, 
     d.switch(established(&call, &dn_of(a)))?;
     let mut finisher = a;
     if flow == Flow::Transferred {
-        d.switch(Request::Transferred(Transferred {
-            call: call.clone(),
-            from_dn: dn_of(a),
-            to_dn: dn_of(b),
-            kind: TransferKind::SingleStep,
-            consult_call: None,
-        }))?;
+        d.switch(transferred(
+            &call,
+            &dn_of(a),
+            &dn_of(b),
+            TransferKind::SingleStep,
+            None,
+        ))?;
         d.switch(established(&call, &dn_of(b)))?;
         finisher = b;
     }
@@ -275,23 +275,18 @@ fn play(d: &mut Driver, n: u64, agents: usize, audit_goal: u64) -> Result<Flow, 
     // request's decision, the final outcome and the revocation.
     let tail = if flow == Flow::Held { 1 } else { 4 };
     while d.audit_seq + tail < audit_goal {
-        d.request(
-            desk(finisher),
-            Request::GetRecord(RecordRef {
-                record: record.clone(),
-            }),
-        )?;
+        d.request(desk(finisher), record_req("GetRecord", &record))?;
     }
     d.request(
         desk(finisher),
-        Request::UpdateRecord(RecordChange {
-            record: record.clone(),
-            call_result: Some("contacted".into()),
-            fields: Some(object(json!({
+        update_with_result(
+            &record,
+            "contacted",
+            json!({
                 "note": "asked for the new rate card",
                 "amount": (n % 900) as f64 + 0.5,
-            }))),
-        }),
+            }),
+        ),
     )?;
     let record_ref = RecordRef {
         record: record.clone(),
@@ -321,14 +316,7 @@ fn play(d: &mut Driver, n: u64, agents: usize, audit_goal: u64) -> Result<Flow, 
                 scope: DncScope::Record,
             }),
         )?,
-        _ => d.request(
-            desk(finisher),
-            Request::RecordProcessed(RecordChange {
-                record: record.clone(),
-                call_result: Some("sale".into()),
-                fields: None,
-            }),
-        )?,
+        _ => d.request(desk(finisher), processed(&record, "sale"))?,
     }
     d.switch(released(&call, &dn_of(finisher), None))?;
     Ok(flow)

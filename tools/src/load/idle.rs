@@ -78,7 +78,7 @@ pub(crate) async fn run_idle(opts: LoadOptions) -> Result<Summary, ClientError> 
                 }
                 tokio::time::sleep(period).await;
             }
-            let _ = desk.request(Request::Logout(Logout { force: true })).await;
+            let _ = desk.request(baton_kit::logout(true)).await;
         }));
     }
     while (logged_in.load(Ordering::Relaxed) as usize) < n {

@@ -86,13 +86,7 @@ pub(crate) async fn mix_worker(run: Arc<Run>, mut grp: Group) -> Result<Stats, C
         if pick < m.straight {
             finisher = 0;
         } else if pick < m.straight + m.transfer {
-            let t = Request::Transferred(Transferred {
-                call: call.clone(),
-                from_dn: a.clone(),
-                to_dn: b.clone(),
-                kind: TransferKind::SingleStep,
-                consult_call: None,
-            });
+            let t = transferred(&call, &a, &b, TransferKind::SingleStep, None);
             events(&mut grp.switch, &mut stats, vec![t, established(&call, &b)]).await?;
             wait_access(&mut grp.desks[1], &record, Access::Full).await?;
             finisher = 1;
@@ -114,9 +108,7 @@ pub(crate) async fn mix_worker(run: Arc<Run>, mut grp: Group) -> Result<Stats, C
                 &mut grp.desks[1],
                 &mut stats,
                 "GetRecord",
-                Request::GetRecord(RecordRef {
-                    record: record.clone(),
-                }),
+                record_req("GetRecord", &record),
             )
             .await?;
             expect(&mut stats, "GetRecord", &r, |m| {
@@ -128,25 +120,13 @@ pub(crate) async fn mix_worker(run: Arc<Run>, mut grp: Group) -> Result<Stats, C
                     }
                 )
             });
-            let t = Request::Transferred(Transferred {
-                call: call.clone(),
-                from_dn: a.clone(),
-                to_dn: b.clone(),
-                kind: TransferKind::TwoStep,
-                consult_call: Some(c2),
-            });
+            let t = transferred(&call, &a, &b, TransferKind::TwoStep, Some(&c2));
             events(&mut grp.switch, &mut stats, vec![t]).await?;
             wait_access(&mut grp.desks[1], &record, Access::Full).await?;
             finisher = 1;
             last_dns = vec![b.clone()];
         } else {
-            let conf = |dn: &str| {
-                Request::Conferenced(Conferenced {
-                    call: call.clone(),
-                    dn: dn.into(),
-                    consult_call: None,
-                })
-            };
+            let conf = |dn: &str| conferenced(&call, dn, None);
             events(&mut grp.switch, &mut stats, vec![conf(&b), conf(&c)]).await?;
             wait_access(&mut grp.desks[1], &record, Access::Full).await?;
             wait_access(&mut grp.desks[2], &record, Access::Full).await?;

@@ -23,7 +23,8 @@ use baton::client::{Client, ClientError};
 use baton::config::Tokens;
 use baton::messages::*;
 use baton_kit::{
-    attach, established, log_in, processed, released, ringing, ringing_full, token, update,
+    attach, conferenced, established, log_in, processed, record_req, released, ringing,
+    ringing_full, token, transferred, update,
 };
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
