@@ -11,12 +11,17 @@ impl Engine {
         self.cfg.heartbeat_ms.saturating_mul(3) + 1000
     }
 
+    /// The access `agent` has to `record`, if it ever held it (for a record in memory).
+    pub(super) fn access_to(&self, record: &RecordId, agent: &str) -> Option<Access> {
+        self.records.get(record)?.holders.get(agent).copied()
+    }
+
     /// Sets `agent`'s access to `record`, pushing `AccessChanged` (with data and context on a
     /// grant), auditing the change and keeping the orphan clock. No-op when nothing changes.
     pub(super) fn set_access(
         &mut self,
         out: &mut Vec<Output>,
-        record: &str,
+        record: &RecordId,
         agent: &str,
         access: Access,
         cause: AccessCause,
@@ -55,12 +60,12 @@ impl Engine {
             match self.agent_records.get_mut(agent) {
                 Some(held) => {
                     if !held.contains(record) {
-                        held.insert(record.to_owned());
+                        held.insert(record.clone());
                     }
                 }
                 None => {
                     self.agent_records
-                        .insert(agent.to_owned(), BTreeSet::from([record.to_owned()]));
+                        .insert(agent.to_owned(), BTreeSet::from([record.clone()]));
                 }
             }
         } else if let Some(set) = self.agent_records.get_mut(agent) {
@@ -88,7 +93,7 @@ impl Engine {
         }
         if let Some(conn) = desk {
             let msg = ServerMsg::AccessChanged {
-                record: record.to_owned(),
+                record: record.into(),
                 access,
                 previous,
                 cause,
@@ -107,7 +112,7 @@ impl Engine {
         };
         let dn = self.agents.get(agent).map(|a| a.dn.clone());
         self.audit(out, kind, |e| {
-            e.record = Some(record.to_owned());
+            e.record = Some(record.into());
             e.agent = Some(agent.to_owned());
             e.dn = dn;
             e.call = Some(call.clone());
@@ -120,7 +125,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn orphan(&mut self, out: &mut Vec<Output>, record: &str, call: &str) {
+    pub(super) fn orphan(&mut self, out: &mut Vec<Output>, record: &RecordId, call: &str) {
         let now_ms = self.now_ms;
         let Some(rec) = self.records.get_mut(record) else {
             return;
@@ -131,10 +136,10 @@ impl Engine {
         rec.orphaned_since_ms = Some(now_ms);
         self.mark_dirty(record);
         self.orphan_deadlines
-            .insert((now_ms + self.cfg.orphan_timeout_ms, record.to_owned()));
+            .insert((now_ms + self.cfg.orphan_timeout_ms, record.clone()));
         let call = call.to_owned();
         self.audit(out, AuditKind::Orphaned, |e| {
-            e.record = Some(record.to_owned());
+            e.record = Some(record.into());
             e.call = Some(call);
         });
     }
@@ -144,7 +149,7 @@ impl Engine {
     pub(super) fn finalize(
         &mut self,
         out: &mut Vec<Output>,
-        record: &str,
+        record: &RecordId,
         outcome: Outcome,
         finisher: FinalBy,
         extra: FinalExtra,
@@ -164,7 +169,7 @@ impl Engine {
         });
         rec.orphaned_since_ms = None;
         rec.resident_since_ms = now_ms;
-        self.final_queue.insert((now_ms, record.to_owned()));
+        self.final_queue.insert((now_ms, record.clone()));
         let call = rec.call.clone();
         // Only the dialers are told the outcome with the context; without one it is not copied.
         let context = if self.dialers.is_empty() {
@@ -185,13 +190,13 @@ impl Engine {
         }
         assert!(!rec.has_live_holder(), "a final record has no live holder");
         self.mark_dirty(record);
-        if self.call_record.get(&call).map(String::as_str) == Some(record) {
+        if self.call_record.get(&call) == Some(record) {
             self.call_record.remove(&call);
         }
         let by_name = by.clone().unwrap_or_else(|| "server".to_owned());
         let request = extra.request.clone();
         self.audit(out, AuditKind::Finalized, |e| {
-            e.record = Some(record.to_owned());
+            e.record = Some(record.into());
             e.agent = by.clone();
             e.request = request;
             e.call = Some(call.clone());
@@ -213,7 +218,7 @@ impl Engine {
                     out,
                     &h,
                     ServerMsg::RecordFinalized {
-                        record: record.to_owned(),
+                        record: record.into(),
                         by: by_name.clone(),
                         outcome,
                     },
@@ -221,7 +226,7 @@ impl Engine {
             }
             let dn = self.agents.get(&h).map(|a| a.dn.clone());
             self.audit(out, AuditKind::Revoked, |e| {
-                e.record = Some(record.to_owned());
+                e.record = Some(record.into());
                 e.agent = Some(h.clone());
                 e.dn = dn;
                 e.call = Some(call.clone());
@@ -231,7 +236,7 @@ impl Engine {
             });
         }
         let msg = ServerMsg::RecordOutcome {
-            record: record.to_owned(),
+            record: record.into(),
             outcome,
             call_result: context.call_result,
             fields: (!context.fields.is_empty()).then_some(context.fields),
@@ -288,7 +293,7 @@ impl Engine {
     #[allow(clippy::result_large_err)] // the error is the reply frame itself, built once
     pub(super) fn check_access(
         &self,
-        record: &str,
+        record: &RecordId,
         agent: &str,
         needs_full: bool,
     ) -> Result<Access, ServerMsg> {
@@ -350,7 +355,7 @@ pub(super) struct FinalExtra {
     pub(super) callback: Option<Callback>,
 }
 
-pub(super) fn already_final_error(record: &str, f: &FinalInfo) -> ServerMsg {
+pub(super) fn already_final_error(record: &RecordId, f: &FinalInfo) -> ServerMsg {
     let by = f.by.clone().unwrap_or_else(|| "server".into());
     ServerMsg::Error {
         code: ErrorCode::AlreadyFinal,

@@ -6,18 +6,18 @@ use super::*;
 
 impl Engine {
     /// The record a call carries, directly or (for a consultation) through the call it consults.
-    pub(super) fn record_of_call(&self, call: &str) -> Option<(String, bool)> {
+    pub(super) fn record_of_call(&self, call: &str) -> Option<(RecordId, bool)> {
         self.record_ref_of_call(call)
-            .map(|(r, via_consult)| (r.to_owned(), via_consult))
+            .map(|(r, via_consult)| (r.clone(), via_consult))
     }
 
-    pub(super) fn record_ref_of_call(&self, call: &str) -> Option<(&str, bool)> {
+    pub(super) fn record_ref_of_call(&self, call: &str) -> Option<(&RecordId, bool)> {
         if let Some(r) = self.call_record.get(call) {
             return Some((r, false));
         }
         let c = self.calls.get(call)?;
         let original = c.consult_of.as_ref()?;
-        self.call_record.get(original).map(|r| (r.as_str(), true))
+        self.call_record.get(original).map(|r| (r, true))
     }
 
     fn monitored(&self, dn: &str) -> bool {

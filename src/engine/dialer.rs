@@ -37,7 +37,7 @@ impl Engine {
             );
             return;
         }
-        if let Some(rec) = self.records.get(&a.record) {
+        if let Some(rec) = self.records.get(a.record.as_str()) {
             if rec.final_.is_none() {
                 if rec.call == a.call {
                     Self::send(
@@ -90,18 +90,19 @@ impl Engine {
             orphaned_since_ms: None,
             resident_since_ms: 0,
         };
-        if let Some(old) = self.records.insert(a.record.clone(), record) {
+        let id = RecordId::from(a.record.as_str());
+        if let Some(old) = self.records.insert(id.clone(), record) {
             if old.final_.is_some() {
                 // A final record attached again is live again.
                 self.finals -= 1;
                 let filed = self
                     .final_queue
-                    .remove(&(old.resident_since_ms, a.record.clone()));
+                    .remove(&(old.resident_since_ms, id.clone()));
                 assert!(filed, "a final record in memory is in the final queue");
             }
         }
-        self.mark_dirty(&a.record);
-        self.call_record.insert(a.call.clone(), a.record.clone());
+        self.mark_dirty(&id);
+        self.call_record.insert(a.call.clone(), id);
         let (rid, cid) = (a.record.clone(), a.call.clone());
         self.audit(out, AuditKind::Attached, |e| {
             e.record = Some(rid);
@@ -141,22 +142,23 @@ impl Engine {
         r#ref: Option<u64>,
         c: RecordRef,
     ) {
-        let Some(rec) = self.records.get(&c.record) else {
+        let record = RecordId::from(c.record);
+        let Some(rec) = self.records.get(&record) else {
             Self::send(
                 out,
                 conn,
                 r#ref,
-                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {}", c.record)),
+                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {record}")),
             );
             return;
         };
         if let Some(f) = &rec.final_ {
-            Self::send(out, conn, r#ref, already_final_error(&c.record, f));
+            Self::send(out, conn, r#ref, already_final_error(&record, f));
             return;
         }
         self.finalize(
             out,
-            &c.record,
+            &record,
             Outcome::Cancelled,
             FinalBy::Dialer,
             FinalExtra::default(),
@@ -165,7 +167,9 @@ impl Engine {
             out,
             conn,
             r#ref,
-            ServerMsg::RecordCancelled { record: c.record },
+            ServerMsg::RecordCancelled {
+                record: record.into(),
+            },
         );
     }
 }

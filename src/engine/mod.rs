@@ -24,6 +24,7 @@ mod admin;
 mod calls;
 mod causes;
 mod dialer;
+mod ids;
 mod journal;
 mod outputs;
 mod persist;
@@ -38,6 +39,7 @@ use crate::store::records::{decode, encode, parse_records};
 use crate::store::{Snapshot, WriteBatch};
 use access::{already_final_error, FinalExtra};
 use causes::{ClearCause, FinalBy, RecordState, SessionCause};
+use ids::RecordId;
 use journal::{FastMap, JMap, JSet};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use records::json_len;
@@ -152,30 +154,30 @@ pub struct Engine {
     dn_calls: JMap<String, CallSet>,
     /// Effective ANI (the call's, or its record's phone) -> calls, for linking consultations.
     ani_calls: JMap<String, BTreeSet<String>>,
-    records: JMap<String, Record>,
+    records: JMap<RecordId, Record>,
     /// Call -> the live record attached to it.
-    call_record: JMap<String, String>,
+    call_record: JMap<String, RecordId>,
     /// Agent -> records it holds with `full` or `read_only`.
-    agent_records: JMap<String, BTreeSet<String>>,
+    agent_records: JMap<String, BTreeSet<RecordId>>,
     grace_deadlines: JSet<(u64, String)>,
-    orphan_deadlines: JSet<(u64, String)>,
+    orphan_deadlines: JSet<(u64, RecordId)>,
     audit_seq: u64,
     ignored_events: u64,
     /// Records with a final outcome, kept as they change so that `Status` need not walk them all.
     finals: u64,
     /// What changed since the last [`Engine::take_writes`], for the store.
-    dirty_records: BTreeSet<String>,
+    dirty_records: BTreeSet<RecordId>,
     dirty_agents: BTreeSet<String>,
     pending_audit: Vec<AuditEntry>,
     /// Entries of the store's final-record index to delete, with whether the record goes too
     /// (see [`Engine::purge_final`]).
-    purged: Vec<(u64, String, bool)>,
+    purged: Vec<(u64, RecordId, bool)>,
     /// Agents waiting for a smart logout to complete.
     pending_logouts: JSet<String>,
     /// The final records in memory, oldest first: they leave memory from the front, by age
     /// (`final_record_memory_ms`) and by number (`max_final_records_in_memory`). A request that
     /// names one that left has it read back by the shell first ([`Engine::record_to_load`]).
-    final_queue: JSet<(u64, String)>,
+    final_queue: JSet<(u64, RecordId)>,
     /// (deadline, call): when each call is next checked for silence (`call_idle_timeout_ms`).
     call_deadlines: JSet<(u64, String)>,
     call_order: u64,

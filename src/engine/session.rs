@@ -199,7 +199,7 @@ impl Engine {
             }
         }
         let session = self.new_session_token();
-        let lost: BTreeMap<String, Lost> = if resumed {
+        let lost: BTreeMap<RecordId, Lost> = if resumed {
             // What was revoked since shortly before the desktop could have stopped hearing us.
             let since = existing
                 .away_since_ms
@@ -255,7 +255,7 @@ impl Engine {
         conn: ConnId,
         agent: &str,
         dn: &str,
-        lost: BTreeMap<String, Lost>,
+        lost: BTreeMap<RecordId, Lost>,
     ) {
         self.push_calls_on_dn(out, conn, dn);
         if let Some(held) = self.agent_records.get(agent) {
@@ -271,7 +271,7 @@ impl Engine {
                     conn,
                     None,
                     ServerMsg::AccessChanged {
-                        record: record.clone(),
+                        record: record.into(),
                         access,
                         previous: access,
                         cause: AccessCause::Resume,
@@ -288,7 +288,7 @@ impl Engine {
                 conn,
                 None,
                 ServerMsg::AccessChanged {
-                    record,
+                    record: record.into(),
                     access: Access::Revoked,
                     previous: lost.previous,
                     cause: AccessCause::Resume,
@@ -318,7 +318,7 @@ impl Engine {
                     ServerMsg::CallAlerting {
                         call: id.clone(),
                         dn: dn.to_owned(),
-                        record: self.record_of_call(id).map(|(r, _)| r),
+                        record: self.record_of_call(id).map(|(r, _)| r.into()),
                         consult_of: call.consult_of.clone(),
                     },
                 ),
@@ -411,7 +411,7 @@ impl Engine {
         if let Some(cause) = cause {
             self.push_agent(out, agent, ServerMsg::LoggedOut { cause });
         }
-        let held: Vec<String> = self
+        let held: Vec<RecordId> = self
             .agent_records
             .get(agent)
             .map(|s| s.iter().cloned().collect())
@@ -448,7 +448,7 @@ impl Engine {
         self.broadcast_monitor(out);
     }
 
-    fn full_live_records(&self, agent: &str) -> Vec<String> {
+    fn full_live_records(&self, agent: &str) -> Vec<RecordId> {
         self.agent_records
             .get(agent)
             .map(|set| {
@@ -486,7 +486,14 @@ impl Engine {
                 a.logout_pending = true;
                 self.pending_logouts.insert(agent.clone());
             }
-            Self::send(out, conn, r#ref, ServerMsg::LogoutPending { records: held });
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::LogoutPending {
+                    records: held.iter().map(String::from).collect(),
+                },
+            );
             return;
         }
         for record in &held {

@@ -128,7 +128,7 @@ pub(super) struct Agent {
     /// Records revoked recently (record -> access before, when, the record's call), replayed as
     /// `revoked` on resume. Kept while connected too: frames sent just before a drop may never
     /// have arrived. The call is kept here because the record may have left memory by then.
-    pub(super) lost_while_away: BTreeMap<String, Lost>,
+    pub(super) lost_while_away: BTreeMap<RecordId, Lost>,
 }
 
 /// A revocation the desktop may not have heard of: the access it had, when, the record's call.
@@ -143,14 +143,14 @@ impl Agent {
     /// Remembers a revocation for a possible resume, forgetting ones too old to matter.
     pub(super) fn note_lost(
         &mut self,
-        record: &str,
+        record: &RecordId,
         previous: Access,
         call: &str,
         now_ms: u64,
         window_ms: u64,
     ) {
         self.lost_while_away.insert(
-            record.to_owned(),
+            record.clone(),
             Lost {
                 previous,
                 at_ms: now_ms,

@@ -57,7 +57,7 @@ impl Engine {
         if c.parties.get(&e.dn) == Some(PartyState::Alerting) {
             if let Some(conn) = self.conn_on_dn(&e.dn) {
                 let msg = ServerMsg::CallAlerting {
-                    record: self.record_of_call(&e.call).map(|(r, _)| r),
+                    record: self.record_of_call(&e.call).map(|(r, _)| r.into()),
                     consult_of: c.consult_of.clone(),
                     call: e.call,
                     dn: e.dn,
@@ -129,7 +129,7 @@ impl Engine {
                 // The agent holding the record leaving ends the consultation in any case.
                 let holder_left = self
                     .agent_on(&e.dn)
-                    .is_some_and(|a| self.access_of(&record, &a) == Some(Access::Full));
+                    .is_some_and(|a| self.access_to(&record, &a) == Some(Access::Full));
                 let consult_dns = if caller_stays && !holder_left {
                     vec![e.dn.clone()]
                 } else {
@@ -140,7 +140,7 @@ impl Engine {
                 };
                 for dn in consult_dns {
                     if let Some(a) = self.agent_on(&dn) {
-                        if self.access_of(&record, &a) == Some(Access::ReadOnly) {
+                        if self.access_to(&record, &a) == Some(Access::ReadOnly) {
                             self.set_access(
                                 out,
                                 &record,
@@ -162,7 +162,7 @@ impl Engine {
                         .filter_map(|dn| self.dn_agent.get(dn))
                         .any(|a| *a != agent);
                     let held = self
-                        .access_of(&record, &agent)
+                        .access_to(&record, &agent)
                         .is_some_and(Access::is_granted);
                     if held && state == PartyState::Alerting {
                         // Never answered (RONA, busy, abandoned while ringing).
@@ -235,7 +235,7 @@ impl Engine {
                 ServerMsg::CallAlerting {
                     call: e.call.clone(),
                     dn: e.to_dn.clone(),
-                    record: record.clone(),
+                    record: record.as_ref().map(String::from),
                     consult_of: None,
                 },
             ),

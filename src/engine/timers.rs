@@ -119,7 +119,7 @@ impl Engine {
             }
             for dn in &dns {
                 if let Some(a) = self.agent_on(dn) {
-                    if self.access_of(&record, &a) == Some(Access::ReadOnly) {
+                    if self.access_to(&record, &a) == Some(Access::ReadOnly) {
                         self.set_access(out, &record, &a, Access::Revoked, AccessCause::Released);
                     }
                 }
