@@ -97,7 +97,7 @@ impl Engine {
                 access,
                 previous,
                 cause,
-                call: Some(call.clone()),
+                call: Some(String::from(&call)),
                 data,
                 context,
             };
@@ -115,7 +115,7 @@ impl Engine {
             e.record = Some(record.into());
             e.agent = Some(agent.to_owned());
             e.dn = dn;
-            e.call = Some(call.clone());
+            e.call = Some(String::from(&call));
             e.access = Some(access);
             e.previous = Some(previous);
             e.cause = Some(cause.as_str().to_owned());
@@ -125,7 +125,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn orphan(&mut self, out: &mut Vec<Output>, record: &RecordId, call: &str) {
+    pub(super) fn orphan(&mut self, out: &mut Vec<Output>, record: &RecordId, call: &CallId) {
         let now_ms = self.now_ms;
         let Some(rec) = self.records.get_mut(record) else {
             return;
@@ -137,7 +137,7 @@ impl Engine {
         self.mark_dirty(record);
         self.orphan_deadlines
             .insert((now_ms + self.cfg.orphan_timeout_ms, record.clone()));
-        let call = call.to_owned();
+        let call = String::from(call);
         self.audit(out, AuditKind::Orphaned, |e| {
             e.record = Some(record.into());
             e.call = Some(call);
@@ -199,7 +199,7 @@ impl Engine {
             e.record = Some(record.into());
             e.agent = by.clone();
             e.request = request;
-            e.call = Some(call.clone());
+            e.call = Some(String::from(&call));
             e.cause = Some(outcome.as_str().to_owned());
         });
         for (h, previous) in holders {
@@ -229,7 +229,7 @@ impl Engine {
                 e.record = Some(record.into());
                 e.agent = Some(h.clone());
                 e.dn = dn;
-                e.call = Some(call.clone());
+                e.call = Some(String::from(&call));
                 e.access = Some(Access::Revoked);
                 e.previous = Some(previous);
                 e.cause = Some(outcome.as_str().to_owned());
@@ -255,7 +255,7 @@ impl Engine {
     pub(super) fn grant_for_party(
         &mut self,
         out: &mut Vec<Output>,
-        call: &str,
+        call: &CallId,
         agent: &str,
         only_unheld: bool,
     ) {

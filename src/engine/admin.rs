@@ -45,7 +45,7 @@ impl Engine {
                 record: r.record,
                 state: state.as_str().to_owned(),
                 holders,
-                call: Some(rec.call.clone()),
+                call: Some(String::from(&rec.call)),
                 final_: rec.final_.clone(),
                 version: Some(rec.version),
                 context: Some(rec.context.clone()),

@@ -39,7 +39,7 @@ impl Engine {
         }
         if let Some(rec) = self.records.get(a.record.as_str()) {
             if rec.final_.is_none() {
-                if rec.call == a.call {
+                if rec.call.as_str() == a.call {
                     Self::send(
                         out,
                         conn,
@@ -64,7 +64,8 @@ impl Engine {
                 return;
             }
         }
-        if let Some(other) = self.call_record.get(&a.call) {
+        let call = CallId::from(a.call.as_str());
+        if let Some(other) = self.call_record.get(&call) {
             let msg = format!("call {} already carries live record {other}", a.call);
             Self::send(
                 out,
@@ -77,7 +78,7 @@ impl Engine {
         let chain_n = a.chain_n.unwrap_or(0);
         let cause = format!("campaign {}, chain_n {chain_n}", a.campaign);
         let record = Record {
-            call: a.call.clone(),
+            call: call.clone(),
             campaign: a.campaign,
             chain_n,
             phone: a.phone.clone(),
@@ -102,7 +103,7 @@ impl Engine {
             }
         }
         self.mark_dirty(&id);
-        self.call_record.insert(a.call.clone(), id);
+        self.call_record.insert(call.clone(), id);
         let (rid, cid) = (a.record.clone(), a.call.clone());
         self.audit(out, AuditKind::Attached, |e| {
             e.record = Some(rid);
@@ -118,18 +119,18 @@ impl Engine {
                 call: a.call.clone(),
             },
         );
-        if self.calls.contains_key(&a.call) {
+        if self.calls.contains_key(&call) {
             if let Some(phone) = a.phone {
-                self.index_ani(&a.call, &phone);
+                self.index_ani(&call, &phone);
             }
             // The call may already be answered on an agent's DN: grant at once (rule 1).
             let established: Vec<String> = self
                 .calls
-                .get(&a.call)
+                .get(&call)
                 .map_or_else(Vec::new, |c| c.parties.established().cloned().collect());
             for dn in established {
                 if let Some(agent) = self.agent_on(&dn) {
-                    self.grant_for_party(out, &a.call, &agent, false);
+                    self.grant_for_party(out, &call, &agent, false);
                 }
             }
         }

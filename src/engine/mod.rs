@@ -39,7 +39,7 @@ use crate::store::records::{decode, encode, parse_records};
 use crate::store::{Snapshot, WriteBatch};
 use access::{already_final_error, FinalExtra};
 use causes::{ClearCause, FinalBy, RecordState, SessionCause};
-use ids::RecordId;
+use ids::{CallId, RecordId};
 use journal::{FastMap, JMap, JSet};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use records::json_len;
@@ -148,15 +148,15 @@ pub struct Engine {
     /// The keys of `dn_agent`, sorted: the `Monitor` list, kept ready since every login and
     /// logout sends it.
     monitored: Vec<String>,
-    calls: JMap<String, Call>,
+    calls: JMap<CallId, Call>,
     /// DN -> live calls with a party on it. A monitored DN keeps its entry while it has no call,
     /// so that calls coming and going do not allocate the key over and over; other DNs lose it.
     dn_calls: JMap<String, CallSet>,
     /// Effective ANI (the call's, or its record's phone) -> calls, for linking consultations.
-    ani_calls: JMap<String, BTreeSet<String>>,
+    ani_calls: JMap<String, BTreeSet<CallId>>,
     records: JMap<RecordId, Record>,
     /// Call -> the live record attached to it.
-    call_record: JMap<String, RecordId>,
+    call_record: JMap<CallId, RecordId>,
     /// Agent -> records it holds with `full` or `read_only`.
     agent_records: JMap<String, BTreeSet<RecordId>>,
     grace_deadlines: JSet<(u64, String)>,
@@ -179,7 +179,7 @@ pub struct Engine {
     /// names one that left has it read back by the shell first ([`Engine::record_to_load`]).
     final_queue: JSet<(u64, RecordId)>,
     /// (deadline, call): when each call is next checked for silence (`call_idle_timeout_ms`).
-    call_deadlines: JSet<(u64, String)>,
+    call_deadlines: JSet<(u64, CallId)>,
     call_order: u64,
     now_ms: u64,
     /// `now_ms` formatted as RFC 3339, for the audit entries and outcomes of inputs at the same

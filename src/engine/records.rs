@@ -369,7 +369,7 @@ impl Engine {
 
     fn accept(&mut self, out: &mut Vec<Output>, agent: &str, record: &RecordId, request: &str) {
         let dn = self.agents.get(agent).map(|a| a.dn.clone());
-        let call = self.records.get(record).map(|r| r.call.clone());
+        let call = self.records.get(record).map(|r| String::from(&r.call));
         let access = self.access_to(record, agent);
         self.audit(out, AuditKind::Accepted, |e| {
             e.record = Some(record.into());
@@ -401,7 +401,7 @@ impl Engine {
             _ => String::new(),
         };
         let dn = self.agents.get(agent).map(|a| a.dn.clone());
-        let call = self.records.get(record).map(|r| r.call.clone());
+        let call = self.records.get(record).map(|r| String::from(&r.call));
         let access = self.access_to(record, agent);
         self.audit(out, AuditKind::Denied, |e| {
             e.record = Some(record.into());

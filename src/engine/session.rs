@@ -275,7 +275,7 @@ impl Engine {
                         access,
                         previous: access,
                         cause: AccessCause::Resume,
-                        call: Some(rec.call.clone()),
+                        call: Some(String::from(&rec.call)),
                         data: Some(rec.data.clone()),
                         context: Some(rec.context.clone()),
                     },
@@ -292,7 +292,7 @@ impl Engine {
                     access: Access::Revoked,
                     previous: lost.previous,
                     cause: AccessCause::Resume,
-                    call: Some(lost.call),
+                    call: Some(lost.call.into()),
                     data: None,
                     context: None,
                 },
@@ -304,7 +304,7 @@ impl Engine {
         let Some(calls) = self.dn_calls.get(dn) else {
             return;
         };
-        let mut ordered: Vec<(&String, &Call)> = calls
+        let mut ordered: Vec<(&CallId, &Call)> = calls
             .iter()
             .filter_map(|id| self.calls.get(id).map(|c| (id, c)))
             .collect();
@@ -316,10 +316,10 @@ impl Engine {
                     conn,
                     None,
                     ServerMsg::CallAlerting {
-                        call: id.clone(),
+                        call: id.into(),
                         dn: dn.to_owned(),
                         record: self.record_of_call(id).map(|(r, _)| r.into()),
-                        consult_of: call.consult_of.clone(),
+                        consult_of: call.consult_of.as_ref().map(String::from),
                     },
                 ),
                 Some(PartyState::Established | PartyState::Dialing) => Self::send(
@@ -327,7 +327,7 @@ impl Engine {
                     conn,
                     None,
                     ServerMsg::CallEstablished {
-                        call: id.clone(),
+                        call: id.into(),
                         dn: dn.to_owned(),
                     },
                 ),
@@ -381,7 +381,7 @@ impl Engine {
         self.broadcast_monitor(out);
         // Calls already on the DN: show them, and take what nobody holds (rule 9).
         self.push_calls_on_dn(out, conn, &l.dn);
-        let calls: Vec<String> = self
+        let calls: Vec<CallId> = self
             .dn_calls
             .get(&l.dn)
             .map(|s| s.iter().cloned().collect())

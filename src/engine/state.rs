@@ -72,18 +72,18 @@ impl Parties {
 /// A sorted set of call ids: the calls on one DN, rarely more than two or three. Unlike a tree
 /// set it keeps its buffer when emptied, so a DN's next call needs no allocation for it.
 #[derive(Debug, Clone, Default)]
-pub(super) struct CallSet(Vec<String>);
+pub(super) struct CallSet(Vec<CallId>);
 
 impl CallSet {
-    pub(super) fn position(&self, call: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|c| c.as_str().cmp(call))
+    pub(super) fn position(&self, call: &CallId) -> Result<usize, usize> {
+        self.0.binary_search(call)
     }
-    pub(super) fn insert(&mut self, call: &str) {
+    pub(super) fn insert(&mut self, call: &CallId) {
         if let Err(i) = self.position(call) {
-            self.0.insert(i, call.to_owned());
+            self.0.insert(i, call.clone());
         }
     }
-    pub(super) fn remove(&mut self, call: &str) {
+    pub(super) fn remove(&mut self, call: &CallId) {
         if let Ok(i) = self.position(call) {
             self.0.remove(i);
         }
@@ -92,7 +92,7 @@ impl CallSet {
         self.0.is_empty()
     }
     /// The calls, in order.
-    pub(super) fn iter(&self) -> std::slice::Iter<'_, String> {
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, CallId> {
         self.0.iter()
     }
 }
@@ -104,7 +104,7 @@ pub(super) struct Call {
     /// The keys of `ani_calls` this call is filed under, so that ending it touches only those.
     pub(super) ani_keys: Vec<String>,
     /// The call this one is a consultation of.
-    pub(super) consult_of: Option<String>,
+    pub(super) consult_of: Option<CallId>,
     /// The DN that placed the call (`Ringing.from_dn`), if the switch said.
     pub(super) caller: Option<String>,
     /// Set once a consultation has ended (released, transferred or conferenced): it grants nothing more.
@@ -136,7 +136,7 @@ pub(super) struct Agent {
 pub(super) struct Lost {
     pub(super) previous: Access,
     pub(super) at_ms: u64,
-    pub(super) call: String,
+    pub(super) call: CallId,
 }
 
 impl Agent {
@@ -145,7 +145,7 @@ impl Agent {
         &mut self,
         record: &RecordId,
         previous: Access,
-        call: &str,
+        call: &CallId,
         now_ms: u64,
         window_ms: u64,
     ) {
@@ -154,7 +154,7 @@ impl Agent {
             Lost {
                 previous,
                 at_ms: now_ms,
-                call: call.to_owned(),
+                call: call.clone(),
             },
         );
         if self.conn.is_some() && self.lost_while_away.len() > 64 {
@@ -167,7 +167,7 @@ impl Agent {
 /// A record as it is kept, in memory and on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Record {
-    pub(super) call: String,
+    pub(super) call: CallId,
     pub(super) campaign: String,
     pub(super) chain_n: u32,
     pub(super) phone: Option<String>,

@@ -6,44 +6,45 @@ use super::*;
 
 impl Engine {
     pub(super) fn ringing(&mut self, out: &mut Vec<Output>, e: Ringing) {
+        let call = CallId::from(e.call.as_str());
         let relevant = match &e.from_dn {
-            Some(from) => self.relevant(&e.call, &[&e.dn, from]),
-            None => self.relevant(&e.call, &[&e.dn]),
+            Some(from) => self.relevant(&call, &[&e.dn, from]),
+            None => self.relevant(&call, &[&e.dn]),
         };
         if !relevant {
             return;
         }
-        self.add_party(&e.call, &e.dn, PartyState::Alerting);
+        self.add_party(&call, &e.dn, PartyState::Alerting);
         if let Some(ani) = &e.ani {
-            if self.filed_call(&e.call).ani.is_none() {
-                self.filed_call_mut(&e.call).ani = Some(ani.clone());
-                self.index_ani(&e.call, ani);
+            if self.filed_call(&call).ani.is_none() {
+                self.filed_call_mut(&call).ani = Some(ani.clone());
+                self.index_ani(&call, ani);
             }
         }
-        let unlinked = self.filed_call(&e.call).consult_of.is_none()
-            && !self.call_record.contains_key(&e.call);
+        let unlinked =
+            self.filed_call(&call).consult_of.is_none() && !self.call_record.contains_key(&call);
         if unlinked {
             let link = match &e.consult_of {
-                Some(c1) if *c1 != e.call => Some(c1.clone()),
+                Some(c1) if *c1 != e.call => Some(CallId::from(c1.as_str())),
                 Some(_) => None,
                 None => e
                     .ani
                     .as_deref()
-                    .and_then(|ani| self.link_by_ani(&e.call, ani, e.from_dn.as_deref())),
+                    .and_then(|ani| self.link_by_ani(&call, ani, e.from_dn.as_deref())),
             };
             if let Some(c1) = link {
-                self.filed_call_mut(&e.call).consult_of = Some(c1);
+                self.filed_call_mut(&call).consult_of = Some(c1);
             }
         }
         // The caller is on the call from now on (CONTRACT section 5): when it hangs up, its
         // `Released` must find it, whether or not the switch ever sends `Established` for it.
         if let Some(from) = e.from_dn.as_deref().filter(|f| *f != e.dn) {
-            let c = self.filed_call_mut(&e.call);
+            let c = self.filed_call_mut(&call);
             if c.caller.is_none() {
                 c.caller = Some(from.to_owned());
             }
             if !c.parties.contains_key(from) {
-                self.add_party(&e.call, from, PartyState::Dialing);
+                self.add_party(&call, from, PartyState::Dialing);
                 if let Some(conn) = self.conn_on_dn(from) {
                     let msg = ServerMsg::CallEstablished {
                         call: e.call.clone(),
@@ -53,12 +54,12 @@ impl Engine {
                 }
             }
         }
-        let c = &self.filed_call(&e.call);
+        let c = &self.filed_call(&call);
         if c.parties.get(&e.dn) == Some(PartyState::Alerting) {
             if let Some(conn) = self.conn_on_dn(&e.dn) {
                 let msg = ServerMsg::CallAlerting {
-                    record: self.record_of_call(&e.call).map(|(r, _)| r.into()),
-                    consult_of: c.consult_of.clone(),
+                    record: self.record_of_call(&call).map(|(r, _)| r.into()),
+                    consult_of: c.consult_of.as_ref().map(String::from),
                     call: e.call,
                     dn: e.dn,
                 };
@@ -68,11 +69,12 @@ impl Engine {
     }
 
     pub(super) fn established(&mut self, out: &mut Vec<Output>, e: CallDn) {
-        if !self.relevant(&e.call, &[&e.dn]) {
+        let call = CallId::from(e.call.as_str());
+        if !self.relevant(&call, &[&e.dn]) {
             return;
         }
-        let before = self.calls.get(&e.call).and_then(|c| c.parties.get(&e.dn));
-        self.add_party(&e.call, &e.dn, PartyState::Established);
+        let before = self.calls.get(&call).and_then(|c| c.parties.get(&e.dn));
+        self.add_party(&call, &e.dn, PartyState::Established);
         if !PartyState::shown_established(before) {
             if let Some(conn) = self.conn_on_dn(&e.dn) {
                 let msg = ServerMsg::CallEstablished {
@@ -83,28 +85,29 @@ impl Engine {
             }
         }
         // Most calls carry no record: then there is nothing to grant, and no agent id to copy.
-        if self.record_ref_of_call(&e.call).is_none() {
+        if self.record_ref_of_call(&call).is_none() {
             return;
         }
         if let Some(agent) = self.agent_on(&e.dn) {
-            self.grant_for_party(out, &e.call, &agent, false);
+            self.grant_for_party(out, &call, &agent, false);
         }
     }
 
     pub(super) fn released(&mut self, out: &mut Vec<Output>, e: Released) {
-        if !self.relevant(&e.call, &[&e.dn]) {
+        let call = CallId::from(e.call.as_str());
+        if !self.relevant(&call, &[&e.dn]) {
             return;
         }
-        let Some(call) = self.calls.get(&e.call) else {
+        let Some(c) = self.calls.get(&call) else {
             return;
         };
-        let linked = self.record_of_call(&e.call);
+        let linked = self.record_of_call(&call);
         // A consultation's parties as they were before this one left (sorted, as parties are).
         let consult_dns: Vec<String> = match linked {
-            Some((_, true)) => call.parties.keys().cloned().collect(),
+            Some((_, true)) => c.parties.keys().cloned().collect(),
             _ => Vec::new(),
         };
-        let Some(state) = self.remove_party(&e.call, &e.dn) else {
+        let Some(state) = self.remove_party(&call, &e.dn) else {
             return;
         };
         if let Some(conn) = self.conn_on_dn(&e.dn) {
@@ -121,7 +124,7 @@ impl Engine {
                 // is over. But while the DN that placed it is still on it, a consultee leaving
                 // (RONA, a hang-up) ends only its own part: the switch may ring the same call
                 // elsewhere (redistribution from a queue), and whoever answers is consulted.
-                let caller_stays = self.calls.get(&e.call).is_some_and(|c| {
+                let caller_stays = self.calls.get(&call).is_some_and(|c| {
                     c.caller
                         .as_ref()
                         .is_some_and(|from| *from != e.dn && c.parties.contains_key(from))
@@ -133,7 +136,7 @@ impl Engine {
                 let consult_dns = if caller_stays && !holder_left {
                     vec![e.dn.clone()]
                 } else {
-                    if let Some(c) = self.calls.get_mut(&e.call) {
+                    if let Some(c) = self.calls.get_mut(&call) {
                         c.consult_over = true;
                     }
                     consult_dns
@@ -156,7 +159,7 @@ impl Engine {
                 if let Some(agent) = self.agent_on(&e.dn) {
                     // Only answered parties count: someone still ringing may never join.
                     let remaining_agents = self
-                        .filed_call(&e.call)
+                        .filed_call(&call)
                         .parties
                         .established()
                         .filter_map(|dn| self.dn_agent.get(dn))
@@ -180,25 +183,25 @@ impl Engine {
             }
             None => {}
         }
-        self.end_call_if_empty(out, &e.call);
-        self.end_call_nobody_is_on(&e.call);
+        self.end_call_if_empty(out, &call);
+        self.end_call_nobody_is_on(&call);
     }
 
     pub(super) fn transferred(&mut self, out: &mut Vec<Output>, e: Transferred) {
-        if !self.relevant(&e.call, &[&e.from_dn, &e.to_dn]) {
+        let call = CallId::from(e.call.as_str());
+        if !self.relevant(&call, &[&e.from_dn, &e.to_dn]) {
             return;
         }
         if e.from_dn == e.to_dn {
             return;
         }
-        self.call_entry(&e.call);
+        self.call_entry(&call);
+        let named = e.consult_call.as_deref().map(CallId::from);
         let consult = match e.kind {
-            TransferKind::TwoStep => {
-                self.consultation_of(&e.call, e.consult_call.as_deref(), &e.to_dn)
-            }
+            TransferKind::TwoStep => self.consultation_of(&call, named.as_ref(), &e.to_dn),
             _ => None,
         };
-        if self.remove_party(&e.call, &e.from_dn).is_some() {
+        if self.remove_party(&call, &e.from_dn).is_some() {
             self.push_dn(
                 out,
                 &e.from_dn,
@@ -216,9 +219,9 @@ impl Engine {
             TransferKind::TwoStep => PartyState::Established,
             _ => PartyState::Alerting,
         };
-        let before = self.filed_call(&e.call).parties.get(&e.to_dn);
-        self.add_party(&e.call, &e.to_dn, arriving);
-        let record = self.call_record.get(&e.call).cloned();
+        let before = self.filed_call(&call).parties.get(&e.to_dn);
+        self.add_party(&call, &e.to_dn, arriving);
+        let record = self.call_record.get(&call).cloned();
         match (before, arriving) {
             (Some(PartyState::Established | PartyState::Dialing), _) => {}
             (_, PartyState::Established | PartyState::Dialing) => self.push_dn(
@@ -259,20 +262,22 @@ impl Engine {
                 }
             }
         }
-        self.end_call_if_empty(out, &e.call);
+        self.end_call_if_empty(out, &call);
     }
 
     pub(super) fn conferenced(&mut self, out: &mut Vec<Output>, e: Conferenced) {
-        if !self.relevant(&e.call, &[&e.dn]) {
+        let call = CallId::from(e.call.as_str());
+        if !self.relevant(&call, &[&e.dn]) {
             return;
         }
-        self.call_entry(&e.call);
-        let consult = self.consultation_of(&e.call, e.consult_call.as_deref(), &e.dn);
+        self.call_entry(&call);
+        let named = e.consult_call.as_deref().map(CallId::from);
+        let consult = self.consultation_of(&call, named.as_ref(), &e.dn);
         if let Some(c2) = &consult {
             self.merge_consultation(out, c2, ClearCause::Conferenced);
         }
-        let before = self.filed_call(&e.call).parties.get(&e.dn);
-        self.add_party(&e.call, &e.dn, PartyState::Established);
+        let before = self.filed_call(&call).parties.get(&e.dn);
+        self.add_party(&call, &e.dn, PartyState::Established);
         if !PartyState::shown_established(before) {
             self.push_dn(
                 out,
@@ -283,14 +288,14 @@ impl Engine {
                 },
             );
         }
-        let Some(record) = self.call_record.get(&e.call).cloned() else {
+        let Some(record) = self.call_record.get(&call).cloned() else {
             return;
         };
         if self.records.get(&record).is_none_or(|r| r.final_.is_some()) {
             return;
         }
         let dns: Vec<String> = self
-            .filed_call(&e.call)
+            .filed_call(&call)
             .parties
             .established()
             .cloned()

@@ -89,14 +89,14 @@ impl Engine {
     /// forget it. A consultation is over (its read-only access ends, rule 5); the holders of a
     /// customer call's record keep their access to finish it, as when a call ends; a record
     /// nobody holds starts its orphan clock. Desktops on its DNs are told `CallCleared`.
-    fn drop_idle_call(&mut self, out: &mut Vec<Output>, call: &str) {
+    fn drop_idle_call(&mut self, out: &mut Vec<Output>, call: &CallId) {
         let Some(c) = self.calls.get(call) else {
             return;
         };
         let dns: Vec<String> = c.parties.keys().cloned().collect();
         let idle_ms = self.now_ms.saturating_sub(c.last_event_ms);
         tracing::warn!(
-            call,
+            call = call.as_str(),
             idle_ms,
             parties = ?dns,
             "dropping a call the switch never ended: no telephony event for call_idle_timeout_ms ({} ms)",
@@ -107,7 +107,7 @@ impl Engine {
                 out,
                 dn,
                 ServerMsg::CallCleared {
-                    call: call.to_owned(),
+                    call: call.into(),
                     dn: dn.clone(),
                     cause: ClearCause::IdleTimeout.as_str().to_owned(),
                 },
