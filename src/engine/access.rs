@@ -110,7 +110,7 @@ impl Engine {
         } else {
             AuditKind::Downgraded
         };
-        let dn = self.agents.get(agent).map(|a| a.dn.clone());
+        let dn = self.agents.get(agent).map(|a| String::from(&a.dn));
         self.audit(out, kind, |e| {
             e.record = Some(record.into());
             e.agent = Some(agent.to_owned());
@@ -224,7 +224,7 @@ impl Engine {
                     },
                 );
             }
-            let dn = self.agents.get(&h).map(|a| a.dn.clone());
+            let dn = self.agents.get(&h).map(|a| String::from(&a.dn));
             self.audit(out, AuditKind::Revoked, |e| {
                 e.record = Some(record.into());
                 e.agent = Some(h.clone());

@@ -20,13 +20,13 @@ impl Engine {
         self.call_record.get(original).map(|r| (r, true))
     }
 
-    fn monitored(&self, dn: &str) -> bool {
+    fn monitored(&self, dn: &Dn) -> bool {
         self.dn_agent.contains_key(dn)
     }
 
     /// An event is ours if it names a call we know (or one carrying a record) or a monitored DN.
     /// An applied event also tells that the call is alive (see `call_idle_timeout_ms`).
-    pub(super) fn relevant(&mut self, call: &CallId, dns: &[&str]) -> bool {
+    pub(super) fn relevant(&mut self, call: &CallId, dns: &[&Dn]) -> bool {
         let ours = self.calls.contains_key(call)
             || self.call_record.contains_key(call)
             || dns.iter().any(|dn| self.monitored(dn));
@@ -104,20 +104,20 @@ impl Engine {
         }
     }
 
-    pub(super) fn add_party(&mut self, call: &CallId, dn: &str, state: PartyState) {
+    pub(super) fn add_party(&mut self, call: &CallId, dn: &Dn, state: PartyState) {
         self.call_entry(call).parties.add(dn, state);
         match self.dn_calls.get_mut(dn) {
             Some(set) => set.insert(call),
             None => {
                 let mut set = CallSet::default();
                 set.insert(call);
-                self.dn_calls.insert(dn.to_owned(), set);
+                self.dn_calls.insert(dn.clone(), set);
             }
         }
     }
 
     /// Takes `call` off `dn`'s calls, dropping the entry of an unmonitored DN left without any.
-    fn unfile_call(&mut self, dn: &str, call: &CallId) {
+    fn unfile_call(&mut self, dn: &Dn, call: &CallId) {
         if let Some(set) = self.dn_calls.get_mut(dn) {
             set.remove(call);
             if set.is_empty() && !self.dn_agent.contains_key(dn) {
@@ -126,7 +126,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn remove_party(&mut self, call: &CallId, dn: &str) -> Option<PartyState> {
+    pub(super) fn remove_party(&mut self, call: &CallId, dn: &Dn) -> Option<PartyState> {
         let state = self.calls.get_mut(call)?.parties.remove(dn);
         self.unfile_call(dn, call);
         state
@@ -175,7 +175,7 @@ impl Engine {
         &self,
         call: &CallId,
         ani: &str,
-        from_dn: Option<&str>,
+        from_dn: Option<&Dn>,
     ) -> Option<CallId> {
         let candidates = self.ani_calls.get(ani)?;
         let mut best: Option<(bool, u64, CallId)> = None;
@@ -232,7 +232,7 @@ impl Engine {
                 dn,
                 ServerMsg::CallCleared {
                     call: c2.into(),
-                    dn: dn.clone(),
+                    dn: dn.into(),
                     cause: cause.as_str().to_owned(),
                 },
             );
@@ -246,7 +246,7 @@ impl Engine {
         &self,
         call: &CallId,
         named: Option<&CallId>,
-        dn: &str,
+        dn: &Dn,
     ) -> Option<CallId> {
         if let Some(c2) = named {
             if self
@@ -260,7 +260,7 @@ impl Engine {
         self.find_consultation(call, dn)
     }
 
-    fn find_consultation(&self, call: &CallId, dn: &str) -> Option<CallId> {
+    fn find_consultation(&self, call: &CallId, dn: &Dn) -> Option<CallId> {
         self.dn_calls.get(dn)?.iter().find_map(|id| {
             let c = self.calls.get(id)?;
             (c.consult_of.as_ref() == Some(call) && !c.consult_over).then(|| id.clone())

@@ -124,7 +124,7 @@ impl Engine {
                 self.index_ani(&call, &phone);
             }
             // The call may already be answered on an agent's DN: grant at once (rule 1).
-            let established: Vec<String> = self
+            let established: Vec<Dn> = self
                 .calls
                 .get(&call)
                 .map_or_else(Vec::new, |c| c.parties.established().cloned().collect());

@@ -39,7 +39,7 @@ use crate::store::records::{decode, encode, parse_records};
 use crate::store::{Snapshot, WriteBatch};
 use access::{already_final_error, FinalExtra};
 use causes::{ClearCause, FinalBy, RecordState, SessionCause};
-use ids::{CallId, RecordId};
+use ids::{CallId, Dn, RecordId};
 use journal::{FastMap, JMap, JSet};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use records::json_len;
@@ -144,14 +144,14 @@ pub struct Engine {
     dialers: JSet<ConnId>,
     agents: JMap<String, Agent>,
     /// DN -> agent logged in on it. Exactly the monitored DNs.
-    dn_agent: JMap<String, String>,
+    dn_agent: JMap<Dn, String>,
     /// The keys of `dn_agent`, sorted: the `Monitor` list, kept ready since every login and
     /// logout sends it.
-    monitored: Vec<String>,
+    monitored: Vec<Dn>,
     calls: JMap<CallId, Call>,
     /// DN -> live calls with a party on it. A monitored DN keeps its entry while it has no call,
     /// so that calls coming and going do not allocate the key over and over; other DNs lose it.
-    dn_calls: JMap<String, CallSet>,
+    dn_calls: JMap<Dn, CallSet>,
     /// Effective ANI (the call's, or its record's phone) -> calls, for linking consultations.
     ani_calls: JMap<String, BTreeSet<CallId>>,
     records: JMap<RecordId, Record>,
@@ -283,7 +283,7 @@ impl Engine {
     /// The DNs the telephony link must monitor, sorted.
     pub fn monitored_dns(&self) -> Vec<String> {
         assert_eq!(self.monitored.len(), self.dn_agent.len());
-        self.monitored.clone()
+        self.monitored.iter().map(String::from).collect()
     }
 
     /// Whether the server tracks `call` (for tests: the model test keeps its own picture of the

@@ -368,7 +368,7 @@ impl Engine {
     }
 
     fn accept(&mut self, out: &mut Vec<Output>, agent: &str, record: &RecordId, request: &str) {
-        let dn = self.agents.get(agent).map(|a| a.dn.clone());
+        let dn = self.agents.get(agent).map(|a| String::from(&a.dn));
         let call = self.records.get(record).map(|r| String::from(&r.call));
         let access = self.access_to(record, agent);
         self.audit(out, AuditKind::Accepted, |e| {
@@ -400,7 +400,7 @@ impl Engine {
             ServerMsg::Error { message, .. } => message.clone(),
             _ => String::new(),
         };
-        let dn = self.agents.get(agent).map(|a| a.dn.clone());
+        let dn = self.agents.get(agent).map(|a| String::from(&a.dn));
         let call = self.records.get(record).map(|r| String::from(&r.call));
         let access = self.access_to(record, agent);
         self.audit(out, AuditKind::Denied, |e| {

@@ -5,14 +5,10 @@
 use super::*;
 
 impl Engine {
-    pub(super) fn monitor_dn(&mut self, dn: &str, agent: &str) {
-        if self
-            .dn_agent
-            .insert(dn.to_owned(), agent.to_owned())
-            .is_none()
-        {
-            if let Err(i) = self.monitored.binary_search_by(|d| d.as_str().cmp(dn)) {
-                self.monitored.insert(i, dn.to_owned());
+    pub(super) fn monitor_dn(&mut self, dn: &Dn, agent: &str) {
+        if self.dn_agent.insert(dn.clone(), agent.to_owned()).is_none() {
+            if let Err(i) = self.monitored.binary_search(dn) {
+                self.monitored.insert(i, dn.clone());
             }
         }
         assert_eq!(
@@ -22,9 +18,9 @@ impl Engine {
         );
     }
 
-    fn unmonitor_dn(&mut self, dn: &str) {
+    fn unmonitor_dn(&mut self, dn: &Dn) {
         if self.dn_agent.remove(dn).is_some() {
-            if let Ok(i) = self.monitored.binary_search_by(|d| d.as_str().cmp(dn)) {
+            if let Ok(i) = self.monitored.binary_search(dn) {
                 self.monitored.remove(i);
             }
             if self.dn_calls.get(dn).is_some_and(CallSet::is_empty) {
@@ -38,7 +34,7 @@ impl Engine {
         );
     }
 
-    pub(super) fn agent_on(&self, dn: &str) -> Option<String> {
+    pub(super) fn agent_on(&self, dn: &Dn) -> Option<String> {
         self.dn_agent.get(dn).cloned()
     }
 
@@ -139,7 +135,8 @@ impl Engine {
             );
             return;
         }
-        if let Some(other) = self.dn_agent.get(&l.dn) {
+        let dn = Dn::from(l.dn.as_str());
+        if let Some(other) = self.dn_agent.get(&dn) {
             if *other != l.agent {
                 let msg = format!("DN {} is in use by agent {other}", l.dn);
                 Self::send(out, conn, r#ref, ServerMsg::error(ErrorCode::DnInUse, msg));
@@ -147,7 +144,7 @@ impl Engine {
             }
         }
         if let Some(existing) = self.agents.get(&l.agent).cloned() {
-            if existing.dn != l.dn {
+            if existing.dn != dn {
                 // The agent moves to another DN: the old session ends as replaced, then a fresh one.
                 if let Some(old) = existing.conn {
                     Self::send(
@@ -167,11 +164,11 @@ impl Engine {
                 }
                 self.end_agent(out, &l.agent, None, true, SessionCause::Replaced);
             } else {
-                self.take_over(out, conn, r#ref, &l, existing);
+                self.take_over(out, conn, r#ref, &l, &dn, existing);
                 return;
             }
         }
-        self.fresh_login(out, conn, r#ref, &l);
+        self.fresh_login(out, conn, r#ref, &l, &dn);
     }
 
     /// The agent is already logged in on this DN (connected elsewhere, or away): this connection
@@ -182,6 +179,7 @@ impl Engine {
         conn: ConnId,
         r#ref: Option<u64>,
         l: &Login,
+        dn: &Dn,
         existing: Agent,
     ) {
         let resumed = l.resume.as_deref() == Some(existing.session.as_str());
@@ -239,13 +237,13 @@ impl Engine {
         } else {
             SessionCause::Replaced
         };
-        let (agent, dn) = (l.agent.clone(), l.dn.clone());
+        let (agent_s, dn_s) = (l.agent.clone(), l.dn.clone());
         self.audit(out, AuditKind::Login, |e| {
-            e.agent = Some(agent);
-            e.dn = Some(dn);
+            e.agent = Some(agent_s);
+            e.dn = Some(dn_s);
             e.cause = Some(cause.as_str().to_owned());
         });
-        self.replay(out, conn, &l.agent, &l.dn, lost);
+        self.replay(out, conn, &l.agent, dn, lost);
     }
 
     /// Pushes the agent's present state: its calls, then the records it holds, then what it lost.
@@ -254,7 +252,7 @@ impl Engine {
         out: &mut Vec<Output>,
         conn: ConnId,
         agent: &str,
-        dn: &str,
+        dn: &Dn,
         lost: BTreeMap<RecordId, Lost>,
     ) {
         self.push_calls_on_dn(out, conn, dn);
@@ -300,7 +298,7 @@ impl Engine {
         }
     }
 
-    fn push_calls_on_dn(&self, out: &mut Vec<Output>, conn: ConnId, dn: &str) {
+    fn push_calls_on_dn(&self, out: &mut Vec<Output>, conn: ConnId, dn: &Dn) {
         let Some(calls) = self.dn_calls.get(dn) else {
             return;
         };
@@ -317,7 +315,7 @@ impl Engine {
                     None,
                     ServerMsg::CallAlerting {
                         call: id.into(),
-                        dn: dn.to_owned(),
+                        dn: dn.into(),
                         record: self.record_of_call(id).map(|(r, _)| r.into()),
                         consult_of: call.consult_of.as_ref().map(String::from),
                     },
@@ -328,7 +326,7 @@ impl Engine {
                     None,
                     ServerMsg::CallEstablished {
                         call: id.into(),
-                        dn: dn.to_owned(),
+                        dn: dn.into(),
                     },
                 ),
                 None => {}
@@ -336,12 +334,19 @@ impl Engine {
         }
     }
 
-    fn fresh_login(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, l: &Login) {
+    fn fresh_login(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        l: &Login,
+        dn: &Dn,
+    ) {
         let session = self.new_session_token();
         self.agents.insert(
             l.agent.clone(),
             Agent {
-                dn: l.dn.clone(),
+                dn: dn.clone(),
                 conn: Some(conn),
                 session: session.clone(),
                 away_since_ms: None,
@@ -349,7 +354,7 @@ impl Engine {
                 lost_while_away: BTreeMap::new(),
             },
         );
-        self.monitor_dn(&l.dn, &l.agent);
+        self.monitor_dn(dn, &l.agent);
         self.dirty_agents.insert(l.agent.clone());
         if let Some(c) = self.conns.get_mut(&conn) {
             c.agent = Some(l.agent.clone());
@@ -365,10 +370,10 @@ impl Engine {
                 resumed: false,
             },
         );
-        let (agent, dn) = (l.agent.clone(), l.dn.clone());
+        let (agent_s, dn_s) = (l.agent.clone(), l.dn.clone());
         self.audit(out, AuditKind::Login, |e| {
-            e.agent = Some(agent);
-            e.dn = Some(dn);
+            e.agent = Some(agent_s);
+            e.dn = Some(dn_s);
             e.cause = Some(SessionCause::Desktop.as_str().to_owned());
         });
         self.tell_switches(
@@ -380,14 +385,14 @@ impl Engine {
         );
         self.broadcast_monitor(out);
         // Calls already on the DN: show them, and take what nobody holds (rule 9).
-        self.push_calls_on_dn(out, conn, &l.dn);
+        self.push_calls_on_dn(out, conn, dn);
         let calls: Vec<CallId> = self
             .dn_calls
-            .get(&l.dn)
+            .get(dn)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
         for call in calls {
-            let established = self.calls.get(&call).and_then(|c| c.parties.get(&l.dn))
+            let established = self.calls.get(&call).and_then(|c| c.parties.get(dn))
                 == Some(PartyState::Established);
             if established {
                 self.grant_for_party(out, &call, &l.agent, true);
@@ -429,7 +434,7 @@ impl Engine {
                 c.agent = None;
             }
         }
-        let (agent_s, dn) = (agent.to_owned(), a.dn.clone());
+        let (agent_s, dn) = (agent.to_owned(), String::from(&a.dn));
         let cause_s = audit_cause.as_str().to_owned();
         self.audit(out, AuditKind::Logout, |e| {
             e.agent = Some(agent_s);
@@ -440,7 +445,7 @@ impl Engine {
             self.tell_switches(
                 out,
                 ServerMsg::AgentLogout {
-                    dn: a.dn.clone(),
+                    dn: String::from(&a.dn),
                     agent: agent.to_owned(),
                 },
             );
@@ -548,11 +553,15 @@ impl Engine {
     /// The phone says `agent` logged in on `dn`. An echo of our own login changes nothing; a
     /// conflicting desktop session yields to the phone.
     pub(super) fn phone_login(&mut self, out: &mut Vec<Output>, e: DnAgent) {
-        if self.agents.get(&e.agent).is_some_and(|a| a.dn == e.dn) {
+        if self
+            .agents
+            .get(&e.agent)
+            .is_some_and(|a| a.dn.as_str() == e.dn)
+        {
             return;
         }
         let mut changed = false;
-        if let Some(other) = self.dn_agent.get(&e.dn).cloned() {
+        if let Some(other) = self.dn_agent.get(e.dn.as_str()).cloned() {
             self.end_agent(
                 out,
                 &other,
@@ -579,7 +588,11 @@ impl Engine {
     }
 
     pub(super) fn phone_logout(&mut self, out: &mut Vec<Output>, e: DnAgent) {
-        if self.agents.get(&e.agent).is_some_and(|a| a.dn == e.dn) {
+        if self
+            .agents
+            .get(&e.agent)
+            .is_some_and(|a| a.dn.as_str() == e.dn)
+        {
             self.end_agent(
                 out,
                 &e.agent,

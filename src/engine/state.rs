@@ -26,42 +26,42 @@ impl PartyState {
 /// The DNs on a call and their state, sorted by DN. A call has a handful, so a sorted vector
 /// beats a tree: one small allocation, and lookups that stay within a cache line or two.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Parties(pub(super) Vec<(String, PartyState)>);
+pub(super) struct Parties(pub(super) Vec<(Dn, PartyState)>);
 
 impl Parties {
-    pub(super) fn position(&self, dn: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(d, _)| d.as_str().cmp(dn))
+    pub(super) fn position(&self, dn: &Dn) -> Result<usize, usize> {
+        self.0.binary_search_by(|(d, _)| d.cmp(dn))
     }
-    pub(super) fn get(&self, dn: &str) -> Option<PartyState> {
+    pub(super) fn get(&self, dn: &Dn) -> Option<PartyState> {
         self.position(dn).ok().map(|i| self.0[i].1)
     }
-    pub(super) fn contains_key(&self, dn: &str) -> bool {
+    pub(super) fn contains_key(&self, dn: &Dn) -> bool {
         self.position(dn).is_ok()
     }
     /// Adds `dn` as `state` if it is not a party yet; `Established` also upgrades one alerting
     /// or dialing.
-    pub(super) fn add(&mut self, dn: &str, state: PartyState) {
+    pub(super) fn add(&mut self, dn: &Dn, state: PartyState) {
         match self.position(dn) {
             Ok(i) => {
                 if state == PartyState::Established {
                     self.0[i].1 = PartyState::Established;
                 }
             }
-            Err(i) => self.0.insert(i, (dn.to_owned(), state)),
+            Err(i) => self.0.insert(i, (dn.clone(), state)),
         }
     }
-    pub(super) fn remove(&mut self, dn: &str) -> Option<PartyState> {
+    pub(super) fn remove(&mut self, dn: &Dn) -> Option<PartyState> {
         self.position(dn).ok().map(|i| self.0.remove(i).1)
     }
     pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
     /// The DNs, in order.
-    pub(super) fn keys(&self) -> impl Iterator<Item = &String> {
+    pub(super) fn keys(&self) -> impl Iterator<Item = &Dn> {
         self.0.iter().map(|(d, _)| d)
     }
     /// The DNs that answered, in order.
-    pub(super) fn established(&self) -> impl Iterator<Item = &String> {
+    pub(super) fn established(&self) -> impl Iterator<Item = &Dn> {
         self.0
             .iter()
             .filter(|(_, p)| *p == PartyState::Established)
@@ -106,7 +106,7 @@ pub(super) struct Call {
     /// The call this one is a consultation of.
     pub(super) consult_of: Option<CallId>,
     /// The DN that placed the call (`Ringing.from_dn`), if the switch said.
-    pub(super) caller: Option<String>,
+    pub(super) caller: Option<Dn>,
     /// Set once a consultation has ended (released, transferred or conferenced): it grants nothing more.
     pub(super) consult_over: bool,
     /// Creation order, to prefer the most recent call when linking by ANI.
@@ -119,7 +119,7 @@ pub(super) struct Call {
 
 #[derive(Debug, Clone)]
 pub(super) struct Agent {
-    pub(super) dn: String,
+    pub(super) dn: Dn,
     pub(super) conn: Option<ConnId>,
     pub(super) session: String,
     /// When the desktop dropped; `None` while connected.
@@ -209,6 +209,6 @@ pub(super) struct ConnState {
 /// A logged-in agent as it is kept on disk, so that its desktop can resume after a restart.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct AgentState {
-    pub(super) dn: String,
+    pub(super) dn: Dn,
     pub(super) session: String,
 }

@@ -7,14 +7,16 @@ use super::*;
 impl Engine {
     pub(super) fn ringing(&mut self, out: &mut Vec<Output>, e: Ringing) {
         let call = CallId::from(e.call.as_str());
-        let relevant = match &e.from_dn {
-            Some(from) => self.relevant(&call, &[&e.dn, from]),
-            None => self.relevant(&call, &[&e.dn]),
+        let dn = Dn::from(e.dn.as_str());
+        let from_dn = e.from_dn.as_deref().map(Dn::from);
+        let relevant = match &from_dn {
+            Some(from) => self.relevant(&call, &[&dn, from]),
+            None => self.relevant(&call, &[&dn]),
         };
         if !relevant {
             return;
         }
-        self.add_party(&call, &e.dn, PartyState::Alerting);
+        self.add_party(&call, &dn, PartyState::Alerting);
         if let Some(ani) = &e.ani {
             if self.filed_call(&call).ani.is_none() {
                 self.filed_call_mut(&call).ani = Some(ani.clone());
@@ -30,7 +32,7 @@ impl Engine {
                 None => e
                     .ani
                     .as_deref()
-                    .and_then(|ani| self.link_by_ani(&call, ani, e.from_dn.as_deref())),
+                    .and_then(|ani| self.link_by_ani(&call, ani, from_dn.as_ref())),
             };
             if let Some(c1) = link {
                 self.filed_call_mut(&call).consult_of = Some(c1);
@@ -38,25 +40,25 @@ impl Engine {
         }
         // The caller is on the call from now on (CONTRACT section 5): when it hangs up, its
         // `Released` must find it, whether or not the switch ever sends `Established` for it.
-        if let Some(from) = e.from_dn.as_deref().filter(|f| *f != e.dn) {
+        if let Some(from) = from_dn.as_ref().filter(|f| **f != dn) {
             let c = self.filed_call_mut(&call);
             if c.caller.is_none() {
-                c.caller = Some(from.to_owned());
+                c.caller = Some(from.clone());
             }
             if !c.parties.contains_key(from) {
                 self.add_party(&call, from, PartyState::Dialing);
                 if let Some(conn) = self.conn_on_dn(from) {
                     let msg = ServerMsg::CallEstablished {
                         call: e.call.clone(),
-                        dn: from.to_owned(),
+                        dn: from.into(),
                     };
                     Self::send(out, conn, None, msg);
                 }
             }
         }
         let c = &self.filed_call(&call);
-        if c.parties.get(&e.dn) == Some(PartyState::Alerting) {
-            if let Some(conn) = self.conn_on_dn(&e.dn) {
+        if c.parties.get(&dn) == Some(PartyState::Alerting) {
+            if let Some(conn) = self.conn_on_dn(&dn) {
                 let msg = ServerMsg::CallAlerting {
                     record: self.record_of_call(&call).map(|(r, _)| r.into()),
                     consult_of: c.consult_of.as_ref().map(String::from),
@@ -70,13 +72,14 @@ impl Engine {
 
     pub(super) fn established(&mut self, out: &mut Vec<Output>, e: CallDn) {
         let call = CallId::from(e.call.as_str());
-        if !self.relevant(&call, &[&e.dn]) {
+        let dn = Dn::from(e.dn.as_str());
+        if !self.relevant(&call, &[&dn]) {
             return;
         }
-        let before = self.calls.get(&call).and_then(|c| c.parties.get(&e.dn));
-        self.add_party(&call, &e.dn, PartyState::Established);
+        let before = self.calls.get(&call).and_then(|c| c.parties.get(&dn));
+        self.add_party(&call, &dn, PartyState::Established);
         if !PartyState::shown_established(before) {
-            if let Some(conn) = self.conn_on_dn(&e.dn) {
+            if let Some(conn) = self.conn_on_dn(&dn) {
                 let msg = ServerMsg::CallEstablished {
                     call: e.call.clone(),
                     dn: e.dn.clone(),
@@ -88,14 +91,15 @@ impl Engine {
         if self.record_ref_of_call(&call).is_none() {
             return;
         }
-        if let Some(agent) = self.agent_on(&e.dn) {
+        if let Some(agent) = self.agent_on(&dn) {
             self.grant_for_party(out, &call, &agent, false);
         }
     }
 
     pub(super) fn released(&mut self, out: &mut Vec<Output>, e: Released) {
         let call = CallId::from(e.call.as_str());
-        if !self.relevant(&call, &[&e.dn]) {
+        let dn = Dn::from(e.dn.as_str());
+        if !self.relevant(&call, &[&dn]) {
             return;
         }
         let Some(c) = self.calls.get(&call) else {
@@ -103,14 +107,14 @@ impl Engine {
         };
         let linked = self.record_of_call(&call);
         // A consultation's parties as they were before this one left (sorted, as parties are).
-        let consult_dns: Vec<String> = match linked {
+        let consult_dns: Vec<Dn> = match linked {
             Some((_, true)) => c.parties.keys().cloned().collect(),
             _ => Vec::new(),
         };
-        let Some(state) = self.remove_party(&call, &e.dn) else {
+        let Some(state) = self.remove_party(&call, &dn) else {
             return;
         };
-        if let Some(conn) = self.conn_on_dn(&e.dn) {
+        if let Some(conn) = self.conn_on_dn(&dn) {
             let msg = ServerMsg::CallCleared {
                 call: e.call.clone(),
                 dn: e.dn.clone(),
@@ -127,14 +131,14 @@ impl Engine {
                 let caller_stays = self.calls.get(&call).is_some_and(|c| {
                     c.caller
                         .as_ref()
-                        .is_some_and(|from| *from != e.dn && c.parties.contains_key(from))
+                        .is_some_and(|from| *from != dn && c.parties.contains_key(from))
                 });
                 // The agent holding the record leaving ends the consultation in any case.
                 let holder_left = self
-                    .agent_on(&e.dn)
+                    .agent_on(&dn)
                     .is_some_and(|a| self.access_to(&record, &a) == Some(Access::Full));
                 let consult_dns = if caller_stays && !holder_left {
-                    vec![e.dn.clone()]
+                    vec![dn.clone()]
                 } else {
                     if let Some(c) = self.calls.get_mut(&call) {
                         c.consult_over = true;
@@ -156,7 +160,7 @@ impl Engine {
                 }
             }
             Some((record, false)) => {
-                if let Some(agent) = self.agent_on(&e.dn) {
+                if let Some(agent) = self.agent_on(&dn) {
                     // Only answered parties count: someone still ringing may never join.
                     let remaining_agents = self
                         .filed_call(&call)
@@ -189,7 +193,9 @@ impl Engine {
 
     pub(super) fn transferred(&mut self, out: &mut Vec<Output>, e: Transferred) {
         let call = CallId::from(e.call.as_str());
-        if !self.relevant(&call, &[&e.from_dn, &e.to_dn]) {
+        let from_dn = Dn::from(e.from_dn.as_str());
+        let to_dn = Dn::from(e.to_dn.as_str());
+        if !self.relevant(&call, &[&from_dn, &to_dn]) {
             return;
         }
         if e.from_dn == e.to_dn {
@@ -198,13 +204,13 @@ impl Engine {
         self.call_entry(&call);
         let named = e.consult_call.as_deref().map(CallId::from);
         let consult = match e.kind {
-            TransferKind::TwoStep => self.consultation_of(&call, named.as_ref(), &e.to_dn),
+            TransferKind::TwoStep => self.consultation_of(&call, named.as_ref(), &to_dn),
             _ => None,
         };
-        if self.remove_party(&call, &e.from_dn).is_some() {
+        if self.remove_party(&call, &from_dn).is_some() {
             self.push_dn(
                 out,
-                &e.from_dn,
+                &from_dn,
                 ServerMsg::CallCleared {
                     call: e.call.clone(),
                     dn: e.from_dn.clone(),
@@ -219,14 +225,14 @@ impl Engine {
             TransferKind::TwoStep => PartyState::Established,
             _ => PartyState::Alerting,
         };
-        let before = self.filed_call(&call).parties.get(&e.to_dn);
-        self.add_party(&call, &e.to_dn, arriving);
+        let before = self.filed_call(&call).parties.get(&to_dn);
+        self.add_party(&call, &to_dn, arriving);
         let record = self.call_record.get(&call).cloned();
         match (before, arriving) {
             (Some(PartyState::Established | PartyState::Dialing), _) => {}
             (_, PartyState::Established | PartyState::Dialing) => self.push_dn(
                 out,
-                &e.to_dn,
+                &to_dn,
                 ServerMsg::CallEstablished {
                     call: e.call.clone(),
                     dn: e.to_dn.clone(),
@@ -234,7 +240,7 @@ impl Engine {
             ),
             (_, PartyState::Alerting) => self.push_dn(
                 out,
-                &e.to_dn,
+                &to_dn,
                 ServerMsg::CallAlerting {
                     call: e.call.clone(),
                     dn: e.to_dn.clone(),
@@ -249,8 +255,8 @@ impl Engine {
                 .get(&record)
                 .is_some_and(|r| r.final_.is_none())
             {
-                let from = self.agent_on(&e.from_dn);
-                let to = self.agent_on(&e.to_dn);
+                let from = self.agent_on(&from_dn);
+                let to = self.agent_on(&to_dn);
                 // Grant first, so the record is never seen without a holder when there is a recipient.
                 if let Some(b) = &to {
                     self.set_access(out, &record, b, Access::Full, AccessCause::Transfer);
@@ -267,21 +273,22 @@ impl Engine {
 
     pub(super) fn conferenced(&mut self, out: &mut Vec<Output>, e: Conferenced) {
         let call = CallId::from(e.call.as_str());
-        if !self.relevant(&call, &[&e.dn]) {
+        let dn = Dn::from(e.dn.as_str());
+        if !self.relevant(&call, &[&dn]) {
             return;
         }
         self.call_entry(&call);
         let named = e.consult_call.as_deref().map(CallId::from);
-        let consult = self.consultation_of(&call, named.as_ref(), &e.dn);
+        let consult = self.consultation_of(&call, named.as_ref(), &dn);
         if let Some(c2) = &consult {
             self.merge_consultation(out, c2, ClearCause::Conferenced);
         }
-        let before = self.filed_call(&call).parties.get(&e.dn);
-        self.add_party(&call, &e.dn, PartyState::Established);
+        let before = self.filed_call(&call).parties.get(&dn);
+        self.add_party(&call, &dn, PartyState::Established);
         if !PartyState::shown_established(before) {
             self.push_dn(
                 out,
-                &e.dn,
+                &dn,
                 ServerMsg::CallEstablished {
                     call: e.call.clone(),
                     dn: e.dn.clone(),
@@ -294,7 +301,7 @@ impl Engine {
         if self.records.get(&record).is_none_or(|r| r.final_.is_some()) {
             return;
         }
-        let dns: Vec<String> = self
+        let dns: Vec<Dn> = self
             .filed_call(&call)
             .parties
             .established()

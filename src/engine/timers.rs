@@ -93,7 +93,7 @@ impl Engine {
         let Some(c) = self.calls.get(call) else {
             return;
         };
-        let dns: Vec<String> = c.parties.keys().cloned().collect();
+        let dns: Vec<Dn> = c.parties.keys().cloned().collect();
         let idle_ms = self.now_ms.saturating_sub(c.last_event_ms);
         tracing::warn!(
             call = call.as_str(),
@@ -108,7 +108,7 @@ impl Engine {
                 dn,
                 ServerMsg::CallCleared {
                     call: call.into(),
-                    dn: dn.clone(),
+                    dn: dn.into(),
                     cause: ClearCause::IdleTimeout.as_str().to_owned(),
                 },
             );
