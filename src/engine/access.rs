@@ -12,7 +12,7 @@ impl Engine {
     }
 
     /// The access `agent` has to `record`, if it ever held it (for a record in memory).
-    pub(super) fn access_to(&self, record: &RecordId, agent: &str) -> Option<Access> {
+    pub(super) fn access_to(&self, record: &RecordId, agent: &AgentId) -> Option<Access> {
         self.records.get(record)?.holders.get(agent).copied()
     }
 
@@ -22,7 +22,7 @@ impl Engine {
         &mut self,
         out: &mut Vec<Output>,
         record: &RecordId,
-        agent: &str,
+        agent: &AgentId,
         access: Access,
         cause: AccessCause,
     ) {
@@ -40,7 +40,7 @@ impl Engine {
         match rec.holders.get_mut(agent) {
             Some(held) => *held = access,
             None => {
-                rec.holders.insert(agent.to_owned(), access);
+                rec.holders.insert(agent.clone(), access);
             }
         }
         let had_live = previous.is_some_and(Access::is_granted);
@@ -65,7 +65,7 @@ impl Engine {
                 }
                 None => {
                     self.agent_records
-                        .insert(agent.to_owned(), BTreeSet::from([record.clone()]));
+                        .insert(agent.clone(), BTreeSet::from([record.clone()]));
                 }
             }
         } else if let Some(set) = self.agent_records.get_mut(agent) {
@@ -113,7 +113,7 @@ impl Engine {
         let dn = self.agents.get(agent).map(|a| String::from(&a.dn));
         self.audit(out, kind, |e| {
             e.record = Some(record.into());
-            e.agent = Some(agent.to_owned());
+            e.agent = Some(agent.into());
             e.dn = dn;
             e.call = Some(String::from(&call));
             e.access = Some(access);
@@ -177,7 +177,7 @@ impl Engine {
         } else {
             rec.context.clone()
         };
-        let holders: Vec<(String, Access)> = rec
+        let holders: Vec<(AgentId, Access)> = rec
             .holders
             .iter()
             .filter(|(_, a)| a.is_granted())
@@ -213,7 +213,7 @@ impl Engine {
             if let Some(a) = self.agents.get_mut(&h) {
                 a.note_lost(record, previous, &call, now_ms, window_ms);
             }
-            if finisher.agent() != Some(h.as_str()) {
+            if finisher.agent() != Some(&h) {
                 self.push_agent(
                     out,
                     &h,
@@ -227,7 +227,7 @@ impl Engine {
             let dn = self.agents.get(&h).map(|a| String::from(&a.dn));
             self.audit(out, AuditKind::Revoked, |e| {
                 e.record = Some(record.into());
-                e.agent = Some(h.clone());
+                e.agent = Some(String::from(&h));
                 e.dn = dn;
                 e.call = Some(String::from(&call));
                 e.access = Some(Access::Revoked);
@@ -256,7 +256,7 @@ impl Engine {
         &mut self,
         out: &mut Vec<Output>,
         call: &CallId,
-        agent: &str,
+        agent: &AgentId,
         only_unheld: bool,
     ) {
         let Some((record, via_consult)) = self.record_of_call(call) else {
@@ -294,7 +294,7 @@ impl Engine {
     pub(super) fn check_access(
         &self,
         record: &RecordId,
-        agent: &str,
+        agent: &AgentId,
         needs_full: bool,
     ) -> Result<Access, ServerMsg> {
         let Some(rec) = self.records.get(record) else {

@@ -33,7 +33,7 @@ impl Engine {
             .holders
             .iter()
             .map(|(agent, access)| Holder {
-                agent: agent.clone(),
+                agent: agent.into(),
                 access: *access,
             })
             .collect();

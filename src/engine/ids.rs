@@ -28,7 +28,7 @@ macro_rules! id_type {
         // read with a plain `&str`.
         impl Borrow<str> for $name {
             fn borrow(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
@@ -52,26 +52,26 @@ macro_rules! id_type {
 
         impl From<&$name> for String {
             fn from(id: &$name) -> String {
-                id.0.as_ref().to_owned()
+                id.as_str().to_owned()
             }
         }
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0.as_ref().to_owned()
+                id.as_str().to_owned()
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&*self.0, f)
+                fmt::Display::fmt(self.as_str(), f)
             }
         }
 
         // As the string itself, so that `Engine::dump` reads as it did with plain strings.
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Debug::fmt(&*self.0, f)
+                fmt::Debug::fmt(self.as_str(), f)
             }
         }
 
@@ -79,7 +79,7 @@ macro_rules! id_type {
         // `#[serde(transparent)]` over a `String` would do).
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
+                s.serialize_str(self.as_str())
             }
         }
 

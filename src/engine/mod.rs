@@ -39,7 +39,7 @@ use crate::store::records::{decode, encode, parse_records};
 use crate::store::{Snapshot, WriteBatch};
 use access::{already_final_error, FinalExtra};
 use causes::{ClearCause, FinalBy, RecordState, SessionCause};
-use ids::{CallId, Dn, RecordId};
+use ids::{AgentId, CallId, Dn, RecordId};
 use journal::{FastMap, JMap, JSet};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use records::json_len;
@@ -142,9 +142,9 @@ pub struct Engine {
     conns: JMap<ConnId, ConnState>,
     switches: JSet<ConnId>,
     dialers: JSet<ConnId>,
-    agents: JMap<String, Agent>,
+    agents: JMap<AgentId, Agent>,
     /// DN -> agent logged in on it. Exactly the monitored DNs.
-    dn_agent: JMap<Dn, String>,
+    dn_agent: JMap<Dn, AgentId>,
     /// The keys of `dn_agent`, sorted: the `Monitor` list, kept ready since every login and
     /// logout sends it.
     monitored: Vec<Dn>,
@@ -158,8 +158,8 @@ pub struct Engine {
     /// Call -> the live record attached to it.
     call_record: JMap<CallId, RecordId>,
     /// Agent -> records it holds with `full` or `read_only`.
-    agent_records: JMap<String, BTreeSet<RecordId>>,
-    grace_deadlines: JSet<(u64, String)>,
+    agent_records: JMap<AgentId, BTreeSet<RecordId>>,
+    grace_deadlines: JSet<(u64, AgentId)>,
     orphan_deadlines: JSet<(u64, RecordId)>,
     audit_seq: u64,
     ignored_events: u64,
@@ -167,13 +167,13 @@ pub struct Engine {
     finals: u64,
     /// What changed since the last [`Engine::take_writes`], for the store.
     dirty_records: BTreeSet<RecordId>,
-    dirty_agents: BTreeSet<String>,
+    dirty_agents: BTreeSet<AgentId>,
     pending_audit: Vec<AuditEntry>,
     /// Entries of the store's final-record index to delete, with whether the record goes too
     /// (see [`Engine::purge_final`]).
     purged: Vec<(u64, RecordId, bool)>,
     /// Agents waiting for a smart logout to complete.
-    pending_logouts: JSet<String>,
+    pending_logouts: JSet<AgentId>,
     /// The final records in memory, oldest first: they leave memory from the front, by age
     /// (`final_record_memory_ms`) and by number (`max_final_records_in_memory`). A request that
     /// names one that left has it read back by the shell first ([`Engine::record_to_load`]).

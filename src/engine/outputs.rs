@@ -13,7 +13,7 @@ impl Engine {
     }
 
     /// Pushes `msg` to the agent's desktop if it is connected; otherwise the resume replay covers it.
-    pub(super) fn push_agent(&self, out: &mut Vec<Output>, agent: &str, msg: ServerMsg) {
+    pub(super) fn push_agent(&self, out: &mut Vec<Output>, agent: &AgentId, msg: ServerMsg) {
         if let Some(conn) = self.agents.get(agent).and_then(|a| a.conn) {
             Self::send(out, conn, None, msg);
         }

@@ -109,7 +109,7 @@ impl Engine {
                 };
                 encode(&state)
             });
-            batch.agents.push((id, value));
+            batch.agents.push((id.into(), value));
         }
         for entry in std::mem::take(&mut self.pending_audit) {
             let bytes = encode(&entry);
@@ -135,7 +135,7 @@ impl Engine {
         let mut agents = Vec::with_capacity(snapshot.agents.len());
         for (id, bytes) in snapshot.agents {
             let a: AgentState = decode(&format!("agent {id}"), &bytes)?;
-            agents.push((id, a));
+            agents.push((AgentId::from(id), a));
         }
         self.records.replace_all(records);
         self.finals = finals;
@@ -153,13 +153,11 @@ impl Engine {
             }
             for (agent, access) in &rec.holders {
                 if access.is_granted() {
-                    self.agent_records
-                        .get_or_default(agent.as_str())
-                        .insert(id.clone());
+                    self.agent_records.get_or_default(agent).insert(id.clone());
                 }
             }
         }
-        let bound: HashMap<String, ConnId> = self
+        let bound: HashMap<AgentId, ConnId> = self
             .conns
             .iter()
             .filter_map(|(c, s)| s.agent.clone().map(|a| (a, *c)))

@@ -12,7 +12,7 @@ struct Asked {
     r#ref: Option<u64>,
     /// The request's type name, for errors and the audit log.
     request: &'static str,
-    agent: String,
+    agent: AgentId,
     access: Access,
 }
 
@@ -90,7 +90,7 @@ impl Engine {
             return;
         }
         let version = self.apply_change(record, &change);
-        let others: Vec<String> = self
+        let others: Vec<AgentId> = self
             .checked_record(record)
             .holders
             .iter()
@@ -106,7 +106,7 @@ impl Engine {
                     version,
                     call_result: change.call_result.clone(),
                     fields: change.fields.clone(),
-                    by: asked.agent.clone(),
+                    by: String::from(&asked.agent),
                 },
             );
         }
@@ -367,13 +367,13 @@ impl Engine {
         version
     }
 
-    fn accept(&mut self, out: &mut Vec<Output>, agent: &str, record: &RecordId, request: &str) {
+    fn accept(&mut self, out: &mut Vec<Output>, agent: &AgentId, record: &RecordId, request: &str) {
         let dn = self.agents.get(agent).map(|a| String::from(&a.dn));
         let call = self.records.get(record).map(|r| String::from(&r.call));
         let access = self.access_to(record, agent);
         self.audit(out, AuditKind::Accepted, |e| {
             e.record = Some(record.into());
-            e.agent = Some(agent.to_owned());
+            e.agent = Some(agent.into());
             e.dn = dn;
             e.call = call;
             e.access = access;
@@ -387,7 +387,7 @@ impl Engine {
         out: &mut Vec<Output>,
         conn: ConnId,
         r#ref: Option<u64>,
-        agent: &str,
+        agent: &AgentId,
         record: &RecordId,
         request: &str,
         error: ServerMsg,
@@ -405,7 +405,7 @@ impl Engine {
         let access = self.access_to(record, agent);
         self.audit(out, AuditKind::Denied, |e| {
             e.record = Some(record.into());
-            e.agent = Some(agent.to_owned());
+            e.agent = Some(agent.into());
             e.dn = dn;
             e.call = call;
             e.access = access;

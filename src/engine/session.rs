@@ -5,8 +5,8 @@
 use super::*;
 
 impl Engine {
-    pub(super) fn monitor_dn(&mut self, dn: &Dn, agent: &str) {
-        if self.dn_agent.insert(dn.clone(), agent.to_owned()).is_none() {
+    pub(super) fn monitor_dn(&mut self, dn: &Dn, agent: &AgentId) {
+        if self.dn_agent.insert(dn.clone(), agent.clone()).is_none() {
             if let Err(i) = self.monitored.binary_search(dn) {
                 self.monitored.insert(i, dn.clone());
             }
@@ -34,7 +34,7 @@ impl Engine {
         );
     }
 
-    pub(super) fn agent_on(&self, dn: &Dn) -> Option<String> {
+    pub(super) fn agent_on(&self, dn: &Dn) -> Option<AgentId> {
         self.dn_agent.get(dn).cloned()
     }
 
@@ -136,14 +136,15 @@ impl Engine {
             return;
         }
         let dn = Dn::from(l.dn.as_str());
+        let agent = &AgentId::from(l.agent.as_str());
         if let Some(other) = self.dn_agent.get(&dn) {
-            if *other != l.agent {
+            if other != agent {
                 let msg = format!("DN {} is in use by agent {other}", l.dn);
                 Self::send(out, conn, r#ref, ServerMsg::error(ErrorCode::DnInUse, msg));
                 return;
             }
         }
-        if let Some(existing) = self.agents.get(&l.agent).cloned() {
+        if let Some(existing) = self.agents.get(agent).cloned() {
             if existing.dn != dn {
                 // The agent moves to another DN: the old session ends as replaced, then a fresh one.
                 if let Some(old) = existing.conn {
@@ -158,17 +159,17 @@ impl Engine {
                     if let Some(c) = self.conns.get_mut(&old) {
                         c.agent = None;
                     }
-                    if let Some(a) = self.agents.get_mut(&l.agent) {
+                    if let Some(a) = self.agents.get_mut(agent) {
                         a.conn = None;
                     }
                 }
-                self.end_agent(out, &l.agent, None, true, SessionCause::Replaced);
+                self.end_agent(out, agent, None, true, SessionCause::Replaced);
             } else {
-                self.take_over(out, conn, r#ref, &l, &dn, existing);
+                self.take_over(out, conn, r#ref, &l, agent, existing);
                 return;
             }
         }
-        self.fresh_login(out, conn, r#ref, &l, &dn);
+        self.fresh_login(out, conn, r#ref, &l, agent, &dn);
     }
 
     /// The agent is already logged in on this DN (connected elsewhere, or away): this connection
@@ -179,9 +180,10 @@ impl Engine {
         conn: ConnId,
         r#ref: Option<u64>,
         l: &Login,
-        dn: &Dn,
+        agent: &AgentId,
         existing: Agent,
     ) {
+        let dn = &existing.dn.clone();
         let resumed = l.resume.as_deref() == Some(existing.session.as_str());
         if let Some(old) = existing.conn {
             Self::send(
@@ -211,15 +213,15 @@ impl Engine {
         } else {
             BTreeMap::new()
         };
-        if let Some(a) = self.agents.get_mut(&l.agent) {
+        if let Some(a) = self.agents.get_mut(agent) {
             a.conn = Some(conn);
             a.away_since_ms = None;
             a.session = session.clone();
             a.lost_while_away.clear();
         }
-        self.dirty_agents.insert(l.agent.clone());
+        self.dirty_agents.insert(agent.clone());
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.agent = Some(l.agent.clone());
+            c.agent = Some(agent.clone());
         }
         Self::send(
             out,
@@ -243,7 +245,7 @@ impl Engine {
             e.dn = Some(dn_s);
             e.cause = Some(cause.as_str().to_owned());
         });
-        self.replay(out, conn, &l.agent, dn, lost);
+        self.replay(out, conn, agent, dn, lost);
     }
 
     /// Pushes the agent's present state: its calls, then the records it holds, then what it lost.
@@ -251,7 +253,7 @@ impl Engine {
         &self,
         out: &mut Vec<Output>,
         conn: ConnId,
-        agent: &str,
+        agent: &AgentId,
         dn: &Dn,
         lost: BTreeMap<RecordId, Lost>,
     ) {
@@ -340,11 +342,12 @@ impl Engine {
         conn: ConnId,
         r#ref: Option<u64>,
         l: &Login,
+        agent: &AgentId,
         dn: &Dn,
     ) {
         let session = self.new_session_token();
         self.agents.insert(
-            l.agent.clone(),
+            agent.clone(),
             Agent {
                 dn: dn.clone(),
                 conn: Some(conn),
@@ -354,10 +357,10 @@ impl Engine {
                 lost_while_away: BTreeMap::new(),
             },
         );
-        self.monitor_dn(dn, &l.agent);
-        self.dirty_agents.insert(l.agent.clone());
+        self.monitor_dn(dn, agent);
+        self.dirty_agents.insert(agent.clone());
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.agent = Some(l.agent.clone());
+            c.agent = Some(agent.clone());
         }
         Self::send(
             out,
@@ -395,7 +398,7 @@ impl Engine {
             let established = self.calls.get(&call).and_then(|c| c.parties.get(dn))
                 == Some(PartyState::Established);
             if established {
-                self.grant_for_party(out, &call, &l.agent, true);
+                self.grant_for_party(out, &call, agent, true);
             }
         }
     }
@@ -405,7 +408,7 @@ impl Engine {
     pub(super) fn end_agent(
         &mut self,
         out: &mut Vec<Output>,
-        agent: &str,
+        agent: &AgentId,
         cause: Option<LogoutCause>,
         tell_switch: bool,
         audit_cause: SessionCause,
@@ -425,8 +428,8 @@ impl Engine {
             self.set_access(out, &record, agent, Access::Revoked, AccessCause::Logout);
         }
         self.agents.remove(agent);
-        self.dirty_agents.insert(agent.to_owned());
-        if self.dn_agent.get(&a.dn).map(String::as_str) == Some(agent) {
+        self.dirty_agents.insert(agent.clone());
+        if self.dn_agent.get(&a.dn) == Some(agent) {
             self.unmonitor_dn(&a.dn);
         }
         if let Some(conn) = a.conn {
@@ -434,7 +437,7 @@ impl Engine {
                 c.agent = None;
             }
         }
-        let (agent_s, dn) = (agent.to_owned(), String::from(&a.dn));
+        let (agent_s, dn) = (String::from(agent), String::from(&a.dn));
         let cause_s = audit_cause.as_str().to_owned();
         self.audit(out, AuditKind::Logout, |e| {
             e.agent = Some(agent_s);
@@ -446,14 +449,14 @@ impl Engine {
                 out,
                 ServerMsg::AgentLogout {
                     dn: String::from(&a.dn),
-                    agent: agent.to_owned(),
+                    agent: agent.into(),
                 },
             );
         }
         self.broadcast_monitor(out);
     }
 
-    fn full_live_records(&self, agent: &str) -> Vec<RecordId> {
+    fn full_live_records(&self, agent: &AgentId) -> Vec<RecordId> {
         self.agent_records
             .get(agent)
             .map(|set| {
@@ -531,7 +534,7 @@ impl Engine {
         if self.pending_logouts.is_empty() {
             return;
         }
-        let pending: Vec<String> = self.pending_logouts.iter().cloned().collect();
+        let pending: Vec<AgentId> = self.pending_logouts.iter().cloned().collect();
         for agent in pending {
             if !self.agents.get(&agent).is_some_and(|a| a.logout_pending) {
                 self.pending_logouts.remove(&agent);
@@ -553,9 +556,10 @@ impl Engine {
     /// The phone says `agent` logged in on `dn`. An echo of our own login changes nothing; a
     /// conflicting desktop session yields to the phone.
     pub(super) fn phone_login(&mut self, out: &mut Vec<Output>, e: DnAgent) {
+        let agent = AgentId::from(e.agent.as_str());
         if self
             .agents
-            .get(&e.agent)
+            .get(&agent)
             .is_some_and(|a| a.dn.as_str() == e.dn)
         {
             return;
@@ -571,10 +575,10 @@ impl Engine {
             );
             changed = true;
         }
-        if self.agents.contains_key(&e.agent) {
+        if self.agents.contains_key(&agent) {
             self.end_agent(
                 out,
-                &e.agent,
+                &agent,
                 Some(LogoutCause::Phone),
                 false,
                 SessionCause::Phone,
@@ -588,14 +592,15 @@ impl Engine {
     }
 
     pub(super) fn phone_logout(&mut self, out: &mut Vec<Output>, e: DnAgent) {
+        let agent = AgentId::from(e.agent.as_str());
         if self
             .agents
-            .get(&e.agent)
+            .get(&agent)
             .is_some_and(|a| a.dn.as_str() == e.dn)
         {
             self.end_agent(
                 out,
-                &e.agent,
+                &agent,
                 Some(LogoutCause::Phone),
                 false,
                 SessionCause::Phone,

@@ -176,7 +176,7 @@ pub(super) struct Record {
     pub(super) context: Context,
     pub(super) version: u64,
     pub(super) final_: Option<FinalInfo>,
-    pub(super) holders: BTreeMap<String, Access>,
+    pub(super) holders: BTreeMap<AgentId, Access>,
     #[serde(rename = "orphaned_since")]
     pub(super) orphaned_since_ms: Option<u64>,
     /// For a final record in memory: since when, its key in `final_queue` (not stored).
@@ -193,7 +193,7 @@ impl Record {
             .iter()
             .filter(|(_, a)| a.is_granted())
             .map(|(agent, access)| Holder {
-                agent: agent.clone(),
+                agent: agent.into(),
                 access: *access,
             })
             .collect()
@@ -203,7 +203,7 @@ impl Record {
 #[derive(Debug, Clone)]
 pub(super) struct ConnState {
     pub(super) role: Role,
-    pub(super) agent: Option<String>,
+    pub(super) agent: Option<AgentId>,
 }
 
 /// A logged-in agent as it is kept on disk, so that its desktop can resume after a restart.
