@@ -15,9 +15,11 @@
 //! order), `session` (connections, login, resume, logout), `records`, `dialer` and `admin` (one
 //! function per request), `telephony` (switch events) over `calls` (the call table), `timers`,
 //! `persist` (the engine's side of the store), `outputs` (replies, pushes, audit entries),
-//! `causes` and `state` (the words and the data). This file holds the engine itself, its inputs
-//! and outputs, the one dispatch of requests, and the batch glue (begin, commit, rollback); it
-//! never implements a rule itself.
+//! `causes`, `ids` and `state` (the words, the names and the data). Inside the engine agents,
+//! DNs, calls and records are named by the types of `ids`; they are the protocol's strings again
+//! only in what leaves it. This file holds the engine itself, its inputs and outputs, the one
+//! dispatch of requests, and the batch glue (begin, commit, rollback); it never implements a rule
+//! itself.
 
 mod access;
 mod admin;

@@ -136,15 +136,15 @@ impl Engine {
             return;
         }
         let dn = Dn::from(l.dn.as_str());
-        let agent = &AgentId::from(l.agent.as_str());
+        let agent = AgentId::from(l.agent.as_str());
         if let Some(other) = self.dn_agent.get(&dn) {
-            if other != agent {
+            if *other != agent {
                 let msg = format!("DN {} is in use by agent {other}", l.dn);
                 Self::send(out, conn, r#ref, ServerMsg::error(ErrorCode::DnInUse, msg));
                 return;
             }
         }
-        if let Some(existing) = self.agents.get(agent).cloned() {
+        if let Some(existing) = self.agents.get(&agent).cloned() {
             if existing.dn != dn {
                 // The agent moves to another DN: the old session ends as replaced, then a fresh one.
                 if let Some(old) = existing.conn {
@@ -159,17 +159,17 @@ impl Engine {
                     if let Some(c) = self.conns.get_mut(&old) {
                         c.agent = None;
                     }
-                    if let Some(a) = self.agents.get_mut(agent) {
+                    if let Some(a) = self.agents.get_mut(&agent) {
                         a.conn = None;
                     }
                 }
-                self.end_agent(out, agent, None, true, SessionCause::Replaced);
+                self.end_agent(out, &agent, None, true, SessionCause::Replaced);
             } else {
-                self.take_over(out, conn, r#ref, &l, agent, existing);
+                self.take_over(out, conn, r#ref, &l, &agent, existing);
                 return;
             }
         }
-        self.fresh_login(out, conn, r#ref, &l, agent, &dn);
+        self.fresh_login(out, conn, r#ref, &l, &agent, &dn);
     }
 
     /// The agent is already logged in on this DN (connected elsewhere, or away): this connection
@@ -183,7 +183,8 @@ impl Engine {
         agent: &AgentId,
         existing: Agent,
     ) {
-        let dn = &existing.dn.clone();
+        // The login's own DN: `login` sends only an agent staying on its DN here.
+        let dn = existing.dn.clone();
         let resumed = l.resume.as_deref() == Some(existing.session.as_str());
         if let Some(old) = existing.conn {
             Self::send(
@@ -245,7 +246,7 @@ impl Engine {
             e.dn = Some(dn_s);
             e.cause = Some(cause.as_str().to_owned());
         });
-        self.replay(out, conn, agent, dn, lost);
+        self.replay(out, conn, agent, &dn, lost);
     }
 
     /// Pushes the agent's present state: its calls, then the records it holds, then what it lost.
