@@ -11,13 +11,18 @@ impl Engine {
         self.cfg.heartbeat_ms.saturating_mul(3) + 1000
     }
 
+    /// The access `agent` has to `record`, if it ever held it (for a record in memory).
+    pub(super) fn access_to(&self, record: &RecordId, agent: &AgentId) -> Option<Access> {
+        self.records.get(record)?.holders.get(agent).copied()
+    }
+
     /// Sets `agent`'s access to `record`, pushing `AccessChanged` (with data and context on a
     /// grant), auditing the change and keeping the orphan clock. No-op when nothing changes.
     pub(super) fn set_access(
         &mut self,
         out: &mut Vec<Output>,
-        record: &str,
-        agent: &str,
+        record: &RecordId,
+        agent: &AgentId,
         access: Access,
         cause: AccessCause,
     ) {
@@ -35,7 +40,7 @@ impl Engine {
         match rec.holders.get_mut(agent) {
             Some(held) => *held = access,
             None => {
-                rec.holders.insert(agent.to_owned(), access);
+                rec.holders.insert(agent.clone(), access);
             }
         }
         let had_live = previous.is_some_and(Access::is_granted);
@@ -55,12 +60,12 @@ impl Engine {
             match self.agent_records.get_mut(agent) {
                 Some(held) => {
                     if !held.contains(record) {
-                        held.insert(record.to_owned());
+                        held.insert(record.clone());
                     }
                 }
                 None => {
                     self.agent_records
-                        .insert(agent.to_owned(), BTreeSet::from([record.to_owned()]));
+                        .insert(agent.clone(), BTreeSet::from([record.clone()]));
                 }
             }
         } else if let Some(set) = self.agent_records.get_mut(agent) {
@@ -88,11 +93,11 @@ impl Engine {
         }
         if let Some(conn) = desk {
             let msg = ServerMsg::AccessChanged {
-                record: record.to_owned(),
+                record: record.into(),
                 access,
                 previous,
                 cause,
-                call: Some(call.clone()),
+                call: Some(String::from(&call)),
                 data,
                 context,
             };
@@ -105,12 +110,12 @@ impl Engine {
         } else {
             AuditKind::Downgraded
         };
-        let dn = self.agents.get(agent).map(|a| a.dn.clone());
+        let dn = self.agents.get(agent).map(|a| String::from(&a.dn));
         self.audit(out, kind, |e| {
-            e.record = Some(record.to_owned());
-            e.agent = Some(agent.to_owned());
+            e.record = Some(record.into());
+            e.agent = Some(agent.into());
             e.dn = dn;
-            e.call = Some(call.clone());
+            e.call = Some(String::from(&call));
             e.access = Some(access);
             e.previous = Some(previous);
             e.cause = Some(cause.as_str().to_owned());
@@ -120,7 +125,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn orphan(&mut self, out: &mut Vec<Output>, record: &str, call: &str) {
+    pub(super) fn orphan(&mut self, out: &mut Vec<Output>, record: &RecordId, call: &CallId) {
         let now_ms = self.now_ms;
         let Some(rec) = self.records.get_mut(record) else {
             return;
@@ -131,10 +136,10 @@ impl Engine {
         rec.orphaned_since_ms = Some(now_ms);
         self.mark_dirty(record);
         self.orphan_deadlines
-            .insert((now_ms + self.cfg.orphan_timeout_ms, record.to_owned()));
-        let call = call.to_owned();
+            .insert((now_ms + self.cfg.orphan_timeout_ms, record.clone()));
+        let call = String::from(call);
         self.audit(out, AuditKind::Orphaned, |e| {
-            e.record = Some(record.to_owned());
+            e.record = Some(record.into());
             e.call = Some(call);
         });
     }
@@ -144,7 +149,7 @@ impl Engine {
     pub(super) fn finalize(
         &mut self,
         out: &mut Vec<Output>,
-        record: &str,
+        record: &RecordId,
         outcome: Outcome,
         finisher: FinalBy,
         extra: FinalExtra,
@@ -164,7 +169,7 @@ impl Engine {
         });
         rec.orphaned_since_ms = None;
         rec.resident_since_ms = now_ms;
-        self.final_queue.insert((now_ms, record.to_owned()));
+        self.final_queue.insert((now_ms, record.clone()));
         let call = rec.call.clone();
         // Only the dialers are told the outcome with the context; without one it is not copied.
         let context = if self.dialers.is_empty() {
@@ -172,7 +177,7 @@ impl Engine {
         } else {
             rec.context.clone()
         };
-        let holders: Vec<(String, Access)> = rec
+        let holders: Vec<(AgentId, Access)> = rec
             .holders
             .iter()
             .filter(|(_, a)| a.is_granted())
@@ -185,16 +190,16 @@ impl Engine {
         }
         assert!(!rec.has_live_holder(), "a final record has no live holder");
         self.mark_dirty(record);
-        if self.call_record.get(&call).map(String::as_str) == Some(record) {
+        if self.call_record.get(&call) == Some(record) {
             self.call_record.remove(&call);
         }
         let by_name = by.clone().unwrap_or_else(|| "server".to_owned());
         let request = extra.request.clone();
         self.audit(out, AuditKind::Finalized, |e| {
-            e.record = Some(record.to_owned());
+            e.record = Some(record.into());
             e.agent = by.clone();
             e.request = request;
-            e.call = Some(call.clone());
+            e.call = Some(String::from(&call));
             e.cause = Some(outcome.as_str().to_owned());
         });
         for (h, previous) in holders {
@@ -208,30 +213,30 @@ impl Engine {
             if let Some(a) = self.agents.get_mut(&h) {
                 a.note_lost(record, previous, &call, now_ms, window_ms);
             }
-            if finisher.agent() != Some(h.as_str()) {
+            if finisher.agent() != Some(&h) {
                 self.push_agent(
                     out,
                     &h,
                     ServerMsg::RecordFinalized {
-                        record: record.to_owned(),
+                        record: record.into(),
                         by: by_name.clone(),
                         outcome,
                     },
                 );
             }
-            let dn = self.agents.get(&h).map(|a| a.dn.clone());
+            let dn = self.agents.get(&h).map(|a| String::from(&a.dn));
             self.audit(out, AuditKind::Revoked, |e| {
-                e.record = Some(record.to_owned());
-                e.agent = Some(h.clone());
+                e.record = Some(record.into());
+                e.agent = Some(String::from(&h));
                 e.dn = dn;
-                e.call = Some(call.clone());
+                e.call = Some(String::from(&call));
                 e.access = Some(Access::Revoked);
                 e.previous = Some(previous);
                 e.cause = Some(outcome.as_str().to_owned());
             });
         }
         let msg = ServerMsg::RecordOutcome {
-            record: record.to_owned(),
+            record: record.into(),
             outcome,
             call_result: context.call_result,
             fields: (!context.fields.is_empty()).then_some(context.fields),
@@ -250,8 +255,8 @@ impl Engine {
     pub(super) fn grant_for_party(
         &mut self,
         out: &mut Vec<Output>,
-        call: &str,
-        agent: &str,
+        call: &CallId,
+        agent: &AgentId,
         only_unheld: bool,
     ) {
         let Some((record, via_consult)) = self.record_of_call(call) else {
@@ -288,8 +293,8 @@ impl Engine {
     #[allow(clippy::result_large_err)] // the error is the reply frame itself, built once
     pub(super) fn check_access(
         &self,
-        record: &str,
-        agent: &str,
+        record: &RecordId,
+        agent: &AgentId,
         needs_full: bool,
     ) -> Result<Access, ServerMsg> {
         let Some(rec) = self.records.get(record) else {
@@ -350,7 +355,7 @@ pub(super) struct FinalExtra {
     pub(super) callback: Option<Callback>,
 }
 
-pub(super) fn already_final_error(record: &str, f: &FinalInfo) -> ServerMsg {
+pub(super) fn already_final_error(record: &RecordId, f: &FinalInfo) -> ServerMsg {
     let by = f.by.clone().unwrap_or_else(|| "server".into());
     ServerMsg::Error {
         code: ErrorCode::AlreadyFinal,

@@ -11,7 +11,7 @@ impl Engine {
         r#ref: Option<u64>,
         r: RecordRef,
     ) {
-        let Some(rec) = self.records.get(&r.record) else {
+        let Some(rec) = self.records.get(r.record.as_str()) else {
             Self::send(
                 out,
                 conn,
@@ -33,7 +33,7 @@ impl Engine {
             .holders
             .iter()
             .map(|(agent, access)| Holder {
-                agent: agent.clone(),
+                agent: agent.into(),
                 access: *access,
             })
             .collect();
@@ -45,7 +45,7 @@ impl Engine {
                 record: r.record,
                 state: state.as_str().to_owned(),
                 holders,
-                call: Some(rec.call.clone()),
+                call: Some(String::from(&rec.call)),
                 final_: rec.final_.clone(),
                 version: Some(rec.version),
                 context: Some(rec.context.clone()),
@@ -60,29 +60,32 @@ impl Engine {
         r#ref: Option<u64>,
         r: ReleaseRecord,
     ) {
-        let Some(rec) = self.records.get(&r.record) else {
+        let record = RecordId::from(r.record);
+        let Some(rec) = self.records.get(&record) else {
             Self::send(
                 out,
                 conn,
                 r#ref,
-                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {}", r.record)),
+                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {record}")),
             );
             return;
         };
         if let Some(f) = &rec.final_ {
-            Self::send(out, conn, r#ref, already_final_error(&r.record, f));
+            Self::send(out, conn, r#ref, already_final_error(&record, f));
             return;
         }
         let extra = FinalExtra {
             request: Some(format!("ReleaseRecord: {}", r.reason)),
             ..FinalExtra::default()
         };
-        self.finalize(out, &r.record, Outcome::Returned, FinalBy::Admin, extra);
+        self.finalize(out, &record, Outcome::Returned, FinalBy::Admin, extra);
         Self::send(
             out,
             conn,
             r#ref,
-            ServerMsg::RecordReleased { record: r.record },
+            ServerMsg::RecordReleased {
+                record: record.into(),
+            },
         );
     }
 }

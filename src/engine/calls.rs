@@ -6,27 +6,27 @@ use super::*;
 
 impl Engine {
     /// The record a call carries, directly or (for a consultation) through the call it consults.
-    pub(super) fn record_of_call(&self, call: &str) -> Option<(String, bool)> {
+    pub(super) fn record_of_call(&self, call: &CallId) -> Option<(RecordId, bool)> {
         self.record_ref_of_call(call)
-            .map(|(r, via_consult)| (r.to_owned(), via_consult))
+            .map(|(r, via_consult)| (r.clone(), via_consult))
     }
 
-    pub(super) fn record_ref_of_call(&self, call: &str) -> Option<(&str, bool)> {
+    pub(super) fn record_ref_of_call(&self, call: &CallId) -> Option<(&RecordId, bool)> {
         if let Some(r) = self.call_record.get(call) {
             return Some((r, false));
         }
         let c = self.calls.get(call)?;
         let original = c.consult_of.as_ref()?;
-        self.call_record.get(original).map(|r| (r.as_str(), true))
+        self.call_record.get(original).map(|r| (r, true))
     }
 
-    fn monitored(&self, dn: &str) -> bool {
+    fn monitored(&self, dn: &Dn) -> bool {
         self.dn_agent.contains_key(dn)
     }
 
     /// An event is ours if it names a call we know (or one carrying a record) or a monitored DN.
     /// An applied event also tells that the call is alive (see `call_idle_timeout_ms`).
-    pub(super) fn relevant(&mut self, call: &str, dns: &[&str]) -> bool {
+    pub(super) fn relevant(&mut self, call: &CallId, dns: &[&Dn]) -> bool {
         let ours = self.calls.contains_key(call)
             || self.call_record.contains_key(call)
             || dns.iter().any(|dn| self.monitored(dn));
@@ -38,13 +38,13 @@ impl Engine {
         ours
     }
 
-    pub(super) fn call_entry(&mut self, call: &str) -> &mut Call {
+    pub(super) fn call_entry(&mut self, call: &CallId) -> &mut Call {
         if !self.calls.contains_key(call) {
             self.call_order += 1;
             let order = self.call_order;
             let deadline = self.now_ms.saturating_add(self.cfg.call_idle_timeout_ms);
             self.calls.insert(
-                call.to_owned(),
+                call.clone(),
                 Call {
                     parties: Parties::default(),
                     ani: None,
@@ -57,7 +57,7 @@ impl Engine {
                     idle_deadline_ms: deadline,
                 },
             );
-            self.call_deadlines.insert((deadline, call.to_owned()));
+            self.call_deadlines.insert((deadline, call.clone()));
             if let Some(phone) = self
                 .call_record
                 .get(call)
@@ -73,7 +73,7 @@ impl Engine {
     /// A call the event being applied has just filed (through [`Engine::call_entry`] or
     /// [`Engine::add_party`]). Only [`Engine::drop_call`] removes a call, and no event handler
     /// drops one before it is done with it.
-    pub(super) fn filed_call(&self, call: &str) -> &Call {
+    pub(super) fn filed_call(&self, call: &CallId) -> &Call {
         match self.calls.get(call) {
             Some(c) => c,
             None => panic!("call {call} was filed by the event being applied"),
@@ -81,18 +81,18 @@ impl Engine {
     }
 
     /// [`Engine::filed_call`], to change it.
-    pub(super) fn filed_call_mut(&mut self, call: &str) -> &mut Call {
+    pub(super) fn filed_call_mut(&mut self, call: &CallId) -> &mut Call {
         match self.calls.get_mut(call) {
             Some(c) => c,
             None => panic!("call {call} was filed by the event being applied"),
         }
     }
 
-    pub(super) fn index_ani(&mut self, call: &str, ani: &str) {
+    pub(super) fn index_ani(&mut self, call: &CallId, ani: &str) {
         if ani.is_empty() {
             return;
         }
-        let filed = self.ani_calls.get_or_default(ani).insert(call.to_owned());
+        let filed = self.ani_calls.get_or_default(ani).insert(call.clone());
         assert!(
             self.calls.contains_key(call),
             "only live calls are filed by ANI"
@@ -104,20 +104,20 @@ impl Engine {
         }
     }
 
-    pub(super) fn add_party(&mut self, call: &str, dn: &str, state: PartyState) {
+    pub(super) fn add_party(&mut self, call: &CallId, dn: &Dn, state: PartyState) {
         self.call_entry(call).parties.add(dn, state);
         match self.dn_calls.get_mut(dn) {
             Some(set) => set.insert(call),
             None => {
                 let mut set = CallSet::default();
                 set.insert(call);
-                self.dn_calls.insert(dn.to_owned(), set);
+                self.dn_calls.insert(dn.clone(), set);
             }
         }
     }
 
     /// Takes `call` off `dn`'s calls, dropping the entry of an unmonitored DN left without any.
-    fn unfile_call(&mut self, dn: &str, call: &str) {
+    fn unfile_call(&mut self, dn: &Dn, call: &CallId) {
         if let Some(set) = self.dn_calls.get_mut(dn) {
             set.remove(call);
             if set.is_empty() && !self.dn_agent.contains_key(dn) {
@@ -126,7 +126,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn remove_party(&mut self, call: &str, dn: &str) -> Option<PartyState> {
+    pub(super) fn remove_party(&mut self, call: &CallId, dn: &Dn) -> Option<PartyState> {
         let state = self.calls.get_mut(call)?.parties.remove(dn);
         self.unfile_call(dn, call);
         state
@@ -134,7 +134,7 @@ impl Engine {
 
     /// Removes a call with no parties left. A record it carried that nobody ever held starts its
     /// orphan clock, so that no record waits forever.
-    pub(super) fn end_call_if_empty(&mut self, out: &mut Vec<Output>, call: &str) {
+    pub(super) fn end_call_if_empty(&mut self, out: &mut Vec<Output>, call: &CallId) {
         if !self.calls.get(call).is_some_and(|c| c.parties.is_empty()) {
             return;
         }
@@ -150,12 +150,12 @@ impl Engine {
         }
     }
 
-    pub(super) fn drop_call(&mut self, call: &str) {
+    pub(super) fn drop_call(&mut self, call: &CallId) {
         let Some(c) = self.calls.remove(call) else {
             return;
         };
         self.call_deadlines
-            .remove(&(c.idle_deadline_ms, call.to_owned()));
+            .remove(&(c.idle_deadline_ms, call.clone()));
         for dn in c.parties.keys() {
             self.unfile_call(dn, call);
         }
@@ -173,12 +173,12 @@ impl Engine {
     /// record, not itself a consultation; one with `from_dn` as a party first, else the most recent.
     pub(super) fn link_by_ani(
         &self,
-        call: &str,
+        call: &CallId,
         ani: &str,
-        from_dn: Option<&str>,
-    ) -> Option<String> {
+        from_dn: Option<&Dn>,
+    ) -> Option<CallId> {
         let candidates = self.ani_calls.get(ani)?;
-        let mut best: Option<(bool, u64, String)> = None;
+        let mut best: Option<(bool, u64, CallId)> = None;
         for id in candidates {
             if id == call {
                 continue;
@@ -202,7 +202,7 @@ impl Engine {
     /// are left on it, still ringing (a consultation to a DN nobody is logged in on, after the
     /// caller hung up): no event about them will ever come, and nothing depends on them. A call
     /// with a record stays, for whoever logs in where it is (rule 9).
-    pub(super) fn end_call_nobody_is_on(&mut self, call: &str) {
+    pub(super) fn end_call_nobody_is_on(&mut self, call: &CallId) {
         let Some(c) = self.calls.get(call) else {
             return;
         };
@@ -220,7 +220,7 @@ impl Engine {
     pub(super) fn merge_consultation(
         &mut self,
         out: &mut Vec<Output>,
-        c2: &str,
+        c2: &CallId,
         cause: ClearCause,
     ) {
         let Some(call) = self.calls.get(c2) else {
@@ -231,8 +231,8 @@ impl Engine {
                 out,
                 dn,
                 ServerMsg::CallCleared {
-                    call: c2.to_owned(),
-                    dn: dn.clone(),
+                    call: c2.into(),
+                    dn: dn.into(),
                     cause: cause.as_str().to_owned(),
                 },
             );
@@ -244,26 +244,26 @@ impl Engine {
     /// the live consultation of `call` that has `dn` as a party.
     pub(super) fn consultation_of(
         &self,
-        call: &str,
-        named: Option<&str>,
-        dn: &str,
-    ) -> Option<String> {
+        call: &CallId,
+        named: Option<&CallId>,
+        dn: &Dn,
+    ) -> Option<CallId> {
         if let Some(c2) = named {
             if self
                 .calls
                 .get(c2)
-                .is_some_and(|c| c.consult_of.as_deref() == Some(call))
+                .is_some_and(|c| c.consult_of.as_ref() == Some(call))
             {
-                return Some(c2.to_owned());
+                return Some(c2.clone());
             }
         }
         self.find_consultation(call, dn)
     }
 
-    fn find_consultation(&self, call: &str, dn: &str) -> Option<String> {
+    fn find_consultation(&self, call: &CallId, dn: &Dn) -> Option<CallId> {
         self.dn_calls.get(dn)?.iter().find_map(|id| {
             let c = self.calls.get(id)?;
-            (c.consult_of.as_deref() == Some(call) && !c.consult_over).then(|| id.clone())
+            (c.consult_of.as_ref() == Some(call) && !c.consult_over).then(|| id.clone())
         })
     }
 }

@@ -3,6 +3,8 @@
 //! contract's strings only where they leave it (audit entries, pushes, reports). Never holds
 //! state and never decides anything.
 
+use super::ids::AgentId;
+
 /// Why a desktop session began or ended, as the audit log's `cause` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SessionCause {
@@ -82,7 +84,7 @@ impl RecordState {
 pub(super) enum FinalBy {
     /// The agent whose request decided the outcome: it gets that request's answer instead of
     /// `RecordFinalized`.
-    Agent(String),
+    Agent(AgentId),
     /// An administrator's `ReleaseRecord`.
     Admin,
     /// The dialer's `CancelRecord`.
@@ -95,7 +97,7 @@ impl FinalBy {
     /// As `FinalInfo.by` and the audit entry's agent say it: `None` for the server.
     pub(super) fn name(&self) -> Option<String> {
         match self {
-            FinalBy::Agent(agent) => Some(agent.clone()),
+            FinalBy::Agent(agent) => Some(agent.into()),
             FinalBy::Admin => Some("admin".to_owned()),
             FinalBy::Dialer => Some("dialer".to_owned()),
             FinalBy::Server => None,
@@ -103,7 +105,7 @@ impl FinalBy {
     }
 
     /// The agent who decided, if an agent did.
-    pub(super) fn agent(&self) -> Option<&str> {
+    pub(super) fn agent(&self) -> Option<&AgentId> {
         match self {
             FinalBy::Agent(agent) => Some(agent),
             _ => None,

@@ -37,9 +37,9 @@ impl Engine {
             );
             return;
         }
-        if let Some(rec) = self.records.get(&a.record) {
+        if let Some(rec) = self.records.get(a.record.as_str()) {
             if rec.final_.is_none() {
-                if rec.call == a.call {
+                if rec.call.as_str() == a.call {
                     Self::send(
                         out,
                         conn,
@@ -64,7 +64,8 @@ impl Engine {
                 return;
             }
         }
-        if let Some(other) = self.call_record.get(&a.call) {
+        let call = CallId::from(a.call.as_str());
+        if let Some(other) = self.call_record.get(&call) {
             let msg = format!("call {} already carries live record {other}", a.call);
             Self::send(
                 out,
@@ -77,7 +78,7 @@ impl Engine {
         let chain_n = a.chain_n.unwrap_or(0);
         let cause = format!("campaign {}, chain_n {chain_n}", a.campaign);
         let record = Record {
-            call: a.call.clone(),
+            call: call.clone(),
             campaign: a.campaign,
             chain_n,
             phone: a.phone.clone(),
@@ -90,18 +91,19 @@ impl Engine {
             orphaned_since_ms: None,
             resident_since_ms: 0,
         };
-        if let Some(old) = self.records.insert(a.record.clone(), record) {
+        let id = RecordId::from(a.record.as_str());
+        if let Some(old) = self.records.insert(id.clone(), record) {
             if old.final_.is_some() {
                 // A final record attached again is live again.
                 self.finals -= 1;
                 let filed = self
                     .final_queue
-                    .remove(&(old.resident_since_ms, a.record.clone()));
+                    .remove(&(old.resident_since_ms, id.clone()));
                 assert!(filed, "a final record in memory is in the final queue");
             }
         }
-        self.mark_dirty(&a.record);
-        self.call_record.insert(a.call.clone(), a.record.clone());
+        self.mark_dirty(&id);
+        self.call_record.insert(call.clone(), id);
         let (rid, cid) = (a.record.clone(), a.call.clone());
         self.audit(out, AuditKind::Attached, |e| {
             e.record = Some(rid);
@@ -117,18 +119,18 @@ impl Engine {
                 call: a.call.clone(),
             },
         );
-        if self.calls.contains_key(&a.call) {
+        if self.calls.contains_key(&call) {
             if let Some(phone) = a.phone {
-                self.index_ani(&a.call, &phone);
+                self.index_ani(&call, &phone);
             }
             // The call may already be answered on an agent's DN: grant at once (rule 1).
-            let established: Vec<String> = self
+            let established: Vec<Dn> = self
                 .calls
-                .get(&a.call)
+                .get(&call)
                 .map_or_else(Vec::new, |c| c.parties.established().cloned().collect());
             for dn in established {
                 if let Some(agent) = self.agent_on(&dn) {
-                    self.grant_for_party(out, &a.call, &agent, false);
+                    self.grant_for_party(out, &call, &agent, false);
                 }
             }
         }
@@ -141,22 +143,23 @@ impl Engine {
         r#ref: Option<u64>,
         c: RecordRef,
     ) {
-        let Some(rec) = self.records.get(&c.record) else {
+        let record = RecordId::from(c.record);
+        let Some(rec) = self.records.get(&record) else {
             Self::send(
                 out,
                 conn,
                 r#ref,
-                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {}", c.record)),
+                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {record}")),
             );
             return;
         };
         if let Some(f) = &rec.final_ {
-            Self::send(out, conn, r#ref, already_final_error(&c.record, f));
+            Self::send(out, conn, r#ref, already_final_error(&record, f));
             return;
         }
         self.finalize(
             out,
-            &c.record,
+            &record,
             Outcome::Cancelled,
             FinalBy::Dialer,
             FinalExtra::default(),
@@ -165,7 +168,9 @@ impl Engine {
             out,
             conn,
             r#ref,
-            ServerMsg::RecordCancelled { record: c.record },
+            ServerMsg::RecordCancelled {
+                record: record.into(),
+            },
         );
     }
 }

@@ -15,15 +15,18 @@
 //! order), `session` (connections, login, resume, logout), `records`, `dialer` and `admin` (one
 //! function per request), `telephony` (switch events) over `calls` (the call table), `timers`,
 //! `persist` (the engine's side of the store), `outputs` (replies, pushes, audit entries),
-//! `causes` and `state` (the words and the data). This file holds the engine itself, its inputs
-//! and outputs, the one dispatch of requests, and the batch glue (begin, commit, rollback); it
-//! never implements a rule itself.
+//! `causes`, `ids` and `state` (the words, the names and the data). Inside the engine agents,
+//! DNs, calls and records are named by the types of `ids`; they are the protocol's strings again
+//! only in what leaves it. This file holds the engine itself, its inputs and outputs, the one
+//! dispatch of requests, and the batch glue (begin, commit, rollback); it never implements a rule
+//! itself.
 
 mod access;
 mod admin;
 mod calls;
 mod causes;
 mod dialer;
+mod ids;
 mod journal;
 mod outputs;
 mod persist;
@@ -38,6 +41,7 @@ use crate::store::records::{decode, encode, parse_records};
 use crate::store::{Snapshot, WriteBatch};
 use access::{already_final_error, FinalExtra};
 use causes::{ClearCause, FinalBy, RecordState, SessionCause};
+use ids::{AgentId, CallId, Dn, RecordId};
 use journal::{FastMap, JMap, JSet};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use records::json_len;
@@ -142,44 +146,44 @@ pub struct Engine {
     conns: JMap<ConnId, ConnState>,
     switches: JSet<ConnId>,
     dialers: JSet<ConnId>,
-    agents: JMap<String, Agent>,
+    agents: JMap<AgentId, Agent>,
     /// DN -> agent logged in on it. Exactly the monitored DNs.
-    dn_agent: JMap<String, String>,
+    dn_agent: JMap<Dn, AgentId>,
     /// The keys of `dn_agent`, sorted: the `Monitor` list, kept ready since every login and
     /// logout sends it.
-    monitored: Vec<String>,
-    calls: JMap<String, Call>,
+    monitored: Vec<Dn>,
+    calls: JMap<CallId, Call>,
     /// DN -> live calls with a party on it. A monitored DN keeps its entry while it has no call,
     /// so that calls coming and going do not allocate the key over and over; other DNs lose it.
-    dn_calls: JMap<String, CallSet>,
+    dn_calls: JMap<Dn, CallSet>,
     /// Effective ANI (the call's, or its record's phone) -> calls, for linking consultations.
-    ani_calls: JMap<String, BTreeSet<String>>,
-    records: JMap<String, Record>,
+    ani_calls: JMap<String, BTreeSet<CallId>>,
+    records: JMap<RecordId, Record>,
     /// Call -> the live record attached to it.
-    call_record: JMap<String, String>,
+    call_record: JMap<CallId, RecordId>,
     /// Agent -> records it holds with `full` or `read_only`.
-    agent_records: JMap<String, BTreeSet<String>>,
-    grace_deadlines: JSet<(u64, String)>,
-    orphan_deadlines: JSet<(u64, String)>,
+    agent_records: JMap<AgentId, BTreeSet<RecordId>>,
+    grace_deadlines: JSet<(u64, AgentId)>,
+    orphan_deadlines: JSet<(u64, RecordId)>,
     audit_seq: u64,
     ignored_events: u64,
     /// Records with a final outcome, kept as they change so that `Status` need not walk them all.
     finals: u64,
     /// What changed since the last [`Engine::take_writes`], for the store.
-    dirty_records: BTreeSet<String>,
-    dirty_agents: BTreeSet<String>,
+    dirty_records: BTreeSet<RecordId>,
+    dirty_agents: BTreeSet<AgentId>,
     pending_audit: Vec<AuditEntry>,
     /// Entries of the store's final-record index to delete, with whether the record goes too
     /// (see [`Engine::purge_final`]).
-    purged: Vec<(u64, String, bool)>,
+    purged: Vec<(u64, RecordId, bool)>,
     /// Agents waiting for a smart logout to complete.
-    pending_logouts: JSet<String>,
+    pending_logouts: JSet<AgentId>,
     /// The final records in memory, oldest first: they leave memory from the front, by age
     /// (`final_record_memory_ms`) and by number (`max_final_records_in_memory`). A request that
     /// names one that left has it read back by the shell first ([`Engine::record_to_load`]).
-    final_queue: JSet<(u64, String)>,
+    final_queue: JSet<(u64, RecordId)>,
     /// (deadline, call): when each call is next checked for silence (`call_idle_timeout_ms`).
-    call_deadlines: JSet<(u64, String)>,
+    call_deadlines: JSet<(u64, CallId)>,
     call_order: u64,
     now_ms: u64,
     /// `now_ms` formatted as RFC 3339, for the audit entries and outcomes of inputs at the same
@@ -289,7 +293,7 @@ impl Engine {
     /// The DNs the telephony link must monitor, sorted.
     pub fn monitored_dns(&self) -> Vec<String> {
         assert_eq!(self.monitored.len(), self.dn_agent.len());
-        self.monitored.clone()
+        self.monitored.iter().map(String::from).collect()
     }
 
     /// Whether the server tracks `call` (for tests: the model test keeps its own picture of the

@@ -13,13 +13,13 @@ impl Engine {
     }
 
     /// Pushes `msg` to the agent's desktop if it is connected; otherwise the resume replay covers it.
-    pub(super) fn push_agent(&self, out: &mut Vec<Output>, agent: &str, msg: ServerMsg) {
+    pub(super) fn push_agent(&self, out: &mut Vec<Output>, agent: &AgentId, msg: ServerMsg) {
         if let Some(conn) = self.agents.get(agent).and_then(|a| a.conn) {
             Self::send(out, conn, None, msg);
         }
     }
 
-    pub(super) fn push_dn(&self, out: &mut Vec<Output>, dn: &str, msg: ServerMsg) {
+    pub(super) fn push_dn(&self, out: &mut Vec<Output>, dn: &Dn, msg: ServerMsg) {
         if let Some(conn) = self.conn_on_dn(dn) {
             Self::send(out, conn, None, msg);
         }
@@ -27,7 +27,7 @@ impl Engine {
 
     /// The connection of the desktop logged in on `dn`, if it is connected: pushes for the DN go
     /// there, and a push nobody would receive need not be built.
-    pub(super) fn conn_on_dn(&self, dn: &str) -> Option<ConnId> {
+    pub(super) fn conn_on_dn(&self, dn: &Dn) -> Option<ConnId> {
         self.agents.get(self.dn_agent.get(dn)?)?.conn
     }
 

@@ -38,24 +38,25 @@ impl Engine {
     /// read by the shell, for a record not in memory. The deletions go to the store with the next
     /// [`Engine::take_writes`].
     pub fn purge_final(&mut self, at_ms: u64, id: &str, stored_final_ms: Option<u64>) {
-        let same = match self.records.get(id) {
+        let id = RecordId::from(id);
+        let same = match self.records.get(&id) {
             Some(rec) => rec.final_.as_ref().and_then(|f| parse_rfc3339(&f.at)) == Some(at_ms),
             None => stored_final_ms == Some(at_ms),
         };
         if same {
             assert!(
-                !self.dirty_records.contains(id),
+                !self.dirty_records.contains(&id),
                 "a record is never purged in the batch that changed it"
             );
-            if let Some(rec) = self.records.remove(id) {
+            if let Some(rec) = self.records.remove(&id) {
                 let filed = self
                     .final_queue
-                    .remove(&(rec.resident_since_ms, id.to_owned()));
+                    .remove(&(rec.resident_since_ms, id.clone()));
                 assert!(filed, "a final record in memory is in the final queue");
             }
             self.finals -= 1;
         }
-        self.purged.push((at_ms, id.to_owned(), same));
+        self.purged.push((at_ms, id, same));
     }
 
     /// Puts back in memory a final record read from the store (see [`Engine::record_to_load`]).
@@ -71,8 +72,9 @@ impl Engine {
             ));
         }
         rec.resident_since_ms = self.now_ms;
-        self.final_queue.insert((self.now_ms, id.to_owned()));
-        self.records.insert(id.to_owned(), rec);
+        let id = RecordId::from(id);
+        self.final_queue.insert((self.now_ms, id.clone()));
+        self.records.insert(id, rec);
         Ok(())
     }
 
@@ -89,15 +91,15 @@ impl Engine {
             if let Some(at) = rec.final_.as_ref().and_then(|f| parse_rfc3339(&f.at)) {
                 // Filed by the time it became final, for retention (written again if the record
                 // is, which changes nothing).
-                batch.finals_add.push((at, id.clone()));
+                batch.finals_add.push((at, String::from(&id)));
             }
-            batch.records.push((id, Some(value)));
+            batch.records.push((id.into(), Some(value)));
         }
         for (at, id, with_record) in std::mem::take(&mut self.purged) {
             if with_record {
-                batch.records.push((id.clone(), None));
+                batch.records.push((String::from(&id), None));
             }
-            batch.finals_remove.push((at, id));
+            batch.finals_remove.push((at, id.into()));
         }
         for id in std::mem::take(&mut self.dirty_agents) {
             let value = self.agents.get(&id).map(|a| {
@@ -107,7 +109,7 @@ impl Engine {
                 };
                 encode(&state)
             });
-            batch.agents.push((id, value));
+            batch.agents.push((id.into(), value));
         }
         for entry in std::mem::take(&mut self.pending_audit) {
             let bytes = encode(&entry);
@@ -128,12 +130,12 @@ impl Engine {
             return Err(format!("record {id} was loaded as live but is final"));
         }
         let mut records = FastMap::with_capacity_and_hasher(parsed.len(), Default::default());
-        records.extend(parsed);
+        records.extend(parsed.into_iter().map(|(id, r)| (RecordId::from(id), r)));
         let finals = snapshot.records_final;
         let mut agents = Vec::with_capacity(snapshot.agents.len());
         for (id, bytes) in snapshot.agents {
             let a: AgentState = decode(&format!("agent {id}"), &bytes)?;
-            agents.push((id, a));
+            agents.push((AgentId::from(id), a));
         }
         self.records.replace_all(records);
         self.finals = finals;
@@ -151,13 +153,11 @@ impl Engine {
             }
             for (agent, access) in &rec.holders {
                 if access.is_granted() {
-                    self.agent_records
-                        .get_or_default(agent.as_str())
-                        .insert(id.clone());
+                    self.agent_records.get_or_default(agent).insert(id.clone());
                 }
             }
         }
-        let bound: HashMap<String, ConnId> = self
+        let bound: HashMap<AgentId, ConnId> = self
             .conns
             .iter()
             .filter_map(|(c, s)| s.agent.clone().map(|a| (a, *c)))
@@ -216,9 +216,9 @@ impl Engine {
     }
 
     /// Marks `record` to be written by the next [`Engine::take_writes`].
-    pub(super) fn mark_dirty(&mut self, record: &str) {
+    pub(super) fn mark_dirty(&mut self, record: &RecordId) {
         if !self.dirty_records.contains(record) {
-            self.dirty_records.insert(record.to_owned());
+            self.dirty_records.insert(record.clone());
         }
     }
 }

@@ -12,7 +12,7 @@ struct Asked {
     r#ref: Option<u64>,
     /// The request's type name, for errors and the audit log.
     request: &'static str,
-    agent: String,
+    agent: AgentId,
     access: Access,
 }
 
@@ -24,19 +24,19 @@ impl Engine {
         r#ref: Option<u64>,
         r: RecordRef,
     ) {
-        let Some(asked) = self.check_request(out, conn, r#ref, "GetRecord", &r.record, false)
-        else {
+        let record = RecordId::from(r.record);
+        let Some(asked) = self.check_request(out, conn, r#ref, "GetRecord", &record, false) else {
             return;
         };
-        let rec = self.checked_record(&r.record);
+        let rec = self.checked_record(&record);
         let reply = ServerMsg::Record {
-            record: r.record.clone(),
+            record: String::from(&record),
             access: asked.access,
             data: rec.data.clone(),
             context: rec.context.clone(),
             final_: rec.final_.clone(),
         };
-        self.conclude(out, &asked, &r.record, None, reply);
+        self.conclude(out, &asked, &record, None, reply);
     }
 
     pub(super) fn chained_records(
@@ -46,13 +46,14 @@ impl Engine {
         r#ref: Option<u64>,
         r: RecordRef,
     ) {
-        let Some(asked) = self.check_request(out, conn, r#ref, "ChainedRecords", &r.record, false)
+        let record = RecordId::from(r.record);
+        let Some(asked) = self.check_request(out, conn, r#ref, "ChainedRecords", &record, false)
         else {
             return;
         };
-        let rec = self.checked_record(&r.record);
+        let rec = self.checked_record(&record);
         let mut count = 0u32;
-        for entry in rec.chain.iter().filter(|e| e.record != r.record) {
+        for entry in rec.chain.iter().filter(|e| e.record != record.as_str()) {
             count += 1;
             Self::send(
                 out,
@@ -67,10 +68,10 @@ impl Engine {
             );
         }
         let reply = ServerMsg::ChainedRecordsEnd {
-            record: r.record.clone(),
+            record: String::from(&record),
             count,
         };
-        self.conclude(out, &asked, &r.record, None, reply);
+        self.conclude(out, &asked, &record, None, reply);
     }
 
     pub(super) fn update_record(
@@ -80,7 +81,7 @@ impl Engine {
         r#ref: Option<u64>,
         change: RecordChange,
     ) {
-        let record = &change.record;
+        let record = &RecordId::from(change.record.as_str());
         let Some(asked) = self.check_request(out, conn, r#ref, "UpdateRecord", record, true) else {
             return;
         };
@@ -89,7 +90,7 @@ impl Engine {
             return;
         }
         let version = self.apply_change(record, &change);
-        let others: Vec<String> = self
+        let others: Vec<AgentId> = self
             .checked_record(record)
             .holders
             .iter()
@@ -101,16 +102,16 @@ impl Engine {
                 out,
                 &h,
                 ServerMsg::RecordChanged {
-                    record: record.clone(),
+                    record: record.into(),
                     version,
                     call_result: change.call_result.clone(),
                     fields: change.fields.clone(),
-                    by: asked.agent.clone(),
+                    by: String::from(&asked.agent),
                 },
             );
         }
         let reply = ServerMsg::RecordUpdated {
-            record: record.clone(),
+            record: record.into(),
             version,
         };
         self.conclude(out, &asked, record, None, reply);
@@ -123,7 +124,7 @@ impl Engine {
         r#ref: Option<u64>,
         change: RecordChange,
     ) {
-        let record = &change.record;
+        let record = &RecordId::from(change.record.as_str());
         let Some(asked) = self.check_request(out, conn, r#ref, "RecordProcessed", record, true)
         else {
             return;
@@ -135,7 +136,7 @@ impl Engine {
         self.apply_change(record, &change);
         let finish = (Outcome::Processed, FinalExtra::default());
         let reply = ServerMsg::RecordProcessedAck {
-            record: record.clone(),
+            record: record.into(),
         };
         self.conclude(out, &asked, record, Some(finish), reply);
     }
@@ -147,15 +148,16 @@ impl Engine {
         r#ref: Option<u64>,
         r: RecordRef,
     ) {
-        let Some(asked) = self.check_request(out, conn, r#ref, "RecordReject", &r.record, true)
+        let record = RecordId::from(r.record);
+        let Some(asked) = self.check_request(out, conn, r#ref, "RecordReject", &record, true)
         else {
             return;
         };
         let finish = (Outcome::Rejected, FinalExtra::default());
         let reply = ServerMsg::RecordRejected {
-            record: r.record.clone(),
+            record: String::from(&record),
         };
-        self.conclude(out, &asked, &r.record, Some(finish), reply);
+        self.conclude(out, &asked, &record, Some(finish), reply);
     }
 
     pub(super) fn record_cancel(
@@ -165,15 +167,16 @@ impl Engine {
         r#ref: Option<u64>,
         r: RecordRef,
     ) {
-        let Some(asked) = self.check_request(out, conn, r#ref, "RecordCancel", &r.record, true)
+        let record = RecordId::from(r.record);
+        let Some(asked) = self.check_request(out, conn, r#ref, "RecordCancel", &record, true)
         else {
             return;
         };
         let finish = (Outcome::Cancelled, FinalExtra::default());
         let reply = ServerMsg::RecordCancelled {
-            record: r.record.clone(),
+            record: String::from(&record),
         };
-        self.conclude(out, &asked, &r.record, Some(finish), reply);
+        self.conclude(out, &asked, &record, Some(finish), reply);
     }
 
     pub(super) fn do_not_call(
@@ -183,7 +186,8 @@ impl Engine {
         r#ref: Option<u64>,
         d: DoNotCall,
     ) {
-        let Some(asked) = self.check_request(out, conn, r#ref, "DoNotCall", &d.record, true) else {
+        let record = RecordId::from(d.record);
+        let Some(asked) = self.check_request(out, conn, r#ref, "DoNotCall", &record, true) else {
             return;
         };
         let extra = FinalExtra {
@@ -191,13 +195,13 @@ impl Engine {
             ..FinalExtra::default()
         };
         let reply = ServerMsg::DoNotCallAck {
-            record: d.record.clone(),
+            record: String::from(&record),
             scope: d.scope,
         };
         self.conclude(
             out,
             &asked,
-            &d.record,
+            &record,
             Some((Outcome::DoNotCall, extra)),
             reply,
         );
@@ -210,8 +214,8 @@ impl Engine {
         r#ref: Option<u64>,
         s: Reschedule,
     ) {
-        let Some(asked) = self.check_request(out, conn, r#ref, "Reschedule", &s.record, true)
-        else {
+        let record = RecordId::from(s.record);
+        let Some(asked) = self.check_request(out, conn, r#ref, "Reschedule", &record, true) else {
             return;
         };
         // Validated after the access checks, so that those come in the contract's order.
@@ -227,7 +231,7 @@ impl Engine {
                     ErrorCode::BadRequest,
                     format!("Reschedule: field `at` ({}) {problem}", s.at),
                 );
-                self.refuse(out, &asked, &s.record, e);
+                self.refuse(out, &asked, &record, e);
                 return;
             }
         };
@@ -238,14 +242,14 @@ impl Engine {
             ..FinalExtra::default()
         };
         let reply = ServerMsg::Rescheduled {
-            record: s.record.clone(),
+            record: String::from(&record),
             at,
             callback: s.callback,
         };
         self.conclude(
             out,
             &asked,
-            &s.record,
+            &record,
             Some((Outcome::Rescheduled, extra)),
             reply,
         );
@@ -253,7 +257,7 @@ impl Engine {
 
     /// A record that passed [`Engine::check_request`]: the access checks found it in memory, and
     /// nothing between them and the reply takes a record out of memory (only a tick does).
-    fn checked_record(&self, record: &str) -> &Record {
+    fn checked_record(&self, record: &RecordId) -> &Record {
         match self.records.get(record) {
             Some(rec) => rec,
             None => panic!("record {record} passed the access checks, which find it in memory"),
@@ -268,7 +272,7 @@ impl Engine {
         conn: ConnId,
         r#ref: Option<u64>,
         request: &'static str,
-        record: &str,
+        record: &RecordId,
         needs_full: bool,
     ) -> Option<Asked> {
         let Some(agent) = self.conns.get(&conn).and_then(|c| c.agent.clone()) else {
@@ -299,7 +303,13 @@ impl Engine {
     }
 
     /// Refuses a request that passed the access checks but not its own.
-    fn refuse(&mut self, out: &mut Vec<Output>, asked: &Asked, record: &str, error: ServerMsg) {
+    fn refuse(
+        &mut self,
+        out: &mut Vec<Output>,
+        asked: &Asked,
+        record: &RecordId,
+        error: ServerMsg,
+    ) {
         let (conn, r#ref, request) = (asked.conn, asked.r#ref, asked.request);
         self.deny(out, conn, r#ref, &asked.agent, record, request, error);
     }
@@ -310,7 +320,7 @@ impl Engine {
         &mut self,
         out: &mut Vec<Output>,
         asked: &Asked,
-        record: &str,
+        record: &RecordId,
         finish: Option<(Outcome, FinalExtra)>,
         reply: ServerMsg,
     ) {
@@ -328,7 +338,7 @@ impl Engine {
     }
 
     #[allow(clippy::result_large_err)]
-    fn check_size(&self, record: &str, change: &RecordChange) -> Result<(), ServerMsg> {
+    fn check_size(&self, record: &RecordId, change: &RecordChange) -> Result<(), ServerMsg> {
         let rec = self.checked_record(record);
         let mut context = rec.context.clone();
         merge_change(&mut context, change);
@@ -346,7 +356,7 @@ impl Engine {
         Ok(())
     }
 
-    fn apply_change(&mut self, record: &str, change: &RecordChange) -> u64 {
+    fn apply_change(&mut self, record: &RecordId, change: &RecordChange) -> u64 {
         let Some(rec) = self.records.get_mut(record) else {
             panic!("record {record} passed the access checks, which find it in memory");
         };
@@ -357,13 +367,13 @@ impl Engine {
         version
     }
 
-    fn accept(&mut self, out: &mut Vec<Output>, agent: &str, record: &str, request: &str) {
-        let dn = self.agents.get(agent).map(|a| a.dn.clone());
-        let call = self.records.get(record).map(|r| r.call.clone());
-        let access = self.access_of(record, agent);
+    fn accept(&mut self, out: &mut Vec<Output>, agent: &AgentId, record: &RecordId, request: &str) {
+        let dn = self.agents.get(agent).map(|a| String::from(&a.dn));
+        let call = self.records.get(record).map(|r| String::from(&r.call));
+        let access = self.access_to(record, agent);
         self.audit(out, AuditKind::Accepted, |e| {
-            e.record = Some(record.to_owned());
-            e.agent = Some(agent.to_owned());
+            e.record = Some(record.into());
+            e.agent = Some(agent.into());
             e.dn = dn;
             e.call = call;
             e.access = access;
@@ -377,8 +387,8 @@ impl Engine {
         out: &mut Vec<Output>,
         conn: ConnId,
         r#ref: Option<u64>,
-        agent: &str,
-        record: &str,
+        agent: &AgentId,
+        record: &RecordId,
         request: &str,
         error: ServerMsg,
     ) {
@@ -390,12 +400,12 @@ impl Engine {
             ServerMsg::Error { message, .. } => message.clone(),
             _ => String::new(),
         };
-        let dn = self.agents.get(agent).map(|a| a.dn.clone());
-        let call = self.records.get(record).map(|r| r.call.clone());
-        let access = self.access_of(record, agent);
+        let dn = self.agents.get(agent).map(|a| String::from(&a.dn));
+        let call = self.records.get(record).map(|r| String::from(&r.call));
+        let access = self.access_to(record, agent);
         self.audit(out, AuditKind::Denied, |e| {
-            e.record = Some(record.to_owned());
-            e.agent = Some(agent.to_owned());
+            e.record = Some(record.into());
+            e.agent = Some(agent.into());
             e.dn = dn;
             e.call = call;
             e.access = access;

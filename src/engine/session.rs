@@ -5,14 +5,10 @@
 use super::*;
 
 impl Engine {
-    pub(super) fn monitor_dn(&mut self, dn: &str, agent: &str) {
-        if self
-            .dn_agent
-            .insert(dn.to_owned(), agent.to_owned())
-            .is_none()
-        {
-            if let Err(i) = self.monitored.binary_search_by(|d| d.as_str().cmp(dn)) {
-                self.monitored.insert(i, dn.to_owned());
+    pub(super) fn monitor_dn(&mut self, dn: &Dn, agent: &AgentId) {
+        if self.dn_agent.insert(dn.clone(), agent.clone()).is_none() {
+            if let Err(i) = self.monitored.binary_search(dn) {
+                self.monitored.insert(i, dn.clone());
             }
         }
         assert_eq!(
@@ -22,9 +18,9 @@ impl Engine {
         );
     }
 
-    fn unmonitor_dn(&mut self, dn: &str) {
+    fn unmonitor_dn(&mut self, dn: &Dn) {
         if self.dn_agent.remove(dn).is_some() {
-            if let Ok(i) = self.monitored.binary_search_by(|d| d.as_str().cmp(dn)) {
+            if let Ok(i) = self.monitored.binary_search(dn) {
                 self.monitored.remove(i);
             }
             if self.dn_calls.get(dn).is_some_and(CallSet::is_empty) {
@@ -38,7 +34,7 @@ impl Engine {
         );
     }
 
-    pub(super) fn agent_on(&self, dn: &str) -> Option<String> {
+    pub(super) fn agent_on(&self, dn: &Dn) -> Option<AgentId> {
         self.dn_agent.get(dn).cloned()
     }
 
@@ -139,15 +135,17 @@ impl Engine {
             );
             return;
         }
-        if let Some(other) = self.dn_agent.get(&l.dn) {
-            if *other != l.agent {
+        let dn = Dn::from(l.dn.as_str());
+        let agent = AgentId::from(l.agent.as_str());
+        if let Some(other) = self.dn_agent.get(&dn) {
+            if *other != agent {
                 let msg = format!("DN {} is in use by agent {other}", l.dn);
                 Self::send(out, conn, r#ref, ServerMsg::error(ErrorCode::DnInUse, msg));
                 return;
             }
         }
-        if let Some(existing) = self.agents.get(&l.agent).cloned() {
-            if existing.dn != l.dn {
+        if let Some(existing) = self.agents.get(&agent).cloned() {
+            if existing.dn != dn {
                 // The agent moves to another DN: the old session ends as replaced, then a fresh one.
                 if let Some(old) = existing.conn {
                     Self::send(
@@ -161,17 +159,17 @@ impl Engine {
                     if let Some(c) = self.conns.get_mut(&old) {
                         c.agent = None;
                     }
-                    if let Some(a) = self.agents.get_mut(&l.agent) {
+                    if let Some(a) = self.agents.get_mut(&agent) {
                         a.conn = None;
                     }
                 }
-                self.end_agent(out, &l.agent, None, true, SessionCause::Replaced);
+                self.end_agent(out, &agent, None, true, SessionCause::Replaced);
             } else {
-                self.take_over(out, conn, r#ref, &l, existing);
+                self.take_over(out, conn, r#ref, &l, &agent, existing);
                 return;
             }
         }
-        self.fresh_login(out, conn, r#ref, &l);
+        self.fresh_login(out, conn, r#ref, &l, &agent, &dn);
     }
 
     /// The agent is already logged in on this DN (connected elsewhere, or away): this connection
@@ -182,8 +180,11 @@ impl Engine {
         conn: ConnId,
         r#ref: Option<u64>,
         l: &Login,
+        agent: &AgentId,
         existing: Agent,
     ) {
+        // The login's own DN: `login` sends only an agent staying on its DN here.
+        let dn = existing.dn.clone();
         let resumed = l.resume.as_deref() == Some(existing.session.as_str());
         if let Some(old) = existing.conn {
             Self::send(
@@ -199,7 +200,7 @@ impl Engine {
             }
         }
         let session = self.new_session_token();
-        let lost: BTreeMap<String, Lost> = if resumed {
+        let lost: BTreeMap<RecordId, Lost> = if resumed {
             // What was revoked since shortly before the desktop could have stopped hearing us.
             let since = existing
                 .away_since_ms
@@ -213,15 +214,15 @@ impl Engine {
         } else {
             BTreeMap::new()
         };
-        if let Some(a) = self.agents.get_mut(&l.agent) {
+        if let Some(a) = self.agents.get_mut(agent) {
             a.conn = Some(conn);
             a.away_since_ms = None;
             a.session = session.clone();
             a.lost_while_away.clear();
         }
-        self.dirty_agents.insert(l.agent.clone());
+        self.dirty_agents.insert(agent.clone());
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.agent = Some(l.agent.clone());
+            c.agent = Some(agent.clone());
         }
         Self::send(
             out,
@@ -239,13 +240,13 @@ impl Engine {
         } else {
             SessionCause::Replaced
         };
-        let (agent, dn) = (l.agent.clone(), l.dn.clone());
+        let (agent_s, dn_s) = (l.agent.clone(), l.dn.clone());
         self.audit(out, AuditKind::Login, |e| {
-            e.agent = Some(agent);
-            e.dn = Some(dn);
+            e.agent = Some(agent_s);
+            e.dn = Some(dn_s);
             e.cause = Some(cause.as_str().to_owned());
         });
-        self.replay(out, conn, &l.agent, &l.dn, lost);
+        self.replay(out, conn, agent, &dn, lost);
     }
 
     /// Pushes the agent's present state: its calls, then the records it holds, then what it lost.
@@ -253,9 +254,9 @@ impl Engine {
         &self,
         out: &mut Vec<Output>,
         conn: ConnId,
-        agent: &str,
-        dn: &str,
-        lost: BTreeMap<String, Lost>,
+        agent: &AgentId,
+        dn: &Dn,
+        lost: BTreeMap<RecordId, Lost>,
     ) {
         self.push_calls_on_dn(out, conn, dn);
         if let Some(held) = self.agent_records.get(agent) {
@@ -271,11 +272,11 @@ impl Engine {
                     conn,
                     None,
                     ServerMsg::AccessChanged {
-                        record: record.clone(),
+                        record: record.into(),
                         access,
                         previous: access,
                         cause: AccessCause::Resume,
-                        call: Some(rec.call.clone()),
+                        call: Some(String::from(&rec.call)),
                         data: Some(rec.data.clone()),
                         context: Some(rec.context.clone()),
                     },
@@ -288,11 +289,11 @@ impl Engine {
                 conn,
                 None,
                 ServerMsg::AccessChanged {
-                    record,
+                    record: record.into(),
                     access: Access::Revoked,
                     previous: lost.previous,
                     cause: AccessCause::Resume,
-                    call: Some(lost.call),
+                    call: Some(lost.call.into()),
                     data: None,
                     context: None,
                 },
@@ -300,11 +301,11 @@ impl Engine {
         }
     }
 
-    fn push_calls_on_dn(&self, out: &mut Vec<Output>, conn: ConnId, dn: &str) {
+    fn push_calls_on_dn(&self, out: &mut Vec<Output>, conn: ConnId, dn: &Dn) {
         let Some(calls) = self.dn_calls.get(dn) else {
             return;
         };
-        let mut ordered: Vec<(&String, &Call)> = calls
+        let mut ordered: Vec<(&CallId, &Call)> = calls
             .iter()
             .filter_map(|id| self.calls.get(id).map(|c| (id, c)))
             .collect();
@@ -316,10 +317,10 @@ impl Engine {
                     conn,
                     None,
                     ServerMsg::CallAlerting {
-                        call: id.clone(),
-                        dn: dn.to_owned(),
-                        record: self.record_of_call(id).map(|(r, _)| r),
-                        consult_of: call.consult_of.clone(),
+                        call: id.into(),
+                        dn: dn.into(),
+                        record: self.record_of_call(id).map(|(r, _)| r.into()),
+                        consult_of: call.consult_of.as_ref().map(String::from),
                     },
                 ),
                 Some(PartyState::Established | PartyState::Dialing) => Self::send(
@@ -327,8 +328,8 @@ impl Engine {
                     conn,
                     None,
                     ServerMsg::CallEstablished {
-                        call: id.clone(),
-                        dn: dn.to_owned(),
+                        call: id.into(),
+                        dn: dn.into(),
                     },
                 ),
                 None => {}
@@ -336,12 +337,20 @@ impl Engine {
         }
     }
 
-    fn fresh_login(&mut self, out: &mut Vec<Output>, conn: ConnId, r#ref: Option<u64>, l: &Login) {
+    fn fresh_login(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        l: &Login,
+        agent: &AgentId,
+        dn: &Dn,
+    ) {
         let session = self.new_session_token();
         self.agents.insert(
-            l.agent.clone(),
+            agent.clone(),
             Agent {
-                dn: l.dn.clone(),
+                dn: dn.clone(),
                 conn: Some(conn),
                 session: session.clone(),
                 away_since_ms: None,
@@ -349,10 +358,10 @@ impl Engine {
                 lost_while_away: BTreeMap::new(),
             },
         );
-        self.monitor_dn(&l.dn, &l.agent);
-        self.dirty_agents.insert(l.agent.clone());
+        self.monitor_dn(dn, agent);
+        self.dirty_agents.insert(agent.clone());
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.agent = Some(l.agent.clone());
+            c.agent = Some(agent.clone());
         }
         Self::send(
             out,
@@ -365,10 +374,10 @@ impl Engine {
                 resumed: false,
             },
         );
-        let (agent, dn) = (l.agent.clone(), l.dn.clone());
+        let (agent_s, dn_s) = (l.agent.clone(), l.dn.clone());
         self.audit(out, AuditKind::Login, |e| {
-            e.agent = Some(agent);
-            e.dn = Some(dn);
+            e.agent = Some(agent_s);
+            e.dn = Some(dn_s);
             e.cause = Some(SessionCause::Desktop.as_str().to_owned());
         });
         self.tell_switches(
@@ -380,17 +389,17 @@ impl Engine {
         );
         self.broadcast_monitor(out);
         // Calls already on the DN: show them, and take what nobody holds (rule 9).
-        self.push_calls_on_dn(out, conn, &l.dn);
-        let calls: Vec<String> = self
+        self.push_calls_on_dn(out, conn, dn);
+        let calls: Vec<CallId> = self
             .dn_calls
-            .get(&l.dn)
+            .get(dn)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
         for call in calls {
-            let established = self.calls.get(&call).and_then(|c| c.parties.get(&l.dn))
+            let established = self.calls.get(&call).and_then(|c| c.parties.get(dn))
                 == Some(PartyState::Established);
             if established {
-                self.grant_for_party(out, &call, &l.agent, true);
+                self.grant_for_party(out, &call, agent, true);
             }
         }
     }
@@ -400,7 +409,7 @@ impl Engine {
     pub(super) fn end_agent(
         &mut self,
         out: &mut Vec<Output>,
-        agent: &str,
+        agent: &AgentId,
         cause: Option<LogoutCause>,
         tell_switch: bool,
         audit_cause: SessionCause,
@@ -411,7 +420,7 @@ impl Engine {
         if let Some(cause) = cause {
             self.push_agent(out, agent, ServerMsg::LoggedOut { cause });
         }
-        let held: Vec<String> = self
+        let held: Vec<RecordId> = self
             .agent_records
             .get(agent)
             .map(|s| s.iter().cloned().collect())
@@ -420,8 +429,8 @@ impl Engine {
             self.set_access(out, &record, agent, Access::Revoked, AccessCause::Logout);
         }
         self.agents.remove(agent);
-        self.dirty_agents.insert(agent.to_owned());
-        if self.dn_agent.get(&a.dn).map(String::as_str) == Some(agent) {
+        self.dirty_agents.insert(agent.clone());
+        if self.dn_agent.get(&a.dn) == Some(agent) {
             self.unmonitor_dn(&a.dn);
         }
         if let Some(conn) = a.conn {
@@ -429,7 +438,7 @@ impl Engine {
                 c.agent = None;
             }
         }
-        let (agent_s, dn) = (agent.to_owned(), a.dn.clone());
+        let (agent_s, dn) = (String::from(agent), String::from(&a.dn));
         let cause_s = audit_cause.as_str().to_owned();
         self.audit(out, AuditKind::Logout, |e| {
             e.agent = Some(agent_s);
@@ -440,15 +449,15 @@ impl Engine {
             self.tell_switches(
                 out,
                 ServerMsg::AgentLogout {
-                    dn: a.dn.clone(),
-                    agent: agent.to_owned(),
+                    dn: String::from(&a.dn),
+                    agent: agent.into(),
                 },
             );
         }
         self.broadcast_monitor(out);
     }
 
-    fn full_live_records(&self, agent: &str) -> Vec<String> {
+    fn full_live_records(&self, agent: &AgentId) -> Vec<RecordId> {
         self.agent_records
             .get(agent)
             .map(|set| {
@@ -486,7 +495,14 @@ impl Engine {
                 a.logout_pending = true;
                 self.pending_logouts.insert(agent.clone());
             }
-            Self::send(out, conn, r#ref, ServerMsg::LogoutPending { records: held });
+            Self::send(
+                out,
+                conn,
+                r#ref,
+                ServerMsg::LogoutPending {
+                    records: held.iter().map(String::from).collect(),
+                },
+            );
             return;
         }
         for record in &held {
@@ -519,7 +535,7 @@ impl Engine {
         if self.pending_logouts.is_empty() {
             return;
         }
-        let pending: Vec<String> = self.pending_logouts.iter().cloned().collect();
+        let pending: Vec<AgentId> = self.pending_logouts.iter().cloned().collect();
         for agent in pending {
             if !self.agents.get(&agent).is_some_and(|a| a.logout_pending) {
                 self.pending_logouts.remove(&agent);
@@ -541,11 +557,16 @@ impl Engine {
     /// The phone says `agent` logged in on `dn`. An echo of our own login changes nothing; a
     /// conflicting desktop session yields to the phone.
     pub(super) fn phone_login(&mut self, out: &mut Vec<Output>, e: DnAgent) {
-        if self.agents.get(&e.agent).is_some_and(|a| a.dn == e.dn) {
+        let agent = AgentId::from(e.agent.as_str());
+        if self
+            .agents
+            .get(&agent)
+            .is_some_and(|a| a.dn.as_str() == e.dn)
+        {
             return;
         }
         let mut changed = false;
-        if let Some(other) = self.dn_agent.get(&e.dn).cloned() {
+        if let Some(other) = self.dn_agent.get(e.dn.as_str()).cloned() {
             self.end_agent(
                 out,
                 &other,
@@ -555,10 +576,10 @@ impl Engine {
             );
             changed = true;
         }
-        if self.agents.contains_key(&e.agent) {
+        if self.agents.contains_key(&agent) {
             self.end_agent(
                 out,
-                &e.agent,
+                &agent,
                 Some(LogoutCause::Phone),
                 false,
                 SessionCause::Phone,
@@ -572,10 +593,15 @@ impl Engine {
     }
 
     pub(super) fn phone_logout(&mut self, out: &mut Vec<Output>, e: DnAgent) {
-        if self.agents.get(&e.agent).is_some_and(|a| a.dn == e.dn) {
+        let agent = AgentId::from(e.agent.as_str());
+        if self
+            .agents
+            .get(&agent)
+            .is_some_and(|a| a.dn.as_str() == e.dn)
+        {
             self.end_agent(
                 out,
-                &e.agent,
+                &agent,
                 Some(LogoutCause::Phone),
                 false,
                 SessionCause::Phone,

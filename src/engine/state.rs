@@ -26,42 +26,42 @@ impl PartyState {
 /// The DNs on a call and their state, sorted by DN. A call has a handful, so a sorted vector
 /// beats a tree: one small allocation, and lookups that stay within a cache line or two.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Parties(pub(super) Vec<(String, PartyState)>);
+pub(super) struct Parties(pub(super) Vec<(Dn, PartyState)>);
 
 impl Parties {
-    pub(super) fn position(&self, dn: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(d, _)| d.as_str().cmp(dn))
+    pub(super) fn position(&self, dn: &Dn) -> Result<usize, usize> {
+        self.0.binary_search_by(|(d, _)| d.cmp(dn))
     }
-    pub(super) fn get(&self, dn: &str) -> Option<PartyState> {
+    pub(super) fn get(&self, dn: &Dn) -> Option<PartyState> {
         self.position(dn).ok().map(|i| self.0[i].1)
     }
-    pub(super) fn contains_key(&self, dn: &str) -> bool {
+    pub(super) fn contains_key(&self, dn: &Dn) -> bool {
         self.position(dn).is_ok()
     }
     /// Adds `dn` as `state` if it is not a party yet; `Established` also upgrades one alerting
     /// or dialing.
-    pub(super) fn add(&mut self, dn: &str, state: PartyState) {
+    pub(super) fn add(&mut self, dn: &Dn, state: PartyState) {
         match self.position(dn) {
             Ok(i) => {
                 if state == PartyState::Established {
                     self.0[i].1 = PartyState::Established;
                 }
             }
-            Err(i) => self.0.insert(i, (dn.to_owned(), state)),
+            Err(i) => self.0.insert(i, (dn.clone(), state)),
         }
     }
-    pub(super) fn remove(&mut self, dn: &str) -> Option<PartyState> {
+    pub(super) fn remove(&mut self, dn: &Dn) -> Option<PartyState> {
         self.position(dn).ok().map(|i| self.0.remove(i).1)
     }
     pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
     /// The DNs, in order.
-    pub(super) fn keys(&self) -> impl Iterator<Item = &String> {
+    pub(super) fn keys(&self) -> impl Iterator<Item = &Dn> {
         self.0.iter().map(|(d, _)| d)
     }
     /// The DNs that answered, in order.
-    pub(super) fn established(&self) -> impl Iterator<Item = &String> {
+    pub(super) fn established(&self) -> impl Iterator<Item = &Dn> {
         self.0
             .iter()
             .filter(|(_, p)| *p == PartyState::Established)
@@ -72,18 +72,18 @@ impl Parties {
 /// A sorted set of call ids: the calls on one DN, rarely more than two or three. Unlike a tree
 /// set it keeps its buffer when emptied, so a DN's next call needs no allocation for it.
 #[derive(Debug, Clone, Default)]
-pub(super) struct CallSet(Vec<String>);
+pub(super) struct CallSet(Vec<CallId>);
 
 impl CallSet {
-    pub(super) fn position(&self, call: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|c| c.as_str().cmp(call))
+    pub(super) fn position(&self, call: &CallId) -> Result<usize, usize> {
+        self.0.binary_search(call)
     }
-    pub(super) fn insert(&mut self, call: &str) {
+    pub(super) fn insert(&mut self, call: &CallId) {
         if let Err(i) = self.position(call) {
-            self.0.insert(i, call.to_owned());
+            self.0.insert(i, call.clone());
         }
     }
-    pub(super) fn remove(&mut self, call: &str) {
+    pub(super) fn remove(&mut self, call: &CallId) {
         if let Ok(i) = self.position(call) {
             self.0.remove(i);
         }
@@ -92,7 +92,7 @@ impl CallSet {
         self.0.is_empty()
     }
     /// The calls, in order.
-    pub(super) fn iter(&self) -> std::slice::Iter<'_, String> {
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, CallId> {
         self.0.iter()
     }
 }
@@ -104,9 +104,9 @@ pub(super) struct Call {
     /// The keys of `ani_calls` this call is filed under, so that ending it touches only those.
     pub(super) ani_keys: Vec<String>,
     /// The call this one is a consultation of.
-    pub(super) consult_of: Option<String>,
+    pub(super) consult_of: Option<CallId>,
     /// The DN that placed the call (`Ringing.from_dn`), if the switch said.
-    pub(super) caller: Option<String>,
+    pub(super) caller: Option<Dn>,
     /// Set once a consultation has ended (released, transferred or conferenced): it grants nothing more.
     pub(super) consult_over: bool,
     /// Creation order, to prefer the most recent call when linking by ANI.
@@ -119,7 +119,7 @@ pub(super) struct Call {
 
 #[derive(Debug, Clone)]
 pub(super) struct Agent {
-    pub(super) dn: String,
+    pub(super) dn: Dn,
     pub(super) conn: Option<ConnId>,
     pub(super) session: String,
     /// When the desktop dropped; `None` while connected.
@@ -128,7 +128,7 @@ pub(super) struct Agent {
     /// Records revoked recently (record -> access before, when, the record's call), replayed as
     /// `revoked` on resume. Kept while connected too: frames sent just before a drop may never
     /// have arrived. The call is kept here because the record may have left memory by then.
-    pub(super) lost_while_away: BTreeMap<String, Lost>,
+    pub(super) lost_while_away: BTreeMap<RecordId, Lost>,
 }
 
 /// A revocation the desktop may not have heard of: the access it had, when, the record's call.
@@ -136,25 +136,25 @@ pub(super) struct Agent {
 pub(super) struct Lost {
     pub(super) previous: Access,
     pub(super) at_ms: u64,
-    pub(super) call: String,
+    pub(super) call: CallId,
 }
 
 impl Agent {
     /// Remembers a revocation for a possible resume, forgetting ones too old to matter.
     pub(super) fn note_lost(
         &mut self,
-        record: &str,
+        record: &RecordId,
         previous: Access,
-        call: &str,
+        call: &CallId,
         now_ms: u64,
         window_ms: u64,
     ) {
         self.lost_while_away.insert(
-            record.to_owned(),
+            record.clone(),
             Lost {
                 previous,
                 at_ms: now_ms,
-                call: call.to_owned(),
+                call: call.clone(),
             },
         );
         if self.conn.is_some() && self.lost_while_away.len() > 64 {
@@ -167,7 +167,7 @@ impl Agent {
 /// A record as it is kept, in memory and on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Record {
-    pub(super) call: String,
+    pub(super) call: CallId,
     pub(super) campaign: String,
     pub(super) chain_n: u32,
     pub(super) phone: Option<String>,
@@ -176,7 +176,7 @@ pub(super) struct Record {
     pub(super) context: Context,
     pub(super) version: u64,
     pub(super) final_: Option<FinalInfo>,
-    pub(super) holders: BTreeMap<String, Access>,
+    pub(super) holders: BTreeMap<AgentId, Access>,
     #[serde(rename = "orphaned_since")]
     pub(super) orphaned_since_ms: Option<u64>,
     /// For a final record in memory: since when, its key in `final_queue` (not stored).
@@ -193,7 +193,7 @@ impl Record {
             .iter()
             .filter(|(_, a)| a.is_granted())
             .map(|(agent, access)| Holder {
-                agent: agent.clone(),
+                agent: agent.into(),
                 access: *access,
             })
             .collect()
@@ -203,12 +203,12 @@ impl Record {
 #[derive(Debug, Clone)]
 pub(super) struct ConnState {
     pub(super) role: Role,
-    pub(super) agent: Option<String>,
+    pub(super) agent: Option<AgentId>,
 }
 
 /// A logged-in agent as it is kept on disk, so that its desktop can resume after a restart.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct AgentState {
-    pub(super) dn: String,
+    pub(super) dn: Dn,
     pub(super) session: String,
 }

@@ -89,14 +89,14 @@ impl Engine {
     /// forget it. A consultation is over (its read-only access ends, rule 5); the holders of a
     /// customer call's record keep their access to finish it, as when a call ends; a record
     /// nobody holds starts its orphan clock. Desktops on its DNs are told `CallCleared`.
-    fn drop_idle_call(&mut self, out: &mut Vec<Output>, call: &str) {
+    fn drop_idle_call(&mut self, out: &mut Vec<Output>, call: &CallId) {
         let Some(c) = self.calls.get(call) else {
             return;
         };
-        let dns: Vec<String> = c.parties.keys().cloned().collect();
+        let dns: Vec<Dn> = c.parties.keys().cloned().collect();
         let idle_ms = self.now_ms.saturating_sub(c.last_event_ms);
         tracing::warn!(
-            call,
+            call = call.as_str(),
             idle_ms,
             parties = ?dns,
             "dropping a call the switch never ended: no telephony event for call_idle_timeout_ms ({} ms)",
@@ -107,8 +107,8 @@ impl Engine {
                 out,
                 dn,
                 ServerMsg::CallCleared {
-                    call: call.to_owned(),
-                    dn: dn.clone(),
+                    call: call.into(),
+                    dn: dn.into(),
                     cause: ClearCause::IdleTimeout.as_str().to_owned(),
                 },
             );
@@ -119,7 +119,7 @@ impl Engine {
             }
             for dn in &dns {
                 if let Some(a) = self.agent_on(dn) {
-                    if self.access_of(&record, &a) == Some(Access::ReadOnly) {
+                    if self.access_to(&record, &a) == Some(Access::ReadOnly) {
                         self.set_access(out, &record, &a, Access::Revoked, AccessCause::Released);
                     }
                 }
