@@ -57,27 +57,13 @@ impl Engine {
         let previous = previous.unwrap_or(Access::Revoked);
         if access.is_granted() {
             rec.orphaned_since_ms = None;
-            match self.agent_records.get_mut(agent) {
-                Some(held) => {
-                    if !held.contains(record) {
-                        held.insert(record.clone());
-                    }
-                }
-                None => {
-                    self.agent_records
-                        .insert(agent.clone(), BTreeSet::from([record.clone()]));
-                }
-            }
-        } else if let Some(set) = self.agent_records.get_mut(agent) {
-            set.remove(record);
-            if set.is_empty() {
-                self.agent_records.remove(agent);
-            }
+            self.agent_records.insert((agent.clone(), record.clone()));
+        } else {
+            self.agent_records.remove(&(agent.clone(), record.clone()));
         }
         assert_eq!(
             self.agent_records
-                .get(agent)
-                .is_some_and(|held| held.contains(record)),
+                .contains(&(agent.clone(), record.clone())),
             access.is_granted(),
             "agent_records lists exactly the records an agent holds"
         );
@@ -203,12 +189,7 @@ impl Engine {
             e.cause = Some(outcome.as_str().to_owned());
         });
         for (h, previous) in holders {
-            if let Some(set) = self.agent_records.get_mut(&h) {
-                set.remove(record);
-                if set.is_empty() {
-                    self.agent_records.remove(&h);
-                }
-            }
+            self.agent_records.remove(&(h.clone(), record.clone()));
             let window_ms = self.lost_window_ms();
             if let Some(a) = self.agents.get_mut(&h) {
                 a.note_lost(record, previous, &call, now_ms, window_ms);

@@ -106,24 +106,12 @@ impl Engine {
 
     pub(super) fn add_party(&mut self, call: &CallId, dn: &Dn, state: PartyState) {
         self.call_entry(call).parties.add(dn, state);
-        match self.dn_calls.get_mut(dn) {
-            Some(set) => set.insert(call),
-            None => {
-                let mut set = CallSet::default();
-                set.insert(call);
-                self.dn_calls.insert(dn.clone(), set);
-            }
-        }
+        self.dn_calls.insert((dn.clone(), call.clone()));
     }
 
-    /// Takes `call` off `dn`'s calls, dropping the entry of an unmonitored DN left without any.
+    /// Takes `call` off `dn`'s calls.
     fn unfile_call(&mut self, dn: &Dn, call: &CallId) {
-        if let Some(set) = self.dn_calls.get_mut(dn) {
-            set.remove(call);
-            if set.is_empty() && !self.dn_agent.contains_key(dn) {
-                self.dn_calls.remove(dn);
-            }
-        }
+        self.dn_calls.remove(&(dn.clone(), call.clone()));
     }
 
     pub(super) fn remove_party(&mut self, call: &CallId, dn: &Dn) -> Option<PartyState> {
@@ -261,7 +249,7 @@ impl Engine {
     }
 
     fn find_consultation(&self, call: &CallId, dn: &Dn) -> Option<CallId> {
-        self.dn_calls.get(dn)?.iter().find_map(|id| {
+        self.calls_on(dn).find_map(|id| {
             let c = self.calls.get(id)?;
             (c.consult_of.as_ref() == Some(call) && !c.consult_over).then(|| id.clone())
         })

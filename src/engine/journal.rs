@@ -16,6 +16,9 @@ use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 
+/// Entries a journal keeps room for between batches; a batch that needed more gives it back.
+const JOURNAL_KEPT_CAPACITY: usize = 1024;
+
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A hash map whose changes during an open batch can be undone.
@@ -93,24 +96,6 @@ impl<K: Eq + Hash + Clone, V: Clone> JMap<K, V> {
         self.map.get_mut(key).expect("present or inserted above")
     }
 
-    /// Keeps the entries for which `keep` is true (`keep` sees them read-only: a change made
-    /// there would escape the journal).
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
-        if self.open {
-            let gone: Vec<K> = self
-                .map
-                .iter()
-                .filter(|&(k, v)| !keep(k, v))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in gone {
-                self.remove(&k);
-            }
-        } else {
-            self.map.retain(|k, v| keep(k, v));
-        }
-    }
-
     /// Replaces everything; only outside a batch (a restore is not undone).
     pub(crate) fn replace_all(&mut self, map: FastMap<K, V>) {
         assert!(!self.open, "a restore cannot be part of a batch");
@@ -123,7 +108,14 @@ impl<K: Eq + Hash + Clone, V: Clone> JMap<K, V> {
     }
 
     pub(crate) fn commit(&mut self) {
-        self.undo.clear();
+        // Clearing costs as much as the table is large, not as full: after one big batch (a
+        // restore's aftermath, a burst of attaches) the journal would make every small batch
+        // after it pay for that size, so a large one is let go instead.
+        if self.undo.capacity() > JOURNAL_KEPT_CAPACITY {
+            self.undo = FastMap::default();
+        } else {
+            self.undo.clear();
+        }
         self.open = false;
     }
 
@@ -229,7 +221,11 @@ impl<T: Ord + Clone> JSet<T> {
     }
 
     pub(crate) fn commit(&mut self) {
-        self.log.clear();
+        if self.log.capacity() > JOURNAL_KEPT_CAPACITY {
+            self.log = Vec::new();
+        } else {
+            self.log.clear();
+        }
         self.open = false;
     }
 
@@ -267,7 +263,7 @@ mod tests {
         m.remove("b");
         m.insert("c".into(), 3);
         *m.get_or_default("d") += 4;
-        m.retain(|k, _| k != "c");
+        m.remove("c");
         m.rollback();
         let mut all: Vec<(String, u32)> = m.iter().map(|(k, v)| (k.clone(), *v)).collect();
         all.sort();

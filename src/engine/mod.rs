@@ -153,16 +153,20 @@ pub struct Engine {
     /// logout sends it.
     monitored: Vec<Dn>,
     calls: JMap<CallId, Call>,
-    /// DN -> live calls with a party on it. A monitored DN keeps its entry while it has no call,
-    /// so that calls coming and going do not allocate the key over and over; other DNs lose it.
-    dn_calls: JMap<Dn, CallSet>,
+    /// (DN, call) for each live call with a party on the DN, sorted by DN so that one DN's calls
+    /// are one range ([`Engine::calls_on`]); pairs, so that the undo journal notes only the pair
+    /// a change adds or removes, however many calls the DN is on.
+    dn_calls: JSet<(Dn, CallId)>,
     /// Effective ANI (the call's, or its record's phone) -> calls, for linking consultations.
     ani_calls: JMap<String, BTreeSet<CallId>>,
     records: JMap<RecordId, Record>,
     /// Call -> the live record attached to it.
     call_record: JMap<CallId, RecordId>,
-    /// Agent -> records it holds with `full` or `read_only`.
-    agent_records: JMap<AgentId, BTreeSet<RecordId>>,
+    /// (agent, record) for each record an agent holds with `full` or `read_only`, sorted by agent
+    /// so that one agent's records are one range ([`Engine::held_by`]). Pairs rather than a set
+    /// per agent, so that the undo journal notes the one pair a change adds or removes, not the
+    /// whole set of an agent who holds many.
+    agent_records: JSet<(AgentId, RecordId)>,
     grace_deadlines: JSet<(u64, AgentId)>,
     orphan_deadlines: JSet<(u64, RecordId)>,
     audit_seq: u64,
@@ -218,11 +222,11 @@ impl Engine {
             dn_agent: JMap::default(),
             monitored: Vec::new(),
             calls: JMap::default(),
-            dn_calls: JMap::default(),
+            dn_calls: JSet::default(),
             ani_calls: JMap::default(),
             records: JMap::default(),
             call_record: JMap::default(),
-            agent_records: JMap::default(),
+            agent_records: JSet::default(),
             grace_deadlines: JSet::default(),
             orphan_deadlines: JSet::default(),
             audit_seq: 0,
@@ -270,6 +274,24 @@ impl Engine {
     }
 
     /// Counts for `Status` (and for tests).
+    /// The calls `dn` is on, in order.
+    fn calls_on<'a>(&'a self, dn: &'a Dn) -> impl Iterator<Item = &'a CallId> {
+        let from = (dn.clone(), CallId::from(""));
+        self.dn_calls
+            .range(from..)
+            .take_while(move |(d, _)| d == dn)
+            .map(|(_, c)| c)
+    }
+
+    /// The records `agent` holds with `full` or `read_only`, in order.
+    fn held_by<'a>(&'a self, agent: &'a AgentId) -> impl Iterator<Item = &'a RecordId> {
+        let from = (agent.clone(), RecordId::from(""));
+        self.agent_records
+            .range(from..)
+            .take_while(move |(a, _)| a == agent)
+            .map(|(_, r)| r)
+    }
+
     /// Records how the server's start went, for `Status` to report.
     pub fn set_startup(&mut self, startup: Startup) {
         self.startup = startup;
@@ -456,11 +478,11 @@ impl Engine {
             self.monitored
         );
         let _ = writeln!(d, "calls {:?}", sorted(&self.calls));
-        let _ = writeln!(d, "dn_calls {:?}", sorted(&self.dn_calls));
+        let _ = writeln!(d, "dn_calls {:?}", *self.dn_calls);
         let _ = writeln!(d, "ani_calls {:?}", sorted(&self.ani_calls));
         let _ = writeln!(d, "records {:?}", sorted(&self.records));
         let _ = writeln!(d, "call_record {:?}", sorted(&self.call_record));
-        let _ = writeln!(d, "agent_records {:?}", sorted(&self.agent_records));
+        let _ = writeln!(d, "agent_records {:?}", *self.agent_records);
         let _ = writeln!(
             d,
             "grace {:?} orphan {:?} pending_logouts {:?}",

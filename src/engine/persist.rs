@@ -141,7 +141,7 @@ impl Engine {
         self.finals = finals;
         self.final_queue.clear();
         self.call_record.replace_all(FastMap::default());
-        self.agent_records.replace_all(FastMap::default());
+        self.agent_records.clear();
         self.orphan_deadlines.clear();
         for (id, rec) in self.records.iter() {
             if rec.final_.is_none() {
@@ -153,7 +153,7 @@ impl Engine {
             }
             for (agent, access) in &rec.holders {
                 if access.is_granted() {
-                    self.agent_records.get_or_default(agent).insert(id.clone());
+                    self.agent_records.insert((agent.clone(), id.clone()));
                 }
             }
         }
@@ -190,9 +190,6 @@ impl Engine {
                 },
             );
         }
-        let dn_agent = &self.dn_agent;
-        self.dn_calls
-            .retain(|dn, calls| !calls.is_empty() || dn_agent.contains_key(dn));
         let unbound: Vec<ConnId> = self
             .conns
             .iter()

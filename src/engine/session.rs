@@ -23,9 +23,6 @@ impl Engine {
             if let Ok(i) = self.monitored.binary_search(dn) {
                 self.monitored.remove(i);
             }
-            if self.dn_calls.get(dn).is_some_and(CallSet::is_empty) {
-                self.dn_calls.remove(dn);
-            }
         }
         assert_eq!(
             self.monitored.len(),
@@ -259,8 +256,8 @@ impl Engine {
         lost: BTreeMap<RecordId, Lost>,
     ) {
         self.push_calls_on_dn(out, conn, dn);
-        if let Some(held) = self.agent_records.get(agent) {
-            for record in held {
+        {
+            for record in self.held_by(agent) {
                 let Some(rec) = self.records.get(record) else {
                     continue;
                 };
@@ -302,11 +299,8 @@ impl Engine {
     }
 
     fn push_calls_on_dn(&self, out: &mut Vec<Output>, conn: ConnId, dn: &Dn) {
-        let Some(calls) = self.dn_calls.get(dn) else {
-            return;
-        };
-        let mut ordered: Vec<(&CallId, &Call)> = calls
-            .iter()
+        let mut ordered: Vec<(&CallId, &Call)> = self
+            .calls_on(dn)
             .filter_map(|id| self.calls.get(id).map(|c| (id, c)))
             .collect();
         ordered.sort_by_key(|(_, c)| c.order);
@@ -390,11 +384,7 @@ impl Engine {
         self.broadcast_monitor(out);
         // Calls already on the DN: show them, and take what nobody holds (rule 9).
         self.push_calls_on_dn(out, conn, dn);
-        let calls: Vec<CallId> = self
-            .dn_calls
-            .get(dn)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let calls: Vec<CallId> = self.calls_on(dn).cloned().collect();
         for call in calls {
             let established = self.calls.get(&call).and_then(|c| c.parties.get(dn))
                 == Some(PartyState::Established);
@@ -420,11 +410,7 @@ impl Engine {
         if let Some(cause) = cause {
             self.push_agent(out, agent, ServerMsg::LoggedOut { cause });
         }
-        let held: Vec<RecordId> = self
-            .agent_records
-            .get(agent)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let held: Vec<RecordId> = self.held_by(agent).cloned().collect();
         for record in held {
             self.set_access(out, &record, agent, Access::Revoked, AccessCause::Logout);
         }
@@ -458,19 +444,14 @@ impl Engine {
     }
 
     fn full_live_records(&self, agent: &AgentId) -> Vec<RecordId> {
-        self.agent_records
-            .get(agent)
-            .map(|set| {
-                set.iter()
-                    .filter(|r| {
-                        self.records.get(*r).is_some_and(|rec| {
-                            rec.final_.is_none() && rec.holders.get(agent) == Some(&Access::Full)
-                        })
-                    })
-                    .cloned()
-                    .collect()
+        self.held_by(agent)
+            .filter(|r| {
+                self.records.get(*r).is_some_and(|rec| {
+                    rec.final_.is_none() && rec.holders.get(agent) == Some(&Access::Full)
+                })
             })
-            .unwrap_or_default()
+            .cloned()
+            .collect()
     }
 
     pub(super) fn logout_request(

@@ -69,34 +69,6 @@ impl Parties {
     }
 }
 
-/// A sorted set of call ids: the calls on one DN, rarely more than two or three. Unlike a tree
-/// set it keeps its buffer when emptied, so a DN's next call needs no allocation for it.
-#[derive(Debug, Clone, Default)]
-pub(super) struct CallSet(Vec<CallId>);
-
-impl CallSet {
-    pub(super) fn position(&self, call: &CallId) -> Result<usize, usize> {
-        self.0.binary_search(call)
-    }
-    pub(super) fn insert(&mut self, call: &CallId) {
-        if let Err(i) = self.position(call) {
-            self.0.insert(i, call.clone());
-        }
-    }
-    pub(super) fn remove(&mut self, call: &CallId) {
-        if let Ok(i) = self.position(call) {
-            self.0.remove(i);
-        }
-    }
-    pub(super) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-    /// The calls, in order.
-    pub(super) fn iter(&self) -> std::slice::Iter<'_, CallId> {
-        self.0.iter()
-    }
-}
-
 #[derive(Debug, Clone)]
 pub(super) struct Call {
     pub(super) parties: Parties,
