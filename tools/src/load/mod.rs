@@ -210,13 +210,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
                 .into_iter()
                 .map(|grp| tokio::spawn(mix_worker(run.clone(), grp)))
                 .collect();
-            for h in handles {
-                match h.await {
-                    Ok(Ok(s)) => stats.merge(s),
-                    Ok(Err(e)) => stats.error(format!("connection: {e}")),
-                    Err(e) => stats.error(format!("worker panicked: {e}")),
-                }
-            }
+            join_workers(handles, &mut stats).await;
             elapsed = start.elapsed();
             ticker.abort();
             run.rss_mark_catch_up();
@@ -295,13 +289,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
                 .zip(targets)
                 .map(|((desk, _), target)| tokio::spawn(request_worker(run.clone(), desk, target)))
                 .collect();
-            for h in handles {
-                match h.await {
-                    Ok(Ok(s)) => stats.merge(s),
-                    Ok(Err(e)) => stats.error(format!("connection: {e}")),
-                    Err(e) => stats.error(format!("worker panicked: {e}")),
-                }
-            }
+            join_workers(handles, &mut stats).await;
             elapsed = start.elapsed();
             ticker.abort();
             run.rss_mark_catch_up();
@@ -321,13 +309,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
                 .into_iter()
                 .map(|dialer| tokio::spawn(attach_worker(run.clone(), dialer)))
                 .collect();
-            for h in handles {
-                match h.await {
-                    Ok(Ok(s)) => stats.merge(s),
-                    Ok(Err(e)) => stats.error(format!("connection: {e}")),
-                    Err(e) => stats.error(format!("worker panicked: {e}")),
-                }
-            }
+            join_workers(handles, &mut stats).await;
             elapsed = start.elapsed();
             ticker.abort();
             run.rss_mark_catch_up();

@@ -130,3 +130,18 @@ impl Run {
         }
     }
 }
+
+/// Waits for every worker, merging what each measured; a worker that failed or panicked counts as
+/// an error of the run.
+pub(crate) async fn join_workers(
+    handles: Vec<tokio::task::JoinHandle<Result<Stats, ClientError>>>,
+    stats: &mut Stats,
+) {
+    for h in handles {
+        match h.await {
+            Ok(Ok(s)) => stats.merge(s),
+            Ok(Err(e)) => stats.error(format!("connection: {e}")),
+            Err(e) => stats.error(format!("worker panicked: {e}")),
+        }
+    }
+}
