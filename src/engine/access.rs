@@ -5,6 +5,36 @@
 use super::*;
 
 impl Engine {
+    /// True if `record` exists and is not final; otherwise answers `no_such_record` or
+    /// `already_final` (with winner and outcome) and returns false. For the admin's and the
+    /// dialer's requests, which have no holder to check.
+    pub(super) fn is_live_or_refused(
+        &self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        record: &RecordId,
+    ) -> bool {
+        match self.records.get(record) {
+            None => {
+                Self::send(
+                    out,
+                    conn,
+                    r#ref,
+                    ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {record}")),
+                );
+                false
+            }
+            Some(rec) => match &rec.final_ {
+                Some(f) => {
+                    Self::send(out, conn, r#ref, already_final_error(record, f));
+                    false
+                }
+                None => true,
+            },
+        }
+    }
+
     /// How far back a revocation may have gone unheard: a connection can be dead for up to three
     /// heartbeats before the server notices, plus a second for frames still in flight.
     pub(super) fn lost_window_ms(&self) -> u64 {

@@ -61,17 +61,7 @@ impl Engine {
         r: ReleaseRecord,
     ) {
         let record = RecordId::from(r.record);
-        let Some(rec) = self.records.get(&record) else {
-            Self::send(
-                out,
-                conn,
-                r#ref,
-                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {record}")),
-            );
-            return;
-        };
-        if let Some(f) = &rec.final_ {
-            Self::send(out, conn, r#ref, already_final_error(&record, f));
+        if !self.is_live_or_refused(out, conn, r#ref, &record) {
             return;
         }
         let extra = FinalExtra {

@@ -144,17 +144,7 @@ impl Engine {
         c: RecordRef,
     ) {
         let record = RecordId::from(c.record);
-        let Some(rec) = self.records.get(&record) else {
-            Self::send(
-                out,
-                conn,
-                r#ref,
-                ServerMsg::error(ErrorCode::NoSuchRecord, format!("no record {record}")),
-            );
-            return;
-        };
-        if let Some(f) = &rec.final_ {
-            Self::send(out, conn, r#ref, already_final_error(&record, f));
+        if !self.is_live_or_refused(out, conn, r#ref, &record) {
             return;
         }
         self.finalize(

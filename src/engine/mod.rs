@@ -39,7 +39,7 @@ mod timers;
 use crate::messages::*;
 use crate::store::records::{decode, encode, parse_records};
 use crate::store::{Snapshot, WriteBatch};
-use access::{already_final_error, FinalExtra};
+use access::FinalExtra;
 use causes::{ClearCause, FinalBy, RecordState, SessionCause};
 use ids::{AgentId, CallId, Dn, RecordId};
 use journal::{FastMap, JMap, JSet};
