@@ -4,7 +4,7 @@
 //! one JSON object per line (`--json`, for jq). The address and admin token come from the same
 //! config file the server reads, so an operator types nothing secret on the command line.
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, ClientTls, TlsArgs};
 use crate::config::Config;
 use crate::messages::*;
 use std::io::Write;
@@ -12,10 +12,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Where and how to reach the server as an admin.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub token: String,
+    /// Set when the server speaks TLS.
+    pub tls: Option<ClientTls>,
 }
 
 impl Target {
@@ -31,11 +33,18 @@ impl Target {
         Target {
             addr,
             token: config.tokens.admin.clone(),
+            tls: None,
         }
     }
 
-    async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect(self.addr, Role::Admin, &self.token).await
+    /// Connects as an admin.
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        self.connect_as(Role::Admin, &self.token).await
+    }
+
+    /// Connects to the same server with another role's token.
+    pub async fn connect_as(&self, role: Role, token: &str) -> Result<Client, ClientError> {
+        Client::connect_with(self.addr, self.tls.as_ref(), role, token).await
     }
 }
 
@@ -259,9 +268,12 @@ pub struct AdminConn {
     /// Server address (overrides the config's `listen`).
     #[arg(long)]
     pub addr: Option<SocketAddr>,
-    /// Admin token (overrides the config's `tokens.admin`).
+    /// Admin token (overrides the config's `tokens.admin`; prefer the config file, which
+    /// other users of the machine cannot read in the process list).
     #[arg(long)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl AdminConn {
@@ -275,6 +287,7 @@ impl AdminConn {
         if let Some(token) = &self.token {
             target.token = token.clone();
         }
+        target.tls = self.tls.client_tls(config.tls.is_some())?;
         Ok(target)
     }
 }

@@ -10,8 +10,15 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
 /// Largest frame the client accepts from a server.
@@ -34,11 +41,182 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("server refused: {code}: {message}")]
     Refused { code: ErrorCode, message: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How to reach a server over TLS: whom to trust, the name its certificate must carry, and the
+/// client certificate to show where the server requires one.
+#[derive(Clone)]
+pub struct ClientTls {
+    connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Trusts the CA certificates of `ca` (PEM), or the system's when `None`; presents the
+    /// client certificate `cert` with its `key` when given.
+    pub fn new(
+        ca: Option<&std::path::Path>,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+        server_name: Option<&str>,
+    ) -> Result<ClientTls, ClientError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let tls = |m: String| ClientError::Tls(m);
+        let mut roots = RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| tls(format!("cannot read CA file {}: {e}", path.display())))?;
+                for cert in certs {
+                    roots
+                        .add(cert)
+                        .map_err(|e| tls(format!("CA file {}: {e}", path.display())))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(tls("no CA certificate to trust: pass --ca".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| tls(e.to_string()))?
+            .with_root_certificates(roots);
+        let config = match client {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| tls(format!("cannot read {}: {e}", cert.display())))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| tls(format!("cannot read {}: {e}", key.display())))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| tls(e.to_string()))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let server_name = server_name
+            .map(|n| {
+                ServerName::try_from(n.to_owned()).map_err(|e| tls(format!("server name {n}: {e}")))
+            })
+            .transpose()?;
+        Ok(ClientTls {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+
+    async fn wrap(&self, addr: SocketAddr, tcp: TcpStream) -> Result<ClientStream, ClientError> {
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let stream = self
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ClientError::Tls(format!("handshake with {addr}: {e}")))?;
+        Ok(ClientStream::Tls(Box::new(stream)))
+    }
+}
+
+/// The TLS options of the command-line tools (`baton status`, `baton load`, ...).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// Connect over TLS (implied by --ca, --cert, or a `[tls]` section in the config file).
+    #[arg(long)]
+    pub tls: bool,
+    /// CA certificates (PEM) that sign the server's certificate; default: the system's.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), for a server that requires one of this role.
+    #[arg(long, value_name = "PEM", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: the IP address dialled).
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The TLS settings these flags ask for; `config_has_tls` turns TLS on by itself.
+    pub fn client_tls(&self, config_has_tls: bool) -> Result<Option<ClientTls>, ClientError> {
+        let wanted = self.tls || self.ca.is_some() || self.cert.is_some() || config_has_tls;
+        if !wanted {
+            return Ok(None);
+        }
+        let client = self.cert.as_deref().zip(self.key.as_deref());
+        ClientTls::new(self.ca.as_deref(), client, self.server_name.as_deref()).map(Some)
+    }
 }
 
 /// One client connection.
 pub struct Client {
-    framed: Framed<TcpStream, FrameCodec>,
+    framed: Framed<ClientStream, FrameCodec>,
     next_ref: u64,
     backlog: VecDeque<Envelope>,
     timeout: Duration,
@@ -52,9 +230,40 @@ pub struct Client {
 impl Client {
     /// Opens a TCP connection without saying `Hello` (for raw protocol tests).
     pub async fn connect_raw(addr: SocketAddr) -> Result<Client, ClientError> {
+        Client::connect_raw_with(addr, None).await
+    }
+
+    /// Opens a connection, over TLS when `tls` is given, without saying `Hello`.
+    pub async fn connect_raw_with(
+        addr: SocketAddr,
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
+        Client::from_tcp(addr, stream, tls).await
+    }
+
+    /// Connects, over TLS when `tls` is given, and completes `Hello` for `role` with `token`.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        tls: Option<&ClientTls>,
+        role: Role,
+        token: &str,
+    ) -> Result<Client, ClientError> {
+        Client::hello(Client::connect_raw_with(addr, tls).await?, role, token).await
+    }
+
+    async fn from_tcp(
+        addr: SocketAddr,
+        stream: TcpStream,
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, ClientError> {
+        let _ = stream.set_nodelay(true);
+        let stream = match tls {
+            Some(tls) => tls.wrap(addr, stream).await?,
+            None => ClientStream::Plain(stream),
+        };
         Ok(Client::from_stream(stream))
     }
 
@@ -63,6 +272,7 @@ impl Client {
     pub async fn connect_from(
         addr: SocketAddr,
         local: std::net::IpAddr,
+        tls: Option<&ClientTls>,
         role: Role,
         token: &str,
     ) -> Result<Client, ClientError> {
@@ -76,11 +286,10 @@ impl Client {
             .connect(addr)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
-        Client::hello(Client::from_stream(stream), role, token).await
+        Client::hello(Client::from_tcp(addr, stream, tls).await?, role, token).await
     }
 
-    fn from_stream(stream: TcpStream) -> Client {
-        let _ = stream.set_nodelay(true);
+    fn from_stream(stream: ClientStream) -> Client {
         Client {
             framed: Framed::new(stream, FrameCodec::new(CLIENT_MAX_FRAME)),
             next_ref: 1,
@@ -101,7 +310,7 @@ impl Client {
         let hello = Request::Hello(Hello {
             protocol: PROTOCOL_VERSION,
             role: role.as_str().to_owned(),
-            token: token.to_owned(),
+            token: Some(token.to_owned()),
         });
         match client.request(hello).await? {
             ServerMsg::Welcome {
@@ -284,7 +493,7 @@ impl Client {
     }
 
     /// The underlying stream, for tests that need raw access.
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
+    pub fn stream_mut(&mut self) -> &mut ClientStream {
         self.framed.get_mut()
     }
 }

@@ -10,13 +10,116 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// One shared secret per client role; `Hello` must carry the one for the role it asks for.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// (Desktops need none when agents prove who they are at `Login`: see [`AgentAuth`].)
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tokens {
     pub desktop: String,
     pub dialer: String,
     pub switch: String,
     pub admin: String,
+    /// An admin token that may only read (`Status`, `RecordInfo`, `AuditTail`); none by default.
+    pub admin_read: Option<String>,
+}
+
+/// Secrets never reach a log line, not even through a `{:?}` of the whole configuration.
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &str| if s.is_empty() { "(empty)" } else { "(set)" };
+        f.debug_struct("Tokens")
+            .field("desktop", &hidden(&self.desktop))
+            .field("dialer", &hidden(&self.dialer))
+            .field("switch", &hidden(&self.switch))
+            .field("admin", &hidden(&self.admin))
+            .field("admin_read", &self.admin_read.as_deref().map(hidden))
+            .finish()
+    }
+}
+
+/// How a desktop proves which agent it is (`[auth] agents`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentAuth {
+    /// The agent id in `Login` is trusted: for the quick start and tests, on loopback only.
+    #[default]
+    Open,
+    /// A password checked against the agents file (argon2id hashes, optional allowed DNs).
+    Directory,
+    /// A bearer token (JWT) from the centre's identity provider, checked with its public keys.
+    Jwt,
+}
+
+impl AgentAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentAuth::Open => "open",
+            AgentAuth::Directory => "directory",
+            AgentAuth::Jwt => "jwt",
+        }
+    }
+}
+
+/// `[auth]`: agent identity at `Login`, and the throttling of failed logins.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub agents: AgentAuth,
+    /// `directory` mode: the agents file (`baton agents` manages it).
+    pub directory: PathBuf,
+    /// `jwt` mode: the identity provider's public keys, as a JWKS file.
+    pub jwt_keys: PathBuf,
+    /// `jwt` mode: the `iss` every token must carry (required in that mode).
+    pub jwt_issuer: Option<String>,
+    /// `jwt` mode: a value the token's `aud` must hold (required in that mode).
+    pub jwt_audience: Option<String>,
+    /// `jwt` mode: the claim holding the agent id.
+    pub jwt_agent_claim: String,
+    /// `jwt` mode: how far `exp` and `nbf` may be off, for clocks that disagree a little.
+    pub jwt_leeway_ms: u64,
+    /// Failed logins of one agent id within `failed_login_window_ms` before its logins are
+    /// refused unchecked until the window passes.
+    pub max_failed_logins_per_agent: u32,
+    /// The same bound for one peer address; much higher, as a whole centre may sit behind one
+    /// NAT address.
+    pub max_failed_logins_per_peer: u32,
+    pub failed_login_window_ms: u64,
+    /// Password checks run at once at most (each takes tens of milliseconds of one core and
+    /// 19 MiB); the rest wait their turn. 0 means one per core.
+    pub password_check_threads: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            agents: AgentAuth::Open,
+            directory: PathBuf::from("agents.toml"),
+            jwt_keys: PathBuf::from("jwks.json"),
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_agent_claim: "sub".into(),
+            jwt_leeway_ms: 30_000,
+            max_failed_logins_per_agent: 5,
+            max_failed_logins_per_peer: 500,
+            failed_login_window_ms: 60_000,
+            password_check_threads: 0,
+        }
+    }
+}
+
+/// `[tls]`: with `cert` and `key`, the port speaks only TLS 1.2 and 1.3.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Certificates (PEM) that sign the client certificates accepted.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Roles whose connections must present a certificate signed by `client_ca`.
+    #[serde(default)]
+    pub require_client_cert: Vec<String>,
 }
 
 impl Default for Tokens {
@@ -26,6 +129,7 @@ impl Default for Tokens {
             dialer: "dialer-secret".into(),
             switch: "switch-secret".into(),
             admin: "admin-secret".into(),
+            admin_read: None,
         }
     }
 }
@@ -76,6 +180,8 @@ pub struct Config {
     /// number is bounded like everything else a client can make the server hold.
     pub max_audit_tails_per_connection: usize,
     pub tokens: Tokens,
+    pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -99,6 +205,8 @@ impl Default for Config {
             store_cache_bytes: 256 * 1024 * 1024,
             max_audit_tails_per_connection: 4,
             tokens: Tokens::default(),
+            auth: AuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -197,11 +305,96 @@ impl Config {
         for bound in self.bounds() {
             bound.check()?;
         }
+        self.validate_security()
+    }
+
+    /// The identity and transport keys: modes that fit the listeners, what each mode needs, and
+    /// no well-known secret on a port other machines can reach.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let exposed = !self.listen.ip().is_loopback();
+        if exposed && self.auth.agents == AgentAuth::Open {
+            return invalid(format!(
+                "`[auth] agents = \"open\"` trusts any agent id a desktop sends, so it is for \
+                 loopback only, but `listen` = {} is reachable from other machines: set \
+                 `agents = \"directory\"` or `\"jwt\"` (see README, Securing Baton), or listen on \
+                 127.0.0.1",
+                self.listen
+            ));
+        }
+        if exposed {
+            let defaults = Tokens::default();
+            let t = &self.tokens;
+            for (key, value, default) in [
+                ("dialer", &t.dialer, &defaults.dialer),
+                ("switch", &t.switch, &defaults.switch),
+                ("admin", &t.admin, &defaults.admin),
+            ] {
+                if value == default {
+                    return invalid(format!(
+                        "`[tokens] {key}` is still the built-in default, which everybody knows, \
+                         and `listen` = {} is reachable from other machines: set a secret of your own",
+                        self.listen
+                    ));
+                }
+            }
+        }
+        let t = &self.tokens;
+        for (key, value) in [
+            ("desktop", Some(&t.desktop)),
+            ("dialer", Some(&t.dialer)),
+            ("switch", Some(&t.switch)),
+            ("admin", Some(&t.admin)),
+            ("admin_read", t.admin_read.as_ref()),
+        ] {
+            if value.is_some_and(|v| v.is_empty()) {
+                return invalid(format!("`[tokens] {key}` must not be empty"));
+            }
+        }
+        if t.admin_read.as_ref() == Some(&t.admin) {
+            return invalid(
+                "`[tokens] admin_read` is the same as `admin`: a read-only token must differ"
+                    .into(),
+            );
+        }
+        if self.auth.agents == AgentAuth::Jwt {
+            for (key, value) in [
+                ("jwt_issuer", &self.auth.jwt_issuer),
+                ("jwt_audience", &self.auth.jwt_audience),
+            ] {
+                if value.as_deref().unwrap_or("").is_empty() {
+                    return invalid(format!(
+                        "`[auth] {key}` is required with `agents = \"jwt\"`: a token is only \
+                         accepted from the centre's own identity provider, for Baton"
+                    ));
+                }
+            }
+            if self.auth.jwt_agent_claim.is_empty() {
+                return invalid("`[auth] jwt_agent_claim` must not be empty".into());
+            }
+        }
+        if let Some(tls) = &self.tls {
+            for role in &tls.require_client_cert {
+                if crate::messages::Role::parse(role).is_none() {
+                    return invalid(format!(
+                        "`[tls] require_client_cert`: unknown role `{role}` (expected desktop, \
+                         dialer, switch or admin)"
+                    ));
+                }
+            }
+            if !tls.require_client_cert.is_empty() && tls.client_ca.is_none() {
+                return invalid(
+                    "`[tls] require_client_cert` needs `client_ca`: the certificates that sign \
+                     the client certificates"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 
     /// Every numeric key with its allowed range and the reason for it.
-    fn bounds(&self) -> [Bound; 15] {
+    fn bounds(&self) -> [Bound; 20] {
         let n = |v: usize| v as u64;
         [
             Bound::new("max_frame_bytes", n(self.max_frame_bytes), MIN_FRAME_BYTES, MAX_FRAME_BYTES,
@@ -234,6 +427,16 @@ impl Config {
                 "an admin connection must be able to run a tail"),
             Bound::new("store_cache_bytes", self.store_cache_bytes, 1 << 20, 1 << 40,
                 "the store needs some memory for its pages"),
+            Bound::new("auth.jwt_leeway_ms", self.auth.jwt_leeway_ms, 0, 600_000,
+                "clocks a few seconds apart need some; ten minutes would keep expired tokens alive"),
+            Bound::new("auth.max_failed_logins_per_agent", self.auth.max_failed_logins_per_agent.into(), 1, 1_000,
+                "guessing passwords must stay slow"),
+            Bound::new("auth.max_failed_logins_per_peer", self.auth.max_failed_logins_per_peer.into(), 1, 1_000_000,
+                "a whole centre may log in from one NAT address"),
+            Bound::new("auth.failed_login_window_ms", self.auth.failed_login_window_ms, 1_000, 86_400_000,
+                "the window over which failures are counted"),
+            Bound::new("auth.password_check_threads", n(self.auth.password_check_threads), 0, 256,
+                "0 means one per core; each check in progress holds 19 MiB"),
         ]
     }
 

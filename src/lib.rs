@@ -8,9 +8,12 @@
 //! - [`engine`] is the pure state machine holding agents, DNs, calls, records and access;
 //! - [`server`] is the thin I/O shell (connections, queues, timers, shutdown) around the engine;
 //! - [`client`] is a typed client (the admin commands, the tests and the tools use it); [`config`]
-//!   holds every limit; [`admin`] is what the `baton` admin commands print.
+//!   holds every limit; [`admin`] is what the `baton` admin commands print; [`auth`] checks who
+//!   an agent is at `Login`.
 
 pub mod admin;
+pub mod agents;
+pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;

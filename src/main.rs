@@ -72,6 +72,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Manage the agents file of `[auth] agents = "directory"`.
+    Agents {
+        #[command(subcommand)]
+        command: baton::agents::AgentsCommand,
+        #[command(flatten)]
+        file: baton::agents::AgentsFile,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +149,11 @@ fn main() -> anyhow::Result<()> {
             runtime
                 .block_on(admin::record(&target, &record, json, &mut stdout))
                 .with_context(|| format!("record {record} from {}", target.addr))
+        }
+        Some(Command::Agents { command, file }) => {
+            let path = file.path()?;
+            let mut stdin = std::io::stdin().lock();
+            baton::agents::run(command, &path, &mut stdin, &mut stdout)
         }
         Some(Command::Load { args }) => tool("load", args),
         Some(Command::Fill { args }) => tool("fill", args),

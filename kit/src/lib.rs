@@ -6,6 +6,7 @@
 
 pub mod centre;
 pub mod expect;
+pub mod identity;
 pub mod msg;
 pub mod server;
 pub mod wire;
@@ -13,5 +14,7 @@ pub mod wire;
 pub use centre::Centre;
 pub use expect::*;
 pub use msg::*;
-pub use server::{config_file, free_addr, log_in, token, ServerProcess, TestServer};
+pub use server::{
+    config_file, free_addr, log_in, log_in_with_password, token, ServerProcess, TestServer,
+};
 pub use wire::{raw_session, request_frame, RawReader};

@@ -9,17 +9,31 @@ pub fn hello(role: Role, token: &str) -> Request {
     Request::Hello(Hello {
         protocol: PROTOCOL_VERSION,
         role: role.as_str().to_owned(),
-        token: token.to_owned(),
+        token: Some(token.to_owned()),
     })
 }
 
 /// `Login` of `agent` on `dn`, resuming the session `resume` if given.
 pub fn login(agent: &str, dn: &str, resume: Option<&str>) -> Request {
     Request::Login(Login {
-        agent: agent.into(),
-        dn: dn.into(),
-        password: None,
         resume: resume.map(str::to_owned),
+        ..Login::new(agent, dn)
+    })
+}
+
+/// `Login` of `agent` on `dn` with a password (`directory` mode).
+pub fn login_password(agent: &str, dn: &str, password: &str) -> Request {
+    Request::Login(Login {
+        password: Some(password.to_owned()),
+        ..Login::new(agent, dn)
+    })
+}
+
+/// `Login` of `agent` on `dn` with a bearer token (`jwt` mode).
+pub fn login_jwt(agent: &str, dn: &str, jwt: &str) -> Request {
+    Request::Login(Login {
+        jwt: Some(jwt.to_owned()),
+        ..Login::new(agent, dn)
     })
 }
 

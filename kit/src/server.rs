@@ -113,6 +113,11 @@ impl TestServer {
         }
     }
 
+    /// Reloads credentials and certificates, as SIGHUP does.
+    pub fn reload(&self) -> Result<(), String> {
+        self.handle.as_ref().expect("a running server").reload()
+    }
+
     /// Stops the server the way SIGTERM does, and waits until it has.
     pub async fn shutdown(mut self) {
         if let Some(h) = self.handle.take() {
@@ -175,7 +180,32 @@ impl TestServer {
 /// Logs `client` in as `agent` on `dn` (a fresh session); returns its session token. A refusal,
 /// or a login that resumed or landed elsewhere, is an error.
 pub async fn log_in(client: &mut Client, agent: &str, dn: &str) -> Result<String, ClientError> {
-    match client.request(crate::login(agent, dn, None)).await? {
+    logged_in(client, crate::login(agent, dn, None), agent, dn).await
+}
+
+/// Logs `agent` in on `dn` with a password (`directory` mode); returns the resume token.
+pub async fn log_in_with_password(
+    client: &mut Client,
+    agent: &str,
+    dn: &str,
+    password: &str,
+) -> Result<String, ClientError> {
+    logged_in(
+        client,
+        crate::login_password(agent, dn, password),
+        agent,
+        dn,
+    )
+    .await
+}
+
+async fn logged_in(
+    client: &mut Client,
+    login: Request,
+    agent: &str,
+    dn: &str,
+) -> Result<String, ClientError> {
+    match client.request(login).await? {
         ServerMsg::LoggedIn {
             agent: a,
             dn: d,
@@ -196,6 +226,8 @@ pub struct ServerProcess {
     /// Where it listens.
     pub addr: SocketAddr,
     admin_token: String,
+    /// How to reach it when it speaks TLS.
+    pub tls: Option<baton::client::ClientTls>,
     log: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -225,6 +257,7 @@ impl ServerProcess {
             child,
             addr,
             admin_token: admin_token.to_owned(),
+            tls: None,
             log,
             reader: Some(reader),
         })
@@ -267,7 +300,13 @@ impl ServerProcess {
                 ));
             }
             let attempt = tokio::time::timeout(Duration::from_secs(5), async {
-                let mut c = Client::connect(self.addr, Role::Admin, &self.admin_token).await?;
+                let mut c = Client::connect_with(
+                    self.addr,
+                    self.tls.as_ref(),
+                    Role::Admin,
+                    &self.admin_token,
+                )
+                .await?;
                 c.request(Request::Status).await
             })
             .await;

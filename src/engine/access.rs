@@ -321,6 +321,7 @@ impl Engine {
             holders: Some(rec.live_holders()),
             outcome: None,
             by: None,
+            retry_after_ms: None,
         };
         let Some(access) = rec.holders.get(agent).copied() else {
             return Err(denied(
@@ -340,6 +341,7 @@ impl Engine {
                 holders: None,
                 outcome: Some(f.outcome),
                 by: Some(f.by.clone().unwrap_or_else(|| "server".into())),
+                retry_after_ms: None,
             });
         }
         match access {
@@ -378,5 +380,6 @@ pub(super) fn already_final_error(record: &RecordId, f: &FinalInfo) -> ServerMsg
         holders: None,
         outcome: Some(f.outcome),
         by: Some(by),
+        retry_after_ms: None,
     }
 }

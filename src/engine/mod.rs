@@ -68,6 +68,9 @@ pub struct EngineConfig {
     pub call_idle_timeout_ms: u64,
     /// A final record is deleted from the store this long after it became final (0: never).
     pub final_record_retention_ms: u64,
+    /// `open` mode: a `Login` names its agent and nothing proves it. Otherwise a login stands
+    /// only with [`LoginProof::Verified`], or as a resume of the agent's live session.
+    pub trust_agent_ids: bool,
 }
 
 impl EngineConfig {
@@ -81,6 +84,7 @@ impl EngineConfig {
             max_final_records_in_memory: c.max_final_records_in_memory,
             call_idle_timeout_ms: c.call_idle_timeout_ms,
             final_record_retention_ms: c.final_record_retention_ms,
+            trust_agent_ids: c.auth.agents == crate::config::AgentAuth::Open,
         }
     }
 }

@@ -118,6 +118,10 @@ impl Engine {
             );
             return;
         }
+        if let Err(failure) = self.login_proven(&l) {
+            self.refuse_login(out, conn, r#ref, &l, failure);
+            return;
+        }
         if let Some(current) = self.conns.get(&conn).and_then(|c| c.agent.clone()) {
             Self::send(
                 out,
@@ -169,6 +173,70 @@ impl Engine {
         self.fresh_login(out, conn, r#ref, &l, &agent, &dn);
     }
 
+    /// Whether the login may go on, from what the server found of its credential. Without a
+    /// checked credential (and outside `open` mode) only a resume stands: the token must be the
+    /// agent's live session, on the DN it has.
+    fn login_proven(&self, l: &Login) -> Result<(), (LoginFailure, Option<u64>)> {
+        match l.proof {
+            LoginProof::Verified => Ok(()),
+            LoginProof::Refused {
+                cause,
+                retry_after_ms,
+            } => Err((cause, retry_after_ms)),
+            LoginProof::Unchecked if self.cfg.trust_agent_ids => Ok(()),
+            LoginProof::Unchecked => {
+                let agent = AgentId::from(l.agent.as_str());
+                let resumes = match (self.agents.get(&agent), l.resume.as_deref()) {
+                    (Some(a), Some(token)) => {
+                        crate::auth::same_secret(&a.session, token) && a.dn.as_str() == l.dn
+                    }
+                    _ => false,
+                };
+                if resumes {
+                    Ok(())
+                } else {
+                    Err((LoginFailure::BadCredential, None))
+                }
+            }
+        }
+    }
+
+    /// Answers a refused login and audits it as `login_failed`. The answer never says which part
+    /// of the credential was wrong.
+    fn refuse_login(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        l: &Login,
+        (cause, retry_after_ms): (LoginFailure, Option<u64>),
+    ) {
+        let reply = match cause {
+            LoginFailure::DnNotAllowed => ServerMsg::error(
+                ErrorCode::DnNotAllowed,
+                format!("agent {} may not log in on DN {}", l.agent, l.dn),
+            ),
+            LoginFailure::BadCredential | LoginFailure::Throttled => {
+                let mut refusal = ServerMsg::error(ErrorCode::AuthFailed, "login failed");
+                if let ServerMsg::Error {
+                    retry_after_ms: wait,
+                    ..
+                } = &mut refusal
+                {
+                    *wait = retry_after_ms;
+                }
+                refusal
+            }
+        };
+        Self::send(out, conn, r#ref, reply);
+        let (agent, dn) = (l.agent.clone(), l.dn.clone());
+        self.audit(out, AuditKind::LoginFailed, |e| {
+            e.agent = Some(agent);
+            e.dn = Some(dn);
+            e.cause = Some(cause.as_str().to_owned());
+        });
+    }
+
     /// The agent is already logged in on this DN (connected elsewhere, or away): this connection
     /// takes the session over, resumed if the token matches, and gets the present state.
     fn take_over(
@@ -182,7 +250,10 @@ impl Engine {
     ) {
         // The login's own DN: `login` sends only an agent staying on its DN here.
         let dn = existing.dn.clone();
-        let resumed = l.resume.as_deref() == Some(existing.session.as_str());
+        let resumed = l
+            .resume
+            .as_deref()
+            .is_some_and(|token| crate::auth::same_secret(&existing.session, token));
         if let Some(old) = existing.conn {
             Self::send(
                 out,

@@ -81,6 +81,7 @@ pub enum ErrorCode {
     RecordBusy,
     Overloaded,
     Unavailable,
+    DnNotAllowed,
 }
 
 impl ErrorCode {
@@ -102,6 +103,7 @@ impl ErrorCode {
             ErrorCode::RecordBusy => "record_busy",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::DnNotAllowed => "dn_not_allowed",
         }
     }
 }

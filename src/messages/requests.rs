@@ -3,21 +3,113 @@
 
 use super::*;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     pub protocol: u32,
     pub role: String,
-    pub token: String,
+    /// The role's shared secret; desktops send none when agents prove who they are at `Login`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Shows that a secret is there, never what it is: these structs reach `{:?}` in logs and panics.
+fn secret(s: &Option<String>) -> Option<&'static str> {
+    s.as_ref().map(|_| "(hidden)")
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("protocol", &self.protocol)
+            .field("role", &self.role)
+            .field("token", &secret(&self.token))
+            .finish()
+    }
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Login {
     pub agent: String,
     pub dn: String,
+    /// `directory` mode: the agent's password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// `jwt` mode: a bearer token from the centre's identity provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
+    /// What the server found of the credential before the engine takes the login; never read
+    /// from or written to the wire.
+    #[serde(skip)]
+    pub proof: LoginProof,
+}
+
+impl Login {
+    /// A login with no credential: for `open` mode, or a resume.
+    pub fn new(agent: impl Into<String>, dn: impl Into<String>) -> Login {
+        Login {
+            agent: agent.into(),
+            dn: dn.into(),
+            password: None,
+            jwt: None,
+            resume: None,
+            proof: LoginProof::Unchecked,
+        }
+    }
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("agent", &self.agent)
+            .field("dn", &self.dn)
+            .field("password", &secret(&self.password))
+            .field("jwt", &secret(&self.jwt))
+            .field("resume", &secret(&self.resume))
+            .field("proof", &self.proof)
+            .finish()
+    }
+}
+
+/// What the server established about a `Login`'s credential before the engine sees the login.
+/// The engine decides with it; it never checks a password or a signature itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LoginProof {
+    /// Nothing was checked. In `open` mode that is all there is; otherwise the login stands only
+    /// as a resume: its token must be the agent's live session on the same DN.
+    #[default]
+    Unchecked,
+    /// The credential was checked: it names this agent, and the agent may use this DN.
+    Verified,
+    /// Refused before the engine; the engine audits it and answers the error.
+    Refused {
+        cause: LoginFailure,
+        /// When throttled: how long until the window of failures has passed.
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// Why a login was refused: the `cause` of its `login_failed` audit entry. The desktop is told
+/// `auth_failed` for the first two alike, and `dn_not_allowed` for the third.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// Wrong, missing, expired or unknown credential, unknown or disabled agent.
+    BadCredential,
+    /// Too many failures for this agent id or this peer address within the window.
+    Throttled,
+    /// The credential was right but the agent may not use this DN.
+    DnNotAllowed,
+}
+
+impl LoginFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginFailure::BadCredential => "bad_credential",
+            LoginFailure::Throttled => "throttled",
+            LoginFailure::DnNotAllowed => "dn_not_allowed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -76,6 +76,7 @@ pub enum AuditKind {
     Orphaned,
     Login,
     Logout,
+    LoginFailed,
 }
 
 impl AuditKind {
@@ -91,6 +92,7 @@ impl AuditKind {
             AuditKind::Orphaned => "orphaned",
             AuditKind::Login => "login",
             AuditKind::Logout => "logout",
+            AuditKind::LoginFailed => "login_failed",
         }
     }
 }
@@ -117,6 +119,9 @@ pub enum ServerMsg {
         outcome: Option<Outcome>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
+        /// `auth_failed` while logins of this agent or peer are throttled: wait this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     // desktop replies
     LoggedIn {
@@ -307,6 +312,7 @@ impl ServerMsg {
             holders: None,
             outcome: None,
             by: None,
+            retry_after_ms: None,
         }
     }
 

@@ -42,8 +42,8 @@ struct Admission {
 }
 
 impl Admission {
-    /// Serves an accepted TCP connection on a task of its own, or refuses it (`overloaded`) when
-    /// every slot is taken.
+    /// Serves an accepted TCP connection on a task of its own (after the TLS handshake on a TLS
+    /// port), or refuses it (`overloaded`) when every slot is taken.
     fn admit_tcp(&self, socket: TcpStream, peer: SocketAddr) {
         let conn = self.next_id.fetch_add(1, Ordering::Relaxed);
         let permit = self.slots.clone().try_acquire_owned().ok();
@@ -54,23 +54,71 @@ impl Admission {
             role = tracing::field::Empty,
             agent = tracing::field::Empty
         );
-        let ctx = ConnCtx {
+        let mut ctx = ConnCtx {
             conn,
             peer,
             config: self.config.clone(),
             engine: self.engine.clone(),
             cancel: self.hard_stop.child_token(),
             shared: self.shared.clone(),
+            client_cert: false,
         };
+        let tls = self.shared.tls.as_ref().map(|t| t.acceptor());
         self.tracker.spawn(
             async move {
-                match permit {
-                    Some(_permit) => serve_connection(socket, ctx).await,
-                    None => refuse_overloaded(socket, &ctx).await,
+                let _ = socket.set_nodelay(true);
+                match (permit, tls) {
+                    (Some(_permit), None) => {
+                        let (read, write) = socket.into_split();
+                        serve_connection(Box::new(read), write, ctx).await
+                    }
+                    (Some(_permit), Some(acceptor)) => {
+                        let handshake = acceptor.accept(socket);
+                        let stream = tokio::select! {
+                            _ = ctx.cancel.cancelled() => return,
+                            r = tokio::time::timeout(ctx.config.handshake_timeout(), handshake) => r,
+                        };
+                        match stream {
+                            Ok(Ok(stream)) => {
+                                ctx.client_cert = stream.get_ref().1.peer_certificates().is_some();
+                                let (read, write) = tokio::io::split(stream);
+                                serve_connection(Box::new(read), write, ctx).await
+                            }
+                            Ok(Err(e)) => info!("closing: TLS handshake failed: {e}"),
+                            Err(_) => info!(
+                                "closing: no TLS handshake within handshake_timeout_ms ({} ms)",
+                                ctx.config.handshake_timeout_ms
+                            ),
+                        }
+                    }
+                    // A refusal in clear text could not be read on a TLS port: just close.
+                    (None, Some(_)) => warn!(
+                        max_connections = ctx.config.max_connections,
+                        "refusing connection: server is at max_connections"
+                    ),
+                    (None, None) => refuse_overloaded(socket, &ctx).await,
                 }
             }
             .instrument(span),
         );
+    }
+}
+
+/// How often the agents file (or JWKS) is checked for a change.
+const CREDENTIALS_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads the agents file or JWKS when it changes on disk, so that `baton agents` takes effect
+/// without a signal.
+async fn watch_credentials(shared: Shared, stop: CancellationToken) {
+    let mut every = tokio::time::interval(CREDENTIALS_POLL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let auth = shared.auth.clone();
+        let _ = tokio::task::spawn_blocking(move || auth.reload_if_changed()).await;
     }
 }
 
@@ -99,6 +147,7 @@ pub(super) async fn run(
             stop.clone(),
         ))
     });
+    let credentials = tokio::spawn(watch_credentials(shared.clone(), stop.clone()));
     let tracker = TaskTracker::new();
     let hard_stop = CancellationToken::new();
     let admission = Admission {
@@ -136,6 +185,7 @@ pub(super) async fn run(
         }
     }
     drop(listener);
+    credentials.abort();
     if let Some(why) = engine_failure {
         if opts.on_engine_failure == OnEngineFailure::ExitProcess {
             error!(

@@ -293,12 +293,7 @@ mod tests {
             },
             &mut out,
         );
-        let login = Request::Login(Login {
-            agent: "A".into(),
-            dn: "7001".into(),
-            password: None,
-            resume: None,
-        });
+        let login = Request::Login(Login::new("A", "7001"));
         engine.handle(
             1_000,
             Input::Request {

@@ -9,7 +9,9 @@ use super::audit_feed::{audit_tail, TailOut};
 use super::engine_task::EngineMsg;
 use super::outbox::{self, Outbox, RoomError};
 use super::Shared;
+use crate::auth::{same_secret, Authenticator};
 use crate::codec::{FrameCodec, FrameError};
+use crate::config::AgentAuth;
 use crate::config::Config;
 use crate::engine::ConnId;
 use crate::messages::*;
@@ -18,6 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -34,10 +37,50 @@ pub(super) struct ConnCtx {
     pub(super) engine: mpsc::Sender<EngineMsg>,
     pub(super) cancel: CancellationToken,
     pub(super) shared: Shared,
+    /// The peer presented a client certificate that `[tls] client_ca` vouches for.
+    pub(super) client_cert: bool,
+}
+
+/// The reading side of a connection, plain TCP or TLS.
+pub(super) type ConnRead = Box<dyn AsyncRead + Send + Unpin>;
+type Reader = FramedRead<ConnRead, FrameCodec>;
+
+/// What a connection may do beyond its role's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Full,
+    /// An admin session opened with the `admin_read` token: reads only.
+    ReadOnly,
 }
 
 fn error_frame(r#ref: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
     Envelope::reply(r#ref, ServerMsg::error(code, message)).to_bytes()
+}
+
+/// What the connection's `Login` proves (see [`Authenticator::prove`]); a refusal is logged
+/// here with the peer, and audited by the engine.
+async fn prove(auth: &Authenticator, login: &Login, ctx: &ConnCtx) -> LoginProof {
+    let proof = tokio::select! {
+        _ = ctx.cancel.cancelled() => return LoginProof::Refused {
+            cause: LoginFailure::BadCredential,
+            retry_after_ms: None,
+        },
+        p = auth.prove(login, ctx.peer.ip(), super::now_ms()) => p,
+    };
+    if let LoginProof::Refused {
+        cause,
+        retry_after_ms,
+    } = proof
+    {
+        info!(
+            agent = login.agent.as_str(),
+            dn = login.dn.as_str(),
+            cause = cause.as_str(),
+            retry_after_ms,
+            "login refused"
+        );
+    }
+    proof
 }
 
 pub(super) async fn refuse_overloaded(socket: TcpStream, ctx: &ConnCtx) {
@@ -57,9 +100,10 @@ pub(super) async fn refuse_overloaded(socket: TcpStream, ctx: &ConnCtx) {
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.send(frame)).await;
 }
 
-pub(super) async fn serve_connection(socket: TcpStream, ctx: ConnCtx) {
-    let _ = socket.set_nodelay(true);
-    let (read_half, write_half) = socket.into_split();
+pub(super) async fn serve_connection<W>(read_half: ConnRead, write_half: W, ctx: ConnCtx)
+where
+    W: AsyncWrite + Send + Unpin + 'static,
+{
     // A small initial read buffer: most connections send small frames, and an idle desktop should
     // cost little memory. It grows on demand for bigger frames.
     let mut reader = FramedRead::with_capacity(
@@ -76,7 +120,7 @@ pub(super) async fn serve_connection(socket: TcpStream, ctx: ConnCtx) {
     );
 
     let registered = match handshake(&mut reader, &outbox, &ctx).await {
-        Some(role) => {
+        Some((role, scope)) => {
             tracing::Span::current().record("role", role.as_str());
             let msg = EngineMsg::Connected {
                 conn: ctx.conn,
@@ -87,7 +131,7 @@ pub(super) async fn serve_connection(socket: TcpStream, ctx: ConnCtx) {
             };
             if ctx.engine.send(msg).await.is_ok() {
                 debug!("session open");
-                read_loop(&mut reader, &outbox, &ctx, role).await;
+                read_loop(&mut reader, &outbox, &ctx, role, scope).await;
                 true
             } else {
                 false
@@ -112,12 +156,9 @@ pub(super) async fn serve_connection(socket: TcpStream, ctx: ConnCtx) {
     debug!("connection closed");
 }
 
-/// Waits for `Hello` and answers it. Returns the role, or `None` after sending the error.
-async fn handshake(
-    reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
-    outbox: &Outbox,
-    ctx: &ConnCtx,
-) -> Option<Role> {
+/// Waits for `Hello` and answers it. Returns the role and scope, or `None` after sending the
+/// error.
+async fn handshake(reader: &mut Reader, outbox: &Outbox, ctx: &ConnCtx) -> Option<(Role, Scope)> {
     let first = tokio::select! {
         _ = ctx.cancel.cancelled() => return None,
         r = tokio::time::timeout(ctx.config.handshake_timeout(), reader.next()) => r,
@@ -195,19 +236,10 @@ async fn handshake(
             ),
         );
     };
-    let tokens = &ctx.config.tokens;
-    let expected = match role {
-        Role::Desktop => &tokens.desktop,
-        Role::Dialer => &tokens.dialer,
-        Role::Switch => &tokens.switch,
-        Role::Admin => &tokens.admin,
+    let scope = match admit_role(&hello, role, ctx) {
+        Ok(scope) => scope,
+        Err((code, message)) => return refuse(code, message),
     };
-    if !constant_time_eq(hello.token.as_bytes(), expected.as_bytes()) {
-        return refuse(
-            ErrorCode::AuthFailed,
-            format!("wrong token for role {role}"),
-        );
-    }
     let welcome = Envelope::reply(
         r#ref,
         ServerMsg::Welcome {
@@ -216,14 +248,57 @@ async fn handshake(
             heartbeat_ms: ctx.config.heartbeat_ms,
         },
     );
-    outbox.push(welcome.to_bytes()).is_ok().then_some(role)
+    outbox
+        .push(welcome.to_bytes())
+        .is_ok()
+        .then_some((role, scope))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Whether `Hello`'s token (and the TLS client certificate, where the role needs one) admits the
+/// role, and with which scope. The error is for the log and the client alike: it names what was
+/// missing, never the secret.
+fn admit_role(hello: &Hello, role: Role, ctx: &ConnCtx) -> Result<Scope, (ErrorCode, String)> {
+    let tls = ctx.config.tls.as_ref();
+    if tls.is_some_and(|t| t.require_client_cert.iter().any(|r| r == role.as_str()))
+        && !ctx.client_cert
+    {
+        return Err((
+            ErrorCode::AuthFailed,
+            format!(
+                "role {role} must present a client certificate signed by the configured client_ca"
+            ),
+        ));
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let tokens = &ctx.config.tokens;
+    let expected = match role {
+        // Agents prove who they are at Login; a browser could not keep a shared secret anyway.
+        Role::Desktop if ctx.config.auth.agents != AgentAuth::Open => return Ok(Scope::Full),
+        Role::Desktop => &tokens.desktop,
+        Role::Dialer => &tokens.dialer,
+        Role::Switch => &tokens.switch,
+        Role::Admin => &tokens.admin,
+    };
+    let Some(token) = hello.token.as_deref() else {
+        return Err((
+            ErrorCode::BadRequest,
+            format!("Hello: missing field `token` (the shared secret of role {role})"),
+        ));
+    };
+    if same_secret(token, expected) {
+        return Ok(Scope::Full);
+    }
+    if role == Role::Admin
+        && tokens
+            .admin_read
+            .as_deref()
+            .is_some_and(|t| same_secret(token, t))
+    {
+        return Ok(Scope::ReadOnly);
+    }
+    Err((
+        ErrorCode::AuthFailed,
+        format!("wrong token for role {role}"),
+    ))
 }
 
 fn report_frame_error(outbox: &Outbox, e: &FrameError) {
@@ -253,10 +328,11 @@ fn answer(outbox: &Outbox, frame: Bytes) -> bool {
 }
 
 async fn read_loop(
-    reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    reader: &mut Reader,
     outbox: &Arc<Outbox>,
     ctx: &ConnCtx,
     role: Role,
+    scope: Scope,
 ) {
     let idle = ctx.config.idle_timeout();
     // Created with the first AuditTail: most connections never ask for one.
@@ -356,9 +432,28 @@ async fn read_loop(
                     return;
                 }
             }
-            Ok(Incoming { r#ref, request }) => {
-                if let Request::Login(l) = &request {
+            Ok(Incoming {
+                r#ref,
+                request: Request::ReleaseRecord(r),
+            }) if scope == Scope::ReadOnly => {
+                info!(
+                    record = r.record.as_str(),
+                    "refused ReleaseRecord: this admin session may only read"
+                );
+                let refusal = error_frame(
+                    r#ref,
+                    ErrorCode::AccessDenied,
+                    "this admin session was opened with the admin_read token: it may read \
+                     (Status, RecordInfo, AuditTail) and nothing else",
+                );
+                if !answer(outbox, refusal) {
+                    return;
+                }
+            }
+            Ok(Incoming { r#ref, mut request }) => {
+                if let Request::Login(l) = &mut request {
                     tracing::Span::current().record("agent", l.agent.as_str());
+                    l.proof = prove(&ctx.shared.auth, l, ctx).await;
                 }
                 outbox.request_sent();
                 let msg = EngineMsg::Request {

@@ -31,9 +31,11 @@ mod engine_task;
 mod outbox;
 mod retention;
 mod service;
+mod tls;
 
 pub use service::{log_panics, serve};
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::messages::Startup;
@@ -67,6 +69,10 @@ pub enum ServerError {
     Store { dir: String, source: StoreError },
     #[error("cannot load the stored state: {0}")]
     Load(String),
+    #[error("cannot set up agent authentication: {0}")]
+    Auth(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     /// The engine task died (a panic): nothing would be answered any more, so the server stopped.
     #[error("ENGINE FAILURE: {0}")]
     EngineFailed(String),
@@ -126,6 +132,33 @@ pub struct ServerHandle {
     addr: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
+    reloadable: Reloadable,
+}
+
+/// What SIGHUP reloads: the agents file or JWKS, and the TLS certificates.
+#[derive(Clone)]
+struct Reloadable {
+    auth: Arc<Authenticator>,
+    tls: Option<Arc<tls::Tls>>,
+}
+
+impl Reloadable {
+    fn reload(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        if let Err(e) = self.auth.reload() {
+            errors.push(e);
+        }
+        if let Some(tls) = &self.tls {
+            if let Err(e) = tls.reload() {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
 }
 
 impl ServerHandle {
@@ -149,6 +182,18 @@ impl ServerHandle {
         self.task
             .await
             .unwrap_or_else(|e| Err(ServerError::Task(e.to_string())))
+    }
+
+    /// Reads the agents file (or JWKS) and the TLS certificate, key and client CA again, as
+    /// SIGHUP does. Sessions stay open; what fails to load is reported and the old one kept.
+    pub fn reload(&self) -> Result<(), String> {
+        self.reloadable.reload()
+    }
+
+    /// [`ServerHandle::reload`] as a function that outlives the handle (for a signal task).
+    pub fn reloader(&self) -> impl Fn() -> Result<(), String> + Send + 'static {
+        let reloadable = self.reloadable.clone();
+        move || reloadable.reload()
     }
 
     /// Cancelling this token stops the server as [`ServerHandle::shutdown`] does.
@@ -211,6 +256,12 @@ async fn serve_store(
     open_ms: u64,
     opts: StartOptions,
 ) -> Result<ServerHandle, ServerError> {
+    let auth =
+        Arc::new(Authenticator::new(&config.auth).map_err(|e| ServerError::Auth(e.to_string()))?);
+    let tls = match &config.tls {
+        Some(t) => Some(Arc::new(tls::Tls::new(t).map_err(ServerError::Tls)?)),
+        None => None,
+    };
     let started = std::time::Instant::now();
     let loader = store.clone();
     let snapshot = tokio::task::spawn_blocking(move || loader.load())
@@ -258,7 +309,16 @@ async fn serve_store(
     let stop = CancellationToken::new();
     let config = Arc::new(config);
     let announcer = Arc::new(Announcer::new(watch::channel(audit_last_seq).0));
-    let shared = Shared { store, announcer };
+    let reloadable = Reloadable {
+        auth: auth.clone(),
+        tls: tls.clone(),
+    };
+    let shared = Shared {
+        store,
+        announcer,
+        auth,
+        tls,
+    };
     let task = tokio::spawn(accept::run(
         listener,
         config,
@@ -267,16 +327,24 @@ async fn serve_store(
         shared,
         opts,
     ));
-    info!(%addr, "baton listening");
-    Ok(ServerHandle { addr, stop, task })
+    info!(%addr, tls = reloadable.tls.is_some(), agents = reloadable.auth.mode().as_str(), "baton listening");
+    Ok(ServerHandle {
+        addr,
+        stop,
+        task,
+        reloadable,
+    })
 }
 
-/// What connection tasks share besides the engine: the store (for audit tails) and the announcer
-/// (the highest audit `seq` known to be on disk, and the live feed of newly durable entries).
+/// What connection tasks share besides the engine: the store (for audit tails), the announcer
+/// (the highest audit `seq` known to be on disk, and the live feed of newly durable entries), the
+/// checker of agents' credentials and the TLS acceptor.
 #[derive(Clone)]
 struct Shared {
     store: Arc<dyn Store>,
     announcer: Arc<Announcer>,
+    auth: Arc<Authenticator>,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 /// The message a panic was raised with.

@@ -20,8 +20,7 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -330,8 +329,8 @@ impl Outbox {
 
 /// Writes the outbox to the socket until it closes (after writing what is queued) or `cancel`
 /// fires (at once). Takes everything queued at a time and writes it in as few calls as it can.
-pub(crate) async fn write_loop(
-    mut socket: OwnedWriteHalf,
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
+    mut socket: W,
     outbox: Arc<Outbox>,
     cancel: CancellationToken,
 ) {
@@ -340,13 +339,17 @@ pub(crate) async fn write_loop(
         debug!("write failed: {e}");
     }
     outbox.writer_stopped();
-    // Dropping the write half sends FIN; make the reader and the tails stop too.
+    // Ends the sending side (FIN; over TLS a close_notify first), unless the peer is gone.
+    if !cancel.is_cancelled() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), socket.shutdown()).await;
+    }
     drop(socket);
+    // Make the reader and the tails stop too.
     cancel.cancel();
 }
 
-async fn write_frames(
-    socket: &mut OwnedWriteHalf,
+async fn write_frames<W: AsyncWrite + Unpin>(
+    socket: &mut W,
     outbox: &Outbox,
     cancel: &CancellationToken,
 ) -> std::io::Result<()> {
@@ -395,6 +398,11 @@ async fn write_frames(
                 }
                 at += n;
                 outbox.progress(n);
+            }
+            // A TLS stream may keep the last records it sealed until flushed (a no-op on TCP).
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = socket.flush() => r?,
             }
             buf.clear();
             outbox.wrote(frames);

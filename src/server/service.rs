@@ -15,6 +15,7 @@ use tracing::{error, info};
 pub async fn serve(config: Config, opts: StartOptions) -> Result<(), ServerError> {
     let exit = opts.on_engine_failure == super::OnEngineFailure::ExitProcess;
     let server = start_with_options(config, opts).await?;
+    reload_on_hangup(&server);
     let stop = server.stop_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -51,6 +52,30 @@ pub fn log_panics() {
                 location, "panic: {message}");
         }
     }));
+}
+
+/// SIGHUP reloads the agents file (or JWKS) and the TLS certificates; open sessions stay.
+fn reload_on_hangup(server: &super::ServerHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload by restarting");
+            return;
+        };
+        let reload = server.reloader();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                info!("SIGHUP received: reloading credentials and certificates");
+                match reload() {
+                    Ok(()) => info!("reload complete"),
+                    Err(e) => error!("reload failed, keeping what was loaded before: {e}"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = server;
 }
 
 async fn wait_for_signal() {

@@ -26,6 +26,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per run: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Play an outbound centre against a running server and report throughput and latency.
     Load {
@@ -68,6 +70,14 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// File whose first line is the password every load desktop logs in with (servers in
+        /// `directory` mode; the agents must exist, see --run-id).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Prefix of every id the run creates (default: a fresh one). Fixed, it lets the agents
+        /// file hold the run's agents: the idle scenario's are RUN_ID-idle0, RUN_ID-idle1, ...
+        #[arg(long)]
+        run_id: Option<String>,
         #[command(flatten)]
         conn: AdminConn,
     },
@@ -124,6 +134,8 @@ fn main() -> anyhow::Result<()> {
             tail,
             json,
             quiet,
+            password_file,
+            run_id,
             conn,
         } => {
             if tail && scenario != Scenario::Processed {
@@ -136,9 +148,19 @@ fn main() -> anyhow::Result<()> {
             }
             let target = conn.target()?;
             let config = Config::load_or_default(&conn.config)?;
+            let password = match password_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    Some(text.lines().next().unwrap_or_default().to_owned())
+                }
+                None => None,
+            };
             let opts = LoadOptions {
                 addr: target.addr,
                 tokens: config.tokens,
+                tls: target.tls.clone(),
+                password,
                 scenario,
                 agents,
                 records: if records.is_none() && duration.is_none() && scenario != Scenario::Idle {
@@ -153,7 +175,8 @@ fn main() -> anyhow::Result<()> {
                 tail,
                 pipeline: usize::from(pipeline),
                 progress: !quiet && !json,
-                run_id: format!("L{}", baton::server::now_ms() % 100_000_000),
+                run_id: run_id
+                    .unwrap_or_else(|| format!("L{}", baton::server::now_ms() % 100_000_000)),
             };
             let summary = runtime
                 .block_on(baton_tools::load::run(opts))

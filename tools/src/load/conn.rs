@@ -10,14 +10,30 @@ pub(crate) async fn desktop(
     dn: &str,
     local: IpAddr,
 ) -> Result<Client, ClientError> {
-    let mut c = Client::connect_from(opts.addr, local, Role::Desktop, &opts.tokens.desktop).await?;
-    log_in(&mut c, agent, dn).await?;
+    let mut c = Client::connect_from(
+        opts.addr,
+        local,
+        opts.tls.as_ref(),
+        Role::Desktop,
+        &opts.tokens.desktop,
+    )
+    .await?;
+    match &opts.password {
+        Some(password) => log_in_with_password(&mut c, agent, dn, password).await?,
+        None => log_in(&mut c, agent, dn).await?,
+    };
     Ok(c)
 }
 
 /// A switch, dialer or admin connection that keeps no pushes.
 pub(crate) async fn side_conn(opts: &LoadOptions, role: Role) -> Result<Client, ClientError> {
-    let mut c = Client::connect(opts.addr, role, token(&opts.tokens, role)).await?;
+    let mut c = Client::connect_with(
+        opts.addr,
+        opts.tls.as_ref(),
+        role,
+        token(&opts.tokens, role),
+    )
+    .await?;
     c.set_discard_pushes(true);
     Ok(c)
 }

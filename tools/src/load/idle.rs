@@ -19,6 +19,7 @@ pub(crate) async fn run_idle(opts: LoadOptions) -> Result<Summary, ClientError> 
     let mut tasks = Vec::with_capacity(n);
     // At most this many logins in flight, so the server's accept queue is not flooded.
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    let storm = Instant::now();
     for i in 0..n {
         let o = opts.clone();
         let (hist, errors, logged_in, stop, gate) = (
@@ -95,6 +96,7 @@ pub(crate) async fn run_idle(opts: LoadOptions) -> Result<Summary, ClientError> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let storm_s = storm.elapsed().as_secs_f64().max(1e-9);
     if let Some(b) = &bar {
         b.set_message("heart-beating");
     }
@@ -122,6 +124,12 @@ pub(crate) async fn run_idle(opts: LoadOptions) -> Result<Summary, ClientError> 
         None,
     );
     summary.server_rss_kib = rss;
+    let done = logged_in.load(Ordering::Relaxed);
+    summary.login_storm = Some(LoginStorm {
+        logged_in: done,
+        seconds: storm_s,
+        per_second: done as f64 / storm_s,
+    });
     for t in tasks {
         t.abort();
     }

@@ -19,12 +19,12 @@
 //!
 //! Latencies go into HDR histograms per request type (microseconds).
 
-use baton::client::{Client, ClientError};
+use baton::client::{Client, ClientError, ClientTls};
 use baton::config::Tokens;
 use baton::messages::*;
 use baton_kit::{
-    attach, conferenced, established, log_in, processed, record_req, released, ringing,
-    ringing_full, token, transferred, update,
+    attach, conferenced, established, log_in, log_in_with_password, processed, record_req,
+    released, ringing, ringing_full, token, transferred, update,
 };
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -125,10 +125,14 @@ impl std::str::FromStr for Mix {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadOptions {
     pub addr: SocketAddr,
     pub tokens: Tokens,
+    /// Set when the server speaks TLS.
+    pub tls: Option<ClientTls>,
+    /// Desktops log in with this password (`directory` mode); none in `open` mode.
+    pub password: Option<String>,
     pub scenario: Scenario,
     /// Desktops, or dialers for `attach`.
     pub agents: usize,

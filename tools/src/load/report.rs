@@ -41,6 +41,17 @@ pub struct Summary {
     pub server_rss_kib: Option<u64>,
     /// With `--server-pid`: the server's RSS when 10,000, 100,000, 1,000,000... were completed.
     pub server_rss_at: Vec<RssMark>,
+    /// `idle`: how long the desktops took to connect and log in, all at once.
+    pub login_storm: Option<LoginStorm>,
+}
+
+/// The logins of the `idle` scenario: every desktop connects and logs in at once (at most 256 in
+/// flight), as a centre's desktops do after a restart.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LoginStorm {
+    pub logged_in: u64,
+    pub seconds: f64,
+    pub per_second: f64,
 }
 
 /// The server's resident memory when `records` were completed.
@@ -111,6 +122,12 @@ impl Summary {
             for p in v.problems.iter().take(20) {
                 s.push_str(&format!("  problem: {p}\n"));
             }
+        }
+        if let Some(l) = &self.login_storm {
+            s.push_str(&format!(
+                "login storm: {} desktops logged in within {:.2} s ({:.0}/s)\n",
+                l.logged_in, l.seconds, l.per_second
+            ));
         }
         for m in &self.server_rss_at {
             s.push_str(&format!(
@@ -255,6 +272,7 @@ pub(crate) fn summarize(
         verification,
         server_rss_kib: opts.server_pid.and_then(rss_kib),
         server_rss_at: Vec::new(),
+        login_storm: None,
     }
 }
 
