@@ -55,10 +55,10 @@ pub struct PasswordInput {
 #[derive(clap::Args)]
 pub struct AgentsFile {
     /// The agents file (default: `[auth] directory` of the config file).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub file: Option<PathBuf>,
     /// Configuration file to read `[auth] directory` from.
-    #[arg(long, default_value = "config.toml")]
+    #[arg(long, default_value = "config.toml", global = true)]
     pub config: PathBuf,
 }
 

@@ -39,3 +39,46 @@ fn serve_refuses_a_config_that_cannot_work_and_says_which_key() {
         );
     }
 }
+
+/// `open` mode trusts any agent id, so it is for loopback only; and a port other machines can
+/// reach must not take the built-in, well-known role tokens.
+#[test]
+fn serve_refuses_open_mode_and_default_tokens_on_a_reachable_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let agents = dir.path().join("agents.toml");
+    std::fs::write(&agents, "").unwrap();
+    let reachable = format!(
+        "listen = \"0.0.0.0:0\"\ndata_dir = {:?}\n",
+        data.display().to_string()
+    );
+    let directory = format!(
+        "[auth]\nagents = \"directory\"\ndirectory = {:?}\n",
+        agents.display().to_string()
+    );
+    let cases = [
+        (reachable.clone(), "`[auth] agents = \"open\"`"),
+        (format!("{reachable}{directory}"), "`[tokens] dialer` is still the built-in default"),
+        (
+            format!("{reachable}[tokens]\ndialer = \"d-1\"\nswitch = \"s-1\"\nadmin = \"a-1\"\nadmin_read = \"a-1\"\n{directory}"),
+            "`[tokens] admin_read` is the same as `admin`",
+        ),
+        (
+            format!("listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[auth]\nagents = \"jwt\"\n", data.display().to_string()),
+            "`[auth] jwt_issuer` is required",
+        ),
+    ];
+    for (text, why) in cases {
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, &text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{text}: server started");
+        assert!(stderr.contains(why), "{text}: {stderr}");
+        assert!(!data.exists(), "{text}: the store was opened");
+    }
+}
