@@ -15,6 +15,21 @@ pub use parse::*;
 pub use requests::*;
 pub use server::*;
 
+/// The fast and the careful request parser, each on its own, for the fuzz targets in `fuzz/`
+/// (which check that they agree). Not an API: use [`parse_request`].
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Incoming, ParseError, Role};
+
+    pub fn parse_request_fast(frame: &[u8], role: Role) -> Option<Incoming> {
+        super::parse::parse_request_fast(frame, role)
+    }
+
+    pub fn parse_request_slow(frame: &[u8], role: Option<Role>) -> Result<Incoming, ParseError> {
+        super::parse::parse_request_slow(frame, role)
+    }
+}
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

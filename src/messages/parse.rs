@@ -22,13 +22,45 @@ pub struct Incoming {
     pub request: Request,
 }
 
-/// The envelope fields of a frame, read without building a JSON tree.
-#[derive(Deserialize)]
+/// The envelope fields of a frame, read without building a JSON tree. Every other field's value
+/// is read through [`Checked`], and the frame must be an object (a derived struct would read an
+/// array too), so that the fast path takes no frame that the careful path refuses.
 pub(crate) struct Head<'a> {
-    #[serde(rename = "type", borrow)]
-    type_name: std::borrow::Cow<'a, str>,
-    #[serde(rename = "ref", default)]
+    type_name: &'a str,
     r#ref: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for Head<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(HeadVisitor)
+    }
+}
+
+struct HeadVisitor;
+
+impl<'de> serde::de::Visitor<'de> for HeadVisitor {
+    type Value = Head<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Head<'de>, A::Error> {
+        use serde::de::Error;
+        let (mut type_name, mut r#ref) = (None, None);
+        // A key or a type with an escape in it is refused here: rare, and left to the careful path.
+        while let Some(key) = map.next_key::<&str>()? {
+            match key {
+                "type" if type_name.is_none() => type_name = Some(map.next_value()?),
+                "ref" if r#ref.is_none() => r#ref = Some(map.next_value::<Option<u64>>()?),
+                "type" | "ref" => return Err(A::Error::custom("duplicate field")),
+                _ => map.next_value::<Checked>().map(drop)?,
+            }
+        }
+        Ok(Head {
+            type_name: type_name.ok_or_else(|| A::Error::missing_field("type"))?,
+            r#ref: r#ref.flatten(),
+        })
+    }
 }
 
 /// The common case, decoded straight from the bytes: a well-formed frame of a known type allowed
@@ -39,11 +71,11 @@ pub(crate) fn parse_request_fast(frame: &[u8], role: Role) -> Option<Incoming> {
         serde_json::from_slice(frame).ok()
     }
     let head: Head = serde_json::from_slice(frame).ok()?;
-    let allowed = role_of(&head.type_name)?;
+    let allowed = role_of(head.type_name)?;
     if allowed.is_some_and(|r| r != role) {
         return None;
     }
-    let request = match head.type_name.as_ref() {
+    let request = match head.type_name {
         "Ping" => Request::Ping,
         "Pong" => Request::Pong,
         "Status" => Request::Status,
@@ -75,6 +107,52 @@ pub(crate) fn parse_request_fast(frame: &[u8], role: Role) -> Option<Incoming> {
         r#ref: head.r#ref,
         request,
     })
+}
+
+/// Any JSON value, read through and dropped, with the checks the careful path's `Value` makes.
+/// serde_json skips the fields a struct does not have (and `IgnoredAny`) without them: it lets
+/// through a lone surrogate (`"\ud800"`), a number out of range (`1e999`) and nesting past its
+/// depth limit, all of which the careful path refuses as bad JSON.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Checked, D::Error> {
+        d.deserialize_any(Checked)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Checked {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
 }
 
 /// Parses one frame body sent by a client whose role is `role` (`None` before `Hello`).
@@ -353,6 +431,73 @@ mod tests {
                 assert_eq!(fast, slow, "{f} as {role}");
             }
         }
+    }
+
+    const ROLES: [Role; 4] = [Role::Desktop, Role::Dialer, Role::Switch, Role::Admin];
+
+    /// Found by fuzzing: the fast path took `["Ping"]` for a Ping and `["RecordInfo"]` for a
+    /// RecordInfo of record "RecordInfo", since serde's derived structs read arrays too.
+    #[test]
+    fn an_array_is_a_bad_frame_on_both_paths() {
+        for f in [r#"["Ping"]"#, r#" ["RecordInfo"]"#, r#"["GetRecord",1]"#] {
+            for role in ROLES {
+                assert_eq!(
+                    parse_request_fast(f.as_bytes(), role),
+                    None,
+                    "{f} as {role}"
+                );
+                let e = parse(f, Some(role)).unwrap_err();
+                assert_eq!(e.code, ErrorCode::BadFrame, "{f} as {role}");
+            }
+        }
+    }
+
+    /// Found by fuzzing: serde_json checks a lone surrogate, a number's range and the depth of
+    /// nesting only in the values it keeps, so the fast path took a frame with one of them in a
+    /// field the request does not have, which the careful path refuses as bad JSON.
+    #[test]
+    fn bad_json_in_an_unknown_field_is_a_bad_frame_on_both_paths() {
+        let deep = format!(
+            r#"{{"type":"Ping","x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        for f in [
+            r#"{"type":"Ping","note":"\ud800"}"#,
+            r#"{"type":"GetRecord","record":"R1","x":["\uDC00"]}"#,
+            r#"{"type":"AuditTail","x":1e999}"#,
+            r#"{"type":"Status","x":{"y":-1e400}}"#,
+            &deep,
+        ] {
+            for role in ROLES {
+                assert_eq!(
+                    parse_request_fast(f.as_bytes(), role),
+                    None,
+                    "{f} as {role}"
+                );
+                let e = parse(f, Some(role)).unwrap_err();
+                assert_eq!(e.code, ErrorCode::BadFrame, "{f} as {role}");
+            }
+        }
+        // A surrogate pair is a character like any other.
+        let f = r#"{"type":"GetRecord","record":"R\ud83d\ude00","x":"\ud83d\ude00"}"#;
+        let inc = parse(f, Some(Role::Desktop)).unwrap();
+        assert_eq!(
+            inc.request,
+            Request::GetRecord(RecordRef {
+                record: "R\u{1f600}".into()
+            })
+        );
+        // An escape in a key or in the type leaves the frame to the careful path, which reads it.
+        let f = r#"{"typ\u0065":"GetRecord","rec\u006frd":"R1"}"#;
+        assert_eq!(parse_request_fast(f.as_bytes(), Role::Desktop), None);
+        let inc = parse(f, Some(Role::Desktop)).unwrap();
+        assert_eq!(
+            inc.request,
+            Request::GetRecord(RecordRef {
+                record: "R1".into()
+            })
+        );
     }
 
     #[test]

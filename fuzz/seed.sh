@@ -1,0 +1,46 @@
+#!/bin/sh
+# Writes the seed corpus of each fuzz target into fuzz/corpus/<target>/ (idempotent; the seeds
+# and the corpus the fuzzer grows next to them stay out of git), from the files they are made of:
+#   request_parser  every example frame of protocol/examples (requests and server messages)
+#   frame_decoder   each example frame behind its 4-byte length header, whole and in pieces,
+#                   and all the request examples as one stream
+#   config_parser   config.toml and a few small documents
+set -eu
+cd "$(dirname "$0")"
+root=..
+corpus=corpus
+
+# The 4 bytes of a big-endian u32, written with printf's octal escapes (POSIX sh has no \x).
+be32() {
+    printf "\\$(printf %03o $(($1 >> 24 & 255)))\\$(printf %03o $(($1 >> 16 & 255)))"
+    printf "\\$(printf %03o $(($1 >> 8 & 255)))\\$(printf %03o $(($1 & 255)))"
+}
+
+# A frame: the header, then the body.
+frame() {
+    be32 "$(wc -c <"$1")"
+    cat "$1"
+}
+
+mkdir -p "$corpus/request_parser" "$corpus/frame_decoder" "$corpus/config_parser"
+
+# frame_decoder input: [piece size (0 = all at once)] [limit - 1, big-endian u16] [stream].
+for f in "$root"/protocol/examples/*/*.json; do
+    name=$(basename "$(dirname "$f")")-$(basename "$f" .json)
+    cp "$f" "$corpus/request_parser/seed-$name"
+    { printf '\000\377\377'; frame "$f"; } >"$corpus/frame_decoder/seed-$name"
+    { printf '\007\001\000'; frame "$f"; } >"$corpus/frame_decoder/seed-$name-pieces"
+done
+{
+    printf '\000\377\377'
+    for f in "$root"/protocol/examples/requests/*.json; do frame "$f"; done
+} >"$corpus/frame_decoder/seed-all-requests"
+
+cp "$root/config.toml" "$corpus/config_parser/seed-config.toml"
+: >"$corpus/config_parser/seed-empty"
+printf 'listen = "[::1]:7300"\nmax_frame_bytes = 4096\n[tokens]\nadmin = "a"\n' \
+    >"$corpus/config_parser/seed-small"
+
+for t in request_parser frame_decoder config_parser; do
+    echo "$t: $(ls "$corpus/$t" | wc -l) files in fuzz/$corpus/$t"
+done
