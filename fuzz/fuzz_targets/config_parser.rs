@@ -14,7 +14,7 @@ use toml::{Table, Value};
 const MAX_TIMER_MS: u64 = 365 * 86_400_000;
 
 /// Every numeric key: its value and its documented bounds.
-fn limits(c: &Config) -> [(&'static str, u64, u64, u64); 15] {
+fn limits(c: &Config) -> [(&'static str, u64, u64, u64); 20] {
     let n = |v: usize| v as u64;
     [
         ("max_frame_bytes", n(c.max_frame_bytes), 4096, 64 << 20),
@@ -77,6 +77,31 @@ fn limits(c: &Config) -> [(&'static str, u64, u64, u64); 15] {
             1024,
         ),
         ("store_cache_bytes", c.store_cache_bytes, 1 << 20, 1 << 40),
+        ("auth.jwt_leeway_ms", c.auth.jwt_leeway_ms, 0, 600_000),
+        (
+            "auth.max_failed_logins_per_agent",
+            c.auth.max_failed_logins_per_agent.into(),
+            1,
+            1_000,
+        ),
+        (
+            "auth.max_failed_logins_per_peer",
+            c.auth.max_failed_logins_per_peer.into(),
+            1,
+            1_000_000,
+        ),
+        (
+            "auth.failed_login_window_ms",
+            c.auth.failed_login_window_ms,
+            1_000,
+            86_400_000,
+        ),
+        (
+            "auth.password_check_threads",
+            n(c.auth.password_check_threads),
+            0,
+            256,
+        ),
     ]
 }
 
@@ -86,9 +111,44 @@ fn to_toml(c: &Config) -> String {
     doc.insert("listen".into(), Value::String(c.listen.to_string()));
     let dir = c.data_dir.to_str().expect("a path read from TOML is UTF-8");
     doc.insert("data_dir".into(), Value::String(dir.into()));
+    let mut auth = Table::new();
     for (key, value, _, _) in limits(c) {
         let value = i64::try_from(value).expect("a TOML integer fits an i64");
-        doc.insert(key.into(), Value::Integer(value));
+        match key.strip_prefix("auth.") {
+            Some(key) => auth.insert(key.into(), Value::Integer(value)),
+            None => doc.insert(key.into(), Value::Integer(value)),
+        };
+    }
+    let path = |p: &std::path::Path| Value::String(p.to_str().expect("UTF-8 path").into());
+    auth.insert(
+        "agents".into(),
+        Value::String(c.auth.agents.as_str().into()),
+    );
+    auth.insert("directory".into(), path(&c.auth.directory));
+    auth.insert("jwt_keys".into(), path(&c.auth.jwt_keys));
+    auth.insert(
+        "jwt_agent_claim".into(),
+        Value::String(c.auth.jwt_agent_claim.clone()),
+    );
+    for (key, value) in [
+        ("jwt_issuer", &c.auth.jwt_issuer),
+        ("jwt_audience", &c.auth.jwt_audience),
+    ] {
+        if let Some(v) = value {
+            auth.insert(key.into(), Value::String(v.clone()));
+        }
+    }
+    doc.insert("auth".into(), Value::Table(auth));
+    if let Some(tls) = &c.tls {
+        let mut t = Table::new();
+        t.insert("cert".into(), path(&tls.cert));
+        t.insert("key".into(), path(&tls.key));
+        if let Some(ca) = &tls.client_ca {
+            t.insert("client_ca".into(), path(ca));
+        }
+        let roles = tls.require_client_cert.iter().cloned().map(Value::String);
+        t.insert("require_client_cert".into(), Value::Array(roles.collect()));
+        doc.insert("tls".into(), Value::Table(t));
     }
     let mut tokens = Table::new();
     for (role, token) in [
@@ -98,6 +158,9 @@ fn to_toml(c: &Config) -> String {
         ("admin", &c.tokens.admin),
     ] {
         tokens.insert(role.into(), Value::String(token.clone()));
+    }
+    if let Some(token) = &c.tokens.admin_read {
+        tokens.insert("admin_read".into(), Value::String(token.clone()));
     }
     doc.insert("tokens".into(), Value::Table(tokens));
     toml::to_string(&doc).expect("a table of strings and integers serializes")
@@ -125,6 +188,11 @@ fuzz_target!(|data: &[u8]| {
             let _ = config.heartbeat() + config.idle_timeout() + config.handshake_timeout();
             assert!(config.max_frame_bytes <= u32::MAX as usize);
         }
+        // The identity and transport checks name their section and key.
+        Err(ConfigError::Invalid(message))
+            if ["`[auth]", "`[tokens]", "`[tls]"]
+                .iter()
+                .any(|p| message.starts_with(p)) => {}
         Err(ConfigError::Invalid(message)) => {
             let key = limits(&config)
                 .into_iter()
