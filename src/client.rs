@@ -214,9 +214,23 @@ impl TlsArgs {
     }
 }
 
+/// A check run on every frame a [`Client`] reads, before it is decoded, with the role the client
+/// said `Hello` as (`None` before that). Baton's test suite installs one that validates each
+/// frame against `protocol/schema`; nothing else installs one.
+pub type FrameCheck = fn(Option<Role>, &[u8]);
+
+static FRAME_CHECK: std::sync::OnceLock<FrameCheck> = std::sync::OnceLock::new();
+
+/// Installs the [`FrameCheck`] of this process; the first one installed stays.
+pub fn check_every_frame(check: FrameCheck) {
+    let _ = FRAME_CHECK.set(check);
+}
+
 /// One client connection.
 pub struct Client {
     framed: Framed<ClientStream, FrameCodec>,
+    /// The role this connection said `Hello` as.
+    role: Option<Role>,
     next_ref: u64,
     backlog: VecDeque<Envelope>,
     timeout: Duration,
@@ -292,6 +306,7 @@ impl Client {
     fn from_stream(stream: ClientStream) -> Client {
         Client {
             framed: Framed::new(stream, FrameCodec::new(CLIENT_MAX_FRAME)),
+            role: None,
             next_ref: 1,
             backlog: VecDeque::new(),
             timeout: Duration::from_secs(10),
@@ -355,6 +370,9 @@ impl Client {
     pub async fn send(&mut self, request: &Request) -> Result<u64, ClientError> {
         let r = self.next_ref;
         self.next_ref += 1;
+        if let Request::Hello(hello) = request {
+            self.role = Role::parse(&hello.role);
+        }
         let value = request.to_value(Some(r));
         self.send_bytes(Bytes::from(serde_json::to_vec(&value)?))
             .await?;
@@ -477,7 +495,12 @@ impl Client {
         match next {
             None => Err(ClientError::Closed),
             Some(Err(e)) => Err(e.into()),
-            Some(Ok(bytes)) => Ok(serde_json::from_slice(&bytes)?),
+            Some(Ok(bytes)) => {
+                if let Some(check) = FRAME_CHECK.get() {
+                    check(self.role, &bytes);
+                }
+                Ok(serde_json::from_slice(&bytes)?)
+            }
         }
     }
 

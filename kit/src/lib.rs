@@ -8,6 +8,7 @@ pub mod centre;
 pub mod expect;
 pub mod identity;
 pub mod msg;
+pub mod schema;
 pub mod server;
 pub mod wire;
 

@@ -105,6 +105,7 @@ impl TestServer {
     }
 
     fn serving(handle: ServerHandle, config: Config) -> TestServer {
+        crate::schema::install();
         TestServer {
             addr: handle.local_addr(),
             config,
@@ -245,6 +246,7 @@ impl ServerProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
+        crate::schema::install();
         let stderr = child.stderr.take().expect("stderr is piped");
         let log = Arc::new(Mutex::new(Vec::new()));
         let lines = log.clone();
@@ -368,6 +370,16 @@ impl ServerProcess {
     fn join_log(&mut self) {
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    /// A frame outside the schema fails the test that saw it, even if the task that read it
+    /// panicked unobserved.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            crate::schema::assert_no_violations();
         }
     }
 }

@@ -18,14 +18,16 @@ pub fn request_frame(request: &Request, r#ref: u64) -> Bytes {
 pub struct RawReader {
     half: OwnedReadHalf,
     buf: BytesMut,
+    role: Role,
 }
 
 impl RawReader {
     /// The next frame as JSON, or `None` once the server has closed the connection. A frame that
-    /// does not come within 10 s fails the test instead of hanging it.
+    /// does not come within 10 s, or does not match the schema for the role, fails the test.
     pub async fn next(&mut self) -> Option<serde_json::Value> {
         loop {
             if let Some(body) = split_frame(&mut self.buf) {
+                crate::schema::check_server_frame(Some(self.role), &body);
                 return Some(serde_json::from_slice(&body).expect("the server sends JSON"));
             }
             let read =
@@ -63,6 +65,7 @@ pub async fn raw_session(
     let mut reader = RawReader {
         half: read,
         buf: BytesMut::new(),
+        role,
     };
     let welcome = reader.next().await.expect("Welcome");
     assert_eq!(welcome["type"], "Welcome", "{welcome}");

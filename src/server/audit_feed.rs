@@ -39,12 +39,11 @@ impl Announcer {
         }
     }
 
-    /// Entries handed to the store, not yet known to be flushed. Kept only while a tail follows:
-    /// one that starts later reads them from the store (it finds the hole in the feed).
+    /// Entries handed to the store (or deferred), not yet known to be flushed. Kept whether or not
+    /// a tail follows now: a tail that starts after an entry was written and before it is flushed
+    /// (a read's entry waits up to 20 ms) reads the store only up to what was durable when it
+    /// started, and so learns of that entry from the feed alone.
     pub(super) fn written(&self, entries: impl IntoIterator<Item = AuditEntry>) {
-        if self.live.receiver_count() == 0 {
-            return;
-        }
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
         w.extend(entries.into_iter().map(Arc::new));
     }
@@ -61,9 +60,11 @@ impl Announcer {
             newer
         });
         let n = w.iter().take_while(|e| e.seq <= seq).count();
-        if n > 0 {
+        if n > 0 && self.live.receiver_count() == 0 {
+            // Nobody following: the entries are on disk for later readers.
+            w.drain(..n);
+        } else if n > 0 {
             let batch: Arc<[Arc<AuditEntry>]> = w.drain(..n).collect();
-            // Nobody following is fine: the entries are on disk for later readers.
             let _ = self.live.send(batch);
         }
     }

@@ -7,6 +7,35 @@ impl Harness {
     // The invariants
     // -----------------------------------------------------------------------------------------
 
+    /// Invariant 8: every frame the engine sends matches `protocol/schema` for its connection's
+    /// role, and every audit entry matches as the `Audit` frame a tail would carry it in.
+    fn check_schema(o: &Output) -> Result<(), String> {
+        let (entry, frame) = match o {
+            Output::Send { conn, env } => {
+                let role = match *conn {
+                    SWITCH => Role::Switch,
+                    DIALER => Role::Dialer,
+                    ADMIN => Role::Admin,
+                    _ => Role::Desktop,
+                };
+                let frame = serde_json::to_value(env).map_err(|e| e.to_string())?;
+                (schema::from_server(Some(role)), frame)
+            }
+            Output::Audit(e) => {
+                let mut frame = serde_json::to_value(e).map_err(|e| e.to_string())?;
+                frame["type"] = "Audit".into();
+                ("Audit", frame)
+            }
+            _ => return Ok(()),
+        };
+        let errors = schema::errors(entry, &frame);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("inv 8: {frame} is outside {entry}: {errors:?}"))
+        }
+    }
+
     pub(crate) fn check(
         &mut self,
         step: &Step,
@@ -25,6 +54,7 @@ impl Harness {
         self.cleared.clear();
 
         for o in out {
+            Self::check_schema(o)?;
             match o {
                 Output::Audit(e) => {
                     // Invariant 6: gap-free, increasing from 1.

@@ -18,7 +18,9 @@
 //!    engine's access table, and its calls equal the calls on its DN (failover table);
 //! 6. audit `seq` numbers are 1, 2, 3... with no gap;
 //! 7. every request gets exactly one reply with its `ref` (a stream for `ChainedRecords`), on
-//!    its own connection, and no reply carries a `ref` nobody sent.
+//!    its own connection, and no reply carries a `ref` nobody sent;
+//! 8. every frame the engine sends matches `protocol/schema` for its connection's role, and
+//!    every audit entry matches the schema's `Audit` frame.
 //!
 //! and, rule by rule: first grant and conference grant (1, 6), transfer revokes the initiator
 //! and grants the recipient (2, 4, 9), released consultation revokes the consultee (5), leaving a

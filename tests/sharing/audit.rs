@@ -71,3 +71,26 @@ async fn audit_tail_follows_live_entries_for_one_agent() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The entry of a refusal is written up to 20 ms after the refusal is answered. A following tail
+/// that starts in that time gets it when it is written, without waiting for a later entry.
+#[tokio::test]
+async fn a_tail_started_while_a_refusals_entry_waits_for_the_disk_gets_it() {
+    let mut t = Centre::new().await;
+    t.call_on_a("C1", "R1").await;
+    let mut tail = t.server.connect(Role::Admin).await;
+    tail.set_timeout(Duration::from_secs(3));
+    // B never held R1: refused, and the refusal's entry waits for the disk.
+    match t.b.request(record_req("GetRecord", "R1")).await.unwrap() {
+        ServerMsg::Error { code, .. } => assert_eq!(code, ErrorCode::AccessDenied),
+        other => panic!("{other:?}"),
+    }
+    let r = tail.send(&agent_feed("B")).await.unwrap();
+    match tail.reply_to(r).await {
+        Ok(ServerMsg::Audit(e)) => assert_eq!(
+            (e.kind, e.agent.as_deref(), e.code),
+            (AuditKind::Denied, Some("B"), Some(ErrorCode::AccessDenied))
+        ),
+        other => panic!("the refusal's entry did not reach the tail: {other:?}"),
+    }
+}
