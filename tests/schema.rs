@@ -289,3 +289,32 @@ async fn a_client_that_reads_a_frame_outside_the_schema_fails_its_test() {
     );
     assert!(violations[0].contains("data"), "{violations:?}");
 }
+
+/// Every frame written out in PROTOCOL.md's text blocks (the quick starts and the walk-throughs,
+/// `C> {...}` and `name S> {...}` lines) is a frame of the schema in its direction.
+#[test]
+fn every_frame_line_in_protocol_md_validates() {
+    let doc =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/protocol/PROTOCOL.md")).unwrap();
+    let mut checked = 0;
+    for line in doc.lines() {
+        let Some(at) = line.find("> {") else {
+            continue;
+        };
+        let head = line[..at].trim_end();
+        let dir = if head == "C" || head.ends_with(" C") {
+            "to_server"
+        } else if head == "S" || head.ends_with(" S") {
+            "from_server"
+        } else {
+            continue;
+        };
+        let json = &line[at + 2..];
+        let frame: Value = serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("PROTOCOL.md line is not JSON ({e}): {line}"));
+        let errors = schema::errors(dir, &frame);
+        assert!(errors.is_empty(), "PROTOCOL.md: {line}\n{errors:?}");
+        checked += 1;
+    }
+    assert!(checked > 150, "only {checked} frame lines found");
+}

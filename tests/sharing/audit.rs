@@ -94,3 +94,59 @@ async fn a_tail_started_while_a_refusals_entry_waits_for_the_disk_gets_it() {
         other => panic!("the refusal's entry did not reach the tail: {other:?}"),
     }
 }
+
+/// PROTOCOL.md's recipe for a record's complete history now: `Status` names the last entry
+/// decided, durable or not; tails without `follow` are repeated from where the last one ended
+/// until they reach it. The refusal answered just before is in the history.
+#[tokio::test]
+async fn the_history_recipe_finds_the_refusal_answered_just_before() {
+    let mut t = Centre::new().await;
+    t.call_on_a("C1", "R1").await;
+    match t.b.request(record_req("UpdateRecord", "R1")).await.unwrap() {
+        ServerMsg::Error { code, .. } => assert_eq!(code, ErrorCode::AccessDenied),
+        other => panic!("{other:?}"),
+    }
+    let decided = match t.admin.request(Request::Status).await.unwrap() {
+        ServerMsg::StatusReport { audit_last_seq, .. } => audit_last_seq,
+        other => panic!("{other:?}"),
+    };
+    let mut history = Vec::new();
+    let mut from = 1;
+    for _ in 0..100 {
+        let frames = t
+            .admin
+            .request_stream(Request::AuditTail(AuditTail {
+                from_seq: Some(from),
+                follow: false,
+                record: Some("R1".into()),
+                agent: None,
+            }))
+            .await
+            .unwrap();
+        let mut last = 0;
+        for f in frames {
+            match f {
+                ServerMsg::Audit(e) => history.push(e),
+                ServerMsg::AuditEnd { last_seq } => last = last_seq,
+                other => panic!("{other:?}"),
+            }
+        }
+        if last >= decided {
+            break;
+        }
+        from = last + 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kinds: Vec<(AuditKind, Option<&str>)> = history
+        .iter()
+        .map(|e| (e.kind, e.agent.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (AuditKind::Attached, None),
+            (AuditKind::Granted, Some("A")),
+            (AuditKind::Denied, Some("B")),
+        ]
+    );
+}

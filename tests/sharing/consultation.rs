@@ -463,3 +463,77 @@ async fn consultation_ended_by_rona_grants_nothing() {
         }]
     );
 }
+
+/// PROTOCOL.md section 16: a transfer the switch completes while the consultation still rings
+/// (a mute transfer) is reported as `Transferred{kind:"mute"}` and then the consultation's
+/// `Released` on both DNs. B gets `full` at once, A is revoked, and both desktops see the
+/// consultation cleared and only the customer call left.
+#[tokio::test]
+async fn a_transfer_completed_while_the_consultation_rings_is_reported_as_mute() {
+    let mut t = Centre::new().await;
+    t.call_on_a("C1", "R1").await;
+    t.consult_b("C1", "C2", "R1", false).await;
+    event(
+        &mut t.switch,
+        transferred("C1", "7001", "7002", TransferKind::Mute, None),
+    )
+    .await;
+    event(&mut t.switch, released("C2", "7002", None)).await;
+    event(&mut t.switch, released("C2", "7001", None)).await;
+    let b = pushes_until_quiet(&mut t.b).await;
+    assert_eq!(
+        b.iter()
+            .filter(|m| !matches!(m, ServerMsg::AccessChanged { .. }))
+            .cloned()
+            .collect::<Vec<_>>(),
+        vec![
+            ServerMsg::CallAlerting {
+                call: "C1".into(),
+                dn: "7002".into(),
+                record: Some("R1".into()),
+                consult_of: None,
+            },
+            ServerMsg::CallCleared {
+                call: "C2".into(),
+                dn: "7002".into(),
+                cause: "hangup".into(),
+            },
+        ]
+    );
+    let grants: Vec<_> = b
+        .iter()
+        .filter(|m| matches!(m, ServerMsg::AccessChanged { .. }))
+        .map(access_of)
+        .collect();
+    assert_eq!(
+        grants,
+        vec![("R1".to_owned(), Access::Full, AccessCause::Transfer)]
+    );
+    let a = pushes_until_quiet(&mut t.a).await;
+    assert!(
+        a.iter()
+            .any(|m| access_of_opt(m)
+                == Some(("R1".to_owned(), Access::Revoked, AccessCause::Transfer))),
+        "{a:?}"
+    );
+    assert!(a.contains(&ServerMsg::CallCleared {
+        call: "C2".into(),
+        dn: "7001".into(),
+        cause: "hangup".into(),
+    }));
+    let (_, holders, _) = t.info("R1").await;
+    assert!(holders.contains(&Holder {
+        agent: "B".into(),
+        access: Access::Full
+    }));
+    match t.admin.request(Request::Status).await.unwrap() {
+        ServerMsg::StatusReport { calls, .. } => assert_eq!(calls, 1, "only C1 is left"),
+        other => panic!("{other:?}"),
+    }
+    t.b.request(processed("R1", "sale")).await.unwrap();
+    assert_eq!(t.outcome().await.1, Outcome::Processed);
+}
+
+fn access_of_opt(m: &ServerMsg) -> Option<(String, Access, AccessCause)> {
+    matches!(m, ServerMsg::AccessChanged { .. }).then(|| access_of(m))
+}
