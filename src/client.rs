@@ -19,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::Framed;
 
 /// Largest frame the client accepts from a server.
@@ -43,6 +45,84 @@ pub enum ClientError {
     Refused { code: ErrorCode, message: String },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("WebSocket: {0}")]
+    WebSocket(String),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        use tokio_tungstenite::tungstenite::Error as E;
+        match e {
+            E::ConnectionClosed | E::AlreadyClosed => ClientError::Closed,
+            E::Io(io) => ClientError::Frame(FrameError::Io(io)),
+            other => ClientError::WebSocket(other.to_string()),
+        }
+    }
+}
+
+/// How a client's frames travel: length-prefixed on a TCP or TLS stream, or one text message
+/// each on a WebSocket (a browser desktop's transport).
+enum Wire {
+    Stream(Framed<ClientStream, FrameCodec>),
+    WebSocket(Box<WebSocketStream<ClientStream>>),
+}
+
+/// Which transport a desktop uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// The framed TCP (or TLS) port, `listen`.
+    #[default]
+    Tcp,
+    /// WebSocket on the HTTP port, `http_listen`, at `/ws`.
+    WebSocket,
+}
+
+impl Wire {
+    async fn feed(&mut self, body: Bytes) -> Result<(), ClientError> {
+        match self {
+            Wire::Stream(f) => f.feed(body).await?,
+            Wire::WebSocket(ws) => ws.feed(text_message(body)?).await?,
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ClientError> {
+        match self {
+            Wire::Stream(f) => f.flush().await?,
+            Wire::WebSocket(ws) => ws.flush().await?,
+        }
+        Ok(())
+    }
+
+    /// The next frame's body; `None` once the server has closed the connection.
+    async fn next(&mut self) -> Option<Result<Bytes, ClientError>> {
+        match self {
+            Wire::Stream(f) => f.next().await.map(|r| r.map_err(ClientError::from)),
+            Wire::WebSocket(ws) => loop {
+                match ws.next().await? {
+                    Ok(WsMessage::Text(text)) => return Some(Ok(Bytes::from(text))),
+                    Ok(WsMessage::Binary(b)) => return Some(Ok(b)),
+                    Ok(WsMessage::Close(_)) => return None,
+                    Ok(_) => continue,
+                    Err(e) => return Some(Err(e.into())),
+                }
+            },
+        }
+    }
+
+    fn stream_mut(&mut self) -> &mut ClientStream {
+        match self {
+            Wire::Stream(f) => f.get_mut(),
+            Wire::WebSocket(ws) => ws.get_mut(),
+        }
+    }
+}
+
+fn text_message(body: Bytes) -> Result<WsMessage, ClientError> {
+    let text = String::from_utf8(body.to_vec()).map_err(|_| {
+        ClientError::WebSocket("a frame that is not UTF-8 cannot be a text message".into())
+    })?;
+    Ok(WsMessage::Text(text.into()))
 }
 
 /// A connection's byte stream: plain TCP, or TLS over it.
@@ -228,7 +308,7 @@ pub fn check_every_frame(check: FrameCheck) {
 
 /// One client connection.
 pub struct Client {
-    framed: Framed<ClientStream, FrameCodec>,
+    wire: Wire,
     /// The role this connection said `Hello` as.
     role: Option<Role>,
     next_ref: u64,
@@ -278,7 +358,10 @@ impl Client {
             Some(tls) => tls.wrap(addr, stream).await?,
             None => ClientStream::Plain(stream),
         };
-        Ok(Client::from_stream(stream))
+        Ok(Client::with_wire(Wire::Stream(Framed::new(
+            stream,
+            FrameCodec::new(CLIENT_MAX_FRAME),
+        ))))
     }
 
     /// Connects from a chosen local address (a load generator spreads many connections over
@@ -303,9 +386,64 @@ impl Client {
         Client::hello(Client::from_tcp(addr, stream, tls).await?, role, token).await
     }
 
-    fn from_stream(stream: ClientStream) -> Client {
+    /// Opens a WebSocket to the HTTP listener at `http_addr` (`/ws`, over TLS when `tls` is
+    /// given) without saying `Hello`.
+    pub async fn connect_ws_raw(
+        http_addr: SocketAddr,
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, ClientError> {
+        let stream =
+            TcpStream::connect(http_addr)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: http_addr,
+                    source,
+                })?;
+        let _ = stream.set_nodelay(true);
+        let (stream, scheme) = match tls {
+            Some(tls) => (tls.wrap(http_addr, stream).await?, "wss"),
+            None => (ClientStream::Plain(stream), "ws"),
+        };
+        let url = format!("{scheme}://{http_addr}/ws");
+        let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+        Ok(Client::with_wire(Wire::WebSocket(Box::new(ws))))
+    }
+
+    /// Connects to `/ws` on the HTTP listener at `http_addr` and completes `Hello`.
+    pub async fn connect_ws(
+        http_addr: SocketAddr,
+        tls: Option<&ClientTls>,
+        role: Role,
+        token: &str,
+    ) -> Result<Client, ClientError> {
+        Client::hello(Client::connect_ws_raw(http_addr, tls).await?, role, token).await
+    }
+
+    /// Connects over `transport` and completes `Hello`: `addr` is the TCP port (`listen`) for
+    /// [`Transport::Tcp`], the HTTP port (`http_listen`) for [`Transport::WebSocket`].
+    pub async fn connect_over(
+        transport: Transport,
+        addr: SocketAddr,
+        tls: Option<&ClientTls>,
+        role: Role,
+        token: &str,
+    ) -> Result<Client, ClientError> {
+        match transport {
+            Transport::Tcp => Client::connect_with(addr, tls, role, token).await,
+            Transport::WebSocket => Client::connect_ws(addr, tls, role, token).await,
+        }
+    }
+
+    /// Ends the connection without a goodbye, as a desktop whose machine went away: the server
+    /// sees it close. What was sent before can still be read.
+    pub async fn hang_up(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.wire.stream_mut().shutdown().await;
+    }
+
+    fn with_wire(wire: Wire) -> Client {
         Client {
-            framed: Framed::new(stream, FrameCodec::new(CLIENT_MAX_FRAME)),
+            wire,
             role: None,
             next_ref: 1,
             backlog: VecDeque::new(),
@@ -391,17 +529,17 @@ impl Client {
             let r = self.next_ref;
             self.next_ref += 1;
             let body = serde_json::to_vec(&request.to_value(Some(r)))?;
-            self.framed.feed(Bytes::from(body)).await?;
+            self.wire.feed(Bytes::from(body)).await?;
             refs.push(r);
         }
-        self.framed.flush().await?;
+        self.wire.flush().await?;
         Ok(refs)
     }
 
     /// Sends an arbitrary frame body (for tests of malformed input).
     pub async fn send_bytes(&mut self, body: Bytes) -> Result<(), ClientError> {
-        self.framed.send(body).await?;
-        Ok(())
+        self.wire.feed(body).await?;
+        self.wire.flush().await
     }
 
     /// Sends a request and waits for the reply with its `ref`; other frames are kept for later.
@@ -489,12 +627,12 @@ impl Client {
     }
 
     async fn read_frame(&mut self) -> Result<Envelope, ClientError> {
-        let next = tokio::time::timeout(self.timeout, self.framed.next())
+        let next = tokio::time::timeout(self.timeout, self.wire.next())
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))?;
         match next {
             None => Err(ClientError::Closed),
-            Some(Err(e)) => Err(e.into()),
+            Some(Err(e)) => Err(e),
             Some(Ok(bytes)) => {
                 if let Some(check) = FRAME_CHECK.get() {
                     check(self.role, &bytes);
@@ -517,6 +655,6 @@ impl Client {
 
     /// The underlying stream, for tests that need raw access.
     pub fn stream_mut(&mut self) -> &mut ClientStream {
-        self.framed.get_mut()
+        self.wire.stream_mut()
     }
 }

@@ -16,6 +16,8 @@ pub enum FrameError {
     Empty,
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    #[error("binary WebSocket message: Baton speaks JSON in text messages")]
+    Binary,
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }

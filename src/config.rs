@@ -140,6 +140,12 @@ impl Default for Tokens {
 pub struct Config {
     /// Address the server listens on.
     pub listen: SocketAddr,
+    /// Address of the HTTP listener (WebSocket desktops at `/ws`, the desktop page, the SDK);
+    /// empty: no HTTP listener.
+    pub http_listen: String,
+    /// Origins (`scheme://host[:port]`) whose pages may open a WebSocket, besides the server's
+    /// own origin.
+    pub allowed_origins: Vec<String>,
     /// Directory of the embedded sled database.
     pub data_dir: PathBuf,
     /// Largest frame body accepted or sent, in bytes.
@@ -188,6 +194,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:7300".parse().expect("valid literal address"),
+            http_listen: "127.0.0.1:7380".into(),
+            allowed_origins: Vec::new(),
             data_dir: PathBuf::from("data"),
             max_frame_bytes: 65536,
             max_connections: 10000,
@@ -310,19 +318,53 @@ impl Config {
 
     /// The identity and transport keys: modes that fit the listeners, what each mode needs, and
     /// no well-known secret on a port other machines can reach.
-    fn validate_security(&self) -> Result<(), ConfigError> {
+    /// The HTTP listener's address, if there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        (!self.http_listen.is_empty())
+            .then(|| self.http_listen.parse().ok())
+            .flatten()
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        let exposed = !self.listen.ip().is_loopback();
-        if exposed && self.auth.agents == AgentAuth::Open {
+        if !self.http_listen.is_empty() && self.http_listen.parse::<SocketAddr>().is_err() {
             return invalid(format!(
-                "`[auth] agents = \"open\"` trusts any agent id a desktop sends, so it is for \
-                 loopback only, but `listen` = {} is reachable from other machines: set \
-                 `agents = \"directory\"` or `\"jwt\"` (see README, Securing Baton), or listen on \
-                 127.0.0.1",
-                self.listen
+                "`http_listen` = {:?} is not an address like \"127.0.0.1:7380\" (or \"\" for no \
+                 HTTP listener)",
+                self.http_listen
             ));
         }
-        if exposed {
+        for origin in &self.allowed_origins {
+            let well_formed = ["http://", "https://"].iter().any(|scheme| {
+                origin
+                    .strip_prefix(scheme)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+            });
+            if !well_formed {
+                return invalid(format!(
+                    "`allowed_origins`: {origin:?} is not an origin: write scheme://host[:port], \
+                     as a browser sends it, with no path or trailing slash (\"https://desk.example:8443\")"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        self.validate_http()?;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let exposed_addr = std::iter::once(("listen", self.listen))
+            .chain(self.http_addr().map(|a| ("http_listen", a)))
+            .find(|(_, a)| !a.ip().is_loopback());
+        if let Some((key, addr)) = exposed_addr.filter(|_| self.auth.agents == AgentAuth::Open) {
+            return invalid(format!(
+                "`[auth] agents = \"open\"` trusts any agent id a desktop sends, so it is for \
+                 loopback only, but `{key}` = {addr} is reachable from other machines: set \
+                 `agents = \"directory\"` or `\"jwt\"` (see README, Securing Baton), or listen on \
+                 127.0.0.1"
+            ));
+        }
+        if let Some((listener, addr)) = exposed_addr {
             let defaults = Tokens::default();
             let t = &self.tokens;
             for (key, value, default) in [
@@ -333,8 +375,8 @@ impl Config {
                 if value == default {
                     return invalid(format!(
                         "`[tokens] {key}` is still the built-in default, which everybody knows, \
-                         and `listen` = {} is reachable from other machines: set a secret of your own",
-                        self.listen
+                         and `{listener}` = {addr} is reachable from other machines: set a secret \
+                         of your own"
                     ));
                 }
             }

@@ -67,6 +67,19 @@ fn serve_refuses_open_mode_and_default_tokens_on_a_reachable_port() {
             format!("listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[auth]\nagents = \"jwt\"\n", data.display().to_string()),
             "`[auth] jwt_issuer` is required",
         ),
+        // The HTTP listener (browser desktops) counts as a reachable port too.
+        (
+            format!("listen = \"127.0.0.1:0\"\nhttp_listen = \"0.0.0.0:0\"\ndata_dir = {:?}\n", data.display().to_string()),
+            "`http_listen` = 0.0.0.0:0 is reachable from other machines",
+        ),
+        (
+            format!("listen = \"127.0.0.1:0\"\nhttp_listen = \"localhost\"\ndata_dir = {:?}\n", data.display().to_string()),
+            "`http_listen` = \"localhost\" is not an address",
+        ),
+        (
+            format!("listen = \"127.0.0.1:0\"\nallowed_origins = [\"https://desk.example/\"]\ndata_dir = {:?}\n", data.display().to_string()),
+            "`allowed_origins`: \"https://desk.example/\" is not an origin",
+        ),
     ];
     for (text, why) in cases {
         let config = dir.path().join("config.toml");

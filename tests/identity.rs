@@ -47,9 +47,7 @@ async fn directory_server(tmp: &Path, adjust: impl FnOnce(&mut Config)) -> TestS
 
 /// A desktop connection: in directory and jwt modes its `Hello` carries no token at all.
 async fn desk(server: &TestServer) -> Client {
-    Client::connect(server.addr, Role::Desktop, "")
-        .await
-        .unwrap()
+    server.connect_as(Role::Desktop, "").await.unwrap()
 }
 
 fn refusal(msg: &ServerMsg) -> (ErrorCode, String, Option<u64>) {

@@ -122,8 +122,7 @@ pub async fn drain(client: &mut Client) {
 /// Ends `client`'s connection without a `Logout`, as a desktop whose browser or machine went away:
 /// the server sees the connection close. The client can still read what was sent before.
 pub async fn hang_up(client: &mut Client) {
-    use tokio::io::AsyncWriteExt;
-    let _ = client.stream_mut().shutdown().await;
+    client.hang_up().await;
 }
 
 /// Puts `record` on `call` established on `dn`, where `desk` is logged in; waits for its `full`

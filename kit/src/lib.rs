@@ -16,6 +16,7 @@ pub use centre::Centre;
 pub use expect::*;
 pub use msg::*;
 pub use server::{
-    config_file, free_addr, log_in, log_in_with_password, token, ServerProcess, TestServer,
+    config_file, desktop_transport, free_addr, log_in, log_in_with_password, token, ServerProcess,
+    TestServer,
 };
 pub use wire::{raw_session, request_frame, RawReader};

@@ -3,7 +3,7 @@
 //! command that serves) as a child process, for crash tests, the command-line tests and the
 //! restart timer.
 
-use baton::client::{Client, ClientError};
+use baton::client::{Client, ClientError, Transport};
 use baton::config::{Config, Tokens};
 use baton::messages::*;
 use baton::server::ServerHandle;
@@ -34,21 +34,39 @@ pub fn free_addr() -> SocketAddr {
 }
 
 /// Writes `DIR/baton.toml` for a server on `addr` with its store in `DIR/data`, plus the TOML
-/// lines in `extra`; returns the file's path.
+/// lines in `extra`; returns the file's path. Unless `extra` sets `http_listen`, the HTTP
+/// listener takes any free port, so that servers of tests running side by side never meet.
 pub fn config_file(dir: &Path, addr: SocketAddr, extra: &str) -> PathBuf {
     let path = dir.join("baton.toml");
     let data = dir.join("data").display().to_string().replace('\\', "\\\\");
+    let http = if extra.contains("http_listen") {
+        ""
+    } else {
+        "http_listen = \"127.0.0.1:0\"\n"
+    };
     std::fs::write(
         &path,
-        format!("listen = \"{addr}\"\ndata_dir = \"{data}\"\n{extra}"),
+        format!("listen = \"{addr}\"\ndata_dir = \"{data}\"\n{http}{extra}"),
     )
     .expect("config written");
     path
 }
 
+/// The transport the tests' desktops use: `BATON_TEST_DESKTOP_TRANSPORT=ws` runs them over
+/// WebSocket (the HTTP listener's `/ws`), anything else over the TCP port. The same tests check
+/// both: a WebSocket desktop is the same to every rule.
+pub fn desktop_transport() -> Transport {
+    match std::env::var("BATON_TEST_DESKTOP_TRANSPORT").as_deref() {
+        Ok("ws" | "websocket") => Transport::WebSocket,
+        _ => Transport::Tcp,
+    }
+}
+
 /// A server running in this process on `127.0.0.1:0`.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The HTTP listener (WebSocket desktops), when the config has one.
+    pub http_addr: Option<SocketAddr>,
     pub config: Config,
     handle: Option<ServerHandle>,
     _dir: Option<tempfile::TempDir>,
@@ -100,6 +118,7 @@ impl TestServer {
     fn config() -> Config {
         Config {
             listen: "127.0.0.1:0".parse().expect("an address"),
+            http_listen: "127.0.0.1:0".into(),
             ..Config::default()
         }
     }
@@ -108,6 +127,7 @@ impl TestServer {
         crate::schema::install();
         TestServer {
             addr: handle.local_addr(),
+            http_addr: handle.http_addr(),
             config,
             handle: Some(handle),
             _dir: None,
@@ -126,11 +146,26 @@ impl TestServer {
         }
     }
 
-    /// A connection that said `Hello` as `role`.
+    /// A connection that said `Hello` as `role`, with the role's token. A desktop connects over
+    /// the transport of [`desktop_transport`].
     pub async fn connect(&self, role: Role) -> Client {
-        Client::connect(self.addr, role, token(&self.config.tokens, role))
+        self.connect_as(role, token(&self.config.tokens, role))
             .await
             .expect("Hello accepted")
+    }
+
+    /// A connection that said `Hello` as `role` with `token`, or the server's refusal. A desktop
+    /// connects over the transport of [`desktop_transport`].
+    pub async fn connect_as(&self, role: Role, token: &str) -> Result<Client, ClientError> {
+        match (role, desktop_transport()) {
+            (Role::Desktop, Transport::WebSocket) => {
+                let http = self
+                    .http_addr
+                    .expect("a WebSocket desktop needs the server's HTTP listener");
+                Client::connect_ws(http, None, role, token).await
+            }
+            _ => Client::connect(self.addr, role, token).await,
+        }
     }
 
     /// A desktop logged in as `agent` on `dn`; returns the client and its session token.

@@ -5,8 +5,9 @@
 //! Never reads a frame or decides anything about a client: an accepted socket goes straight to
 //! [`super::connection`].
 
-use super::connection::{refuse_overloaded, serve_connection, ConnCtx};
+use super::connection::{refuse_overloaded, serve_connection, stream_frames, ConnCtx, Transport};
 use super::engine_task::{engine_loop, EngineMsg, ENGINE_QUEUE};
+use super::outbox::StreamWriter;
 use super::retention::retention_loop;
 use super::{
     panic_message, OnEngineFailure, ServerError, Shared, StartOptions, ENGINE_FAILURE_EXIT_CODE,
@@ -29,32 +30,35 @@ const DRAIN: Duration = Duration::from_secs(3);
 /// What every listener shares to admit a connection: one counter of connection ids (the engine
 /// task's registry relies on an id never coming twice), one pool of `max_connections` slots, the
 /// engine's queue, and the tracker and token with which shutdown drains and closes connections.
-/// A second listener (WebSocket) would admit its connections through the same one.
-struct Admission {
+/// The TCP listener and the HTTP listener (WebSocket desktops) admit through the same one.
+pub(super) struct Admission {
     next_id: AtomicU64,
-    slots: Arc<Semaphore>,
-    config: Arc<Config>,
+    pub(super) slots: Arc<Semaphore>,
+    pub(super) config: Arc<Config>,
     engine: mpsc::Sender<EngineMsg>,
-    shared: Shared,
-    tracker: TaskTracker,
+    pub(super) shared: Shared,
+    pub(super) tracker: TaskTracker,
     /// Cancelled only when draining took too long: connections then stop at once.
     hard_stop: CancellationToken,
 }
 
 impl Admission {
-    /// Serves an accepted TCP connection on a task of its own (after the TLS handshake on a TLS
-    /// port), or refuses it (`overloaded`) when every slot is taken.
-    fn admit_tcp(&self, socket: TcpStream, peer: SocketAddr) {
+    /// A new connection's id and context, and the span its log lines carry.
+    pub(super) fn context(
+        &self,
+        peer: SocketAddr,
+        transport: Transport,
+    ) -> (ConnCtx, tracing::Span) {
         let conn = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let permit = self.slots.clone().try_acquire_owned().ok();
         let span = tracing::info_span!(
             "conn",
             id = conn,
             %peer,
+            transport = if transport == Transport::Tcp { "tcp" } else { "ws" },
             role = tracing::field::Empty,
             agent = tracing::field::Empty
         );
-        let mut ctx = ConnCtx {
+        let ctx = ConnCtx {
             conn,
             peer,
             config: self.config.clone(),
@@ -62,7 +66,16 @@ impl Admission {
             cancel: self.hard_stop.child_token(),
             shared: self.shared.clone(),
             client_cert: false,
+            transport,
         };
+        (ctx, span)
+    }
+
+    /// Serves an accepted TCP connection on a task of its own (after the TLS handshake on a TLS
+    /// port), or refuses it (`overloaded`) when every slot is taken.
+    fn admit_tcp(&self, socket: TcpStream, peer: SocketAddr) {
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        let (mut ctx, span) = self.context(peer, Transport::Tcp);
         let tls = self.shared.tls.as_ref().map(|t| t.acceptor());
         self.tracker.spawn(
             async move {
@@ -70,7 +83,8 @@ impl Admission {
                 match (permit, tls) {
                     (Some(_permit), None) => {
                         let (read, write) = socket.into_split();
-                        serve_connection(Box::new(read), write, ctx).await
+                        let frames = stream_frames(Box::new(read), ctx.config.max_frame_bytes);
+                        serve_connection(frames, StreamWriter::new(write), ctx).await
                     }
                     (Some(_permit), Some(acceptor)) => {
                         let handshake = acceptor.accept(socket);
@@ -82,7 +96,9 @@ impl Admission {
                             Ok(Ok(stream)) => {
                                 ctx.client_cert = stream.get_ref().1.peer_certificates().is_some();
                                 let (read, write) = tokio::io::split(stream);
-                                serve_connection(Box::new(read), write, ctx).await
+                                let frames =
+                                    stream_frames(Box::new(read), ctx.config.max_frame_bytes);
+                                serve_connection(frames, StreamWriter::new(write), ctx).await
                             }
                             Ok(Err(e)) => info!("closing: TLS handshake failed: {e}"),
                             Err(_) => info!(
@@ -124,6 +140,7 @@ async fn watch_credentials(shared: Shared, stop: CancellationToken) {
 
 pub(super) async fn run(
     listener: TcpListener,
+    http: Option<TcpListener>,
     config: Arc<Config>,
     stop: CancellationToken,
     engine: Engine,
@@ -150,7 +167,7 @@ pub(super) async fn run(
     let credentials = tokio::spawn(watch_credentials(shared.clone(), stop.clone()));
     let tracker = TaskTracker::new();
     let hard_stop = CancellationToken::new();
-    let admission = Admission {
+    let admission = Arc::new(Admission {
         next_id: AtomicU64::new(1),
         slots: Arc::new(Semaphore::new(config.max_connections)),
         config,
@@ -158,7 +175,14 @@ pub(super) async fn run(
         shared,
         tracker: tracker.clone(),
         hard_stop: hard_stop.clone(),
-    };
+    });
+    let http = http.map(|listener| {
+        tokio::spawn(super::http::http_loop(
+            listener,
+            admission.clone(),
+            stop.clone(),
+        ))
+    });
 
     let mut engine_failure = None;
     loop {
@@ -186,6 +210,10 @@ pub(super) async fn run(
     }
     drop(listener);
     credentials.abort();
+    stop.cancel();
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     if let Some(why) = engine_failure {
         if opts.on_engine_failure == OnEngineFailure::ExitProcess {
             error!(

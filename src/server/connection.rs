@@ -7,7 +7,7 @@
 
 use super::audit_feed::{audit_tail, TailOut};
 use super::engine_task::EngineMsg;
-use super::outbox::{self, Outbox, RoomError};
+use super::outbox::{self, FrameWriter, Outbox, RoomError};
 use super::Shared;
 use crate::auth::{same_secret, Authenticator};
 use crate::codec::{FrameCodec, FrameError};
@@ -16,11 +16,13 @@ use crate::config::Config;
 use crate::engine::ConnId;
 use crate::messages::*;
 use bytes::Bytes;
+use futures_util::Stream;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -39,11 +41,43 @@ pub(super) struct ConnCtx {
     pub(super) shared: Shared,
     /// The peer presented a client certificate that `[tls] client_ca` vouches for.
     pub(super) client_cert: bool,
+    pub(super) transport: Transport,
 }
 
 /// The reading side of a connection, plain TCP or TLS.
 pub(super) type ConnRead = Box<dyn AsyncRead + Send + Unpin>;
-type Reader = FramedRead<ConnRead, FrameCodec>;
+
+/// The frames a connection receives, whatever carries them: cut from a byte stream by
+/// [`FrameCodec`], or one per WebSocket text message.
+pub(super) type Reader = Pin<Box<dyn Stream<Item = Result<Bytes, FrameError>> + Send>>;
+
+/// What carries a connection's frames. The same rules apply to both; only how a connection is
+/// told why it closes differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Transport {
+    Tcp,
+    WebSocket,
+}
+
+/// WebSocket close codes (RFC 6455 section 7.4.1) for the reasons a connection ends.
+pub(super) mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const PROTOCOL: u16 = 1002;
+    pub const UNSUPPORTED: u16 = 1003;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// The frames of a TCP (or TLS) stream. A small initial read buffer: most connections send small
+/// frames, and an idle desktop should cost little memory. It grows on demand for bigger frames.
+pub(super) fn stream_frames(read_half: ConnRead, max_frame_bytes: usize) -> Reader {
+    Box::pin(FramedRead::with_capacity(
+        read_half,
+        FrameCodec::new(max_frame_bytes),
+        CONN_BUFFER,
+    ))
+}
 
 /// What a connection may do beyond its role's requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,23 +134,16 @@ pub(super) async fn refuse_overloaded(socket: TcpStream, ctx: &ConnCtx) {
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.send(frame)).await;
 }
 
-pub(super) async fn serve_connection<W>(read_half: ConnRead, write_half: W, ctx: ConnCtx)
+pub(super) async fn serve_connection<W>(mut reader: Reader, writer: W, ctx: ConnCtx)
 where
-    W: AsyncWrite + Send + Unpin + 'static,
+    W: FrameWriter + 'static,
 {
-    // A small initial read buffer: most connections send small frames, and an idle desktop should
-    // cost little memory. It grows on demand for bigger frames.
-    let mut reader = FramedRead::with_capacity(
-        read_half,
-        FrameCodec::new(ctx.config.max_frame_bytes),
-        CONN_BUFFER,
-    );
     let outbox = Arc::new(Outbox::new(
         ctx.config.outbound_queue_frames,
         ctx.config.idle_timeout(),
     ));
     let writer_task = tokio::spawn(
-        outbox::write_loop(write_half, outbox.clone(), ctx.cancel.clone()).in_current_span(),
+        outbox::write_loop(writer, outbox.clone(), ctx.cancel.clone()).in_current_span(),
     );
 
     let registered = match handshake(&mut reader, &outbox, &ctx).await {
@@ -169,6 +196,7 @@ async fn handshake(reader: &mut Reader, outbox: &Outbox, ctx: &ConnCtx) -> Optio
                 "closing: no Hello within {} ms",
                 ctx.config.handshake_timeout_ms
             );
+            outbox.set_close_code(close::POLICY, "no Hello within handshake_timeout_ms");
             let _ = outbox.push(error_frame(
                 None,
                 ErrorCode::HelloRequired,
@@ -181,7 +209,7 @@ async fn handshake(reader: &mut Reader, outbox: &Outbox, ctx: &ConnCtx) -> Optio
         }
         Ok(None) => return None,
         Ok(Some(Err(e))) => {
-            report_frame_error(outbox, &e);
+            report_frame_error(outbox, &e, ctx.transport);
             return None;
         }
         Ok(Some(Ok(frame))) => frame,
@@ -205,6 +233,11 @@ async fn handshake(reader: &mut Reader, outbox: &Outbox, ctx: &ConnCtx) -> Optio
                 e.message
             };
             info!(code = code.as_str(), "closing: {message}");
+            let close_code = match code {
+                ErrorCode::BadFrame => close::INVALID_PAYLOAD,
+                _ => close::POLICY,
+            };
+            outbox.set_close_code(close_code, &message);
             let _ = outbox.push(error_frame(e.r#ref, code, message));
             return None;
         }
@@ -215,6 +248,7 @@ async fn handshake(reader: &mut Reader, outbox: &Outbox, ctx: &ConnCtx) -> Optio
     let r#ref = incoming.r#ref;
     let refuse = |code: ErrorCode, message: String| {
         info!(code = code.as_str(), "closing: {message}");
+        outbox.set_close_code(close::POLICY, &message);
         let _ = outbox.push(error_frame(r#ref, code, message));
         None
     };
@@ -301,12 +335,24 @@ fn admit_role(hello: &Hello, role: Role, ctx: &ConnCtx) -> Result<Scope, (ErrorC
     ))
 }
 
-fn report_frame_error(outbox: &Outbox, e: &FrameError) {
-    if e.is_violation() {
-        info!("closing: framing violation: {e}");
-        let _ = outbox.push(error_frame(None, ErrorCode::BadFrame, e.to_string()));
-    } else {
+/// Ends a connection whose frames could not be read. A framing violation is answered
+/// `bad_frame` on TCP; a WebSocket peer is told by the close code instead (1009 for a message
+/// over the limit, 1003 for a binary one), as section 11 of the protocol says.
+fn report_frame_error(outbox: &Outbox, e: &FrameError, transport: Transport) {
+    if !e.is_violation() {
         debug!("read failed: {e}");
+        return;
+    }
+    info!("closing: framing violation: {e}");
+    let message = e.to_string();
+    let (code, tell) = match e {
+        FrameError::TooLong { .. } => (close::TOO_BIG, transport == Transport::Tcp),
+        FrameError::Binary => (close::UNSUPPORTED, false),
+        _ => (close::PROTOCOL, true),
+    };
+    outbox.set_close_code(code, &message);
+    if tell {
+        let _ = outbox.push(error_frame(None, ErrorCode::BadFrame, message));
     }
 }
 
@@ -371,7 +417,7 @@ async fn read_loop(
             }
             Ok(None) => return,
             Ok(Some(Err(e))) => {
-                report_frame_error(outbox, &e);
+                report_frame_error(outbox, &e, ctx.transport);
                 return;
             }
             Ok(Some(Ok(frame))) => frame,
@@ -469,6 +515,7 @@ async fn read_loop(
             }
             Err(e) if e.code == ErrorCode::BadFrame => {
                 info!("closing: framing violation: {}", e.message);
+                outbox.set_close_code(close::INVALID_PAYLOAD, &e.message);
                 let _ = outbox.push(error_frame(e.r#ref, e.code, e.message));
                 return;
             }

@@ -28,6 +28,7 @@ mod audit_feed;
 mod commit;
 mod connection;
 mod engine_task;
+mod http;
 mod outbox;
 mod retention;
 mod service;
@@ -130,6 +131,7 @@ pub fn now_ms() -> u64 {
 /// A running server.
 pub struct ServerHandle {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
     reloadable: Reloadable,
@@ -165,6 +167,11 @@ impl ServerHandle {
     /// The address the server listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address the HTTP listener (WebSocket desktops, pages) is bound to, if there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Stops accepting, tells every client, drains the queues and waits for the server to end.
@@ -306,6 +313,20 @@ async fn serve_store(
         addr: config.listen,
         source,
     })?;
+    let http = match config.http_addr() {
+        Some(http_addr) => {
+            Some(
+                TcpListener::bind(http_addr)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr: http_addr,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let stop = CancellationToken::new();
     let config = Arc::new(config);
     let announcer = Arc::new(Announcer::new(watch::channel(audit_last_seq).0));
@@ -321,6 +342,7 @@ async fn serve_store(
     };
     let task = tokio::spawn(accept::run(
         listener,
+        http,
         config,
         stop.clone(),
         engine,
@@ -328,8 +350,20 @@ async fn serve_store(
         opts,
     ));
     info!(%addr, tls = reloadable.tls.is_some(), agents = reloadable.auth.mode().as_str(), "baton listening");
+    if let Some(http_addr) = http_addr {
+        let scheme = if reloadable.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        info!(
+            %http_addr,
+            "HTTP listening: WebSocket desktops at {scheme}://{http_addr}/ws, the agent desktop at {scheme}://{http_addr}/desk/"
+        );
+    }
     Ok(ServerHandle {
         addr,
+        http_addr,
         stop,
         task,
         reloadable,

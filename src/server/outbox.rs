@@ -98,6 +98,8 @@ struct Frames {
     closing: bool,
     /// The writer has stopped: nothing will be written any more.
     closed: bool,
+    /// Why the connection closes, for a transport that can say it (a WebSocket close frame).
+    close_code: Option<(u16, String)>,
 }
 
 impl Outbox {
@@ -111,6 +113,7 @@ impl Outbox {
                 queue: VecDeque::new(),
                 closing: false,
                 closed: false,
+                close_code: None,
             }),
             pending: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
@@ -273,6 +276,19 @@ impl Outbox {
     }
 
     /// Write what is queued, then close. Later pushes are refused.
+    /// Notes why the connection is about to close (the first reason given stays), for a transport
+    /// that tells its peer: a WebSocket close code and reason.
+    pub(crate) fn set_close_code(&self, code: u16, reason: &str) {
+        let mut f = self.lock();
+        if f.close_code.is_none() {
+            f.close_code = Some((code, reason.to_owned()));
+        }
+    }
+
+    fn close_code(&self) -> Option<(u16, String)> {
+        self.lock().close_code.clone()
+    }
+
     pub(crate) fn close(&self) {
         self.lock().closing = true;
         self.frames_queued.notify_one();
@@ -302,14 +318,14 @@ impl Outbox {
     }
 
     /// The socket took `bytes` more.
-    fn progress(&self, bytes: usize) {
+    pub(crate) fn progress(&self, bytes: usize) {
         self.written_bytes.fetch_add(bytes as u64, Ordering::AcqRel);
         self.progress_ms
             .store(self.made.elapsed().as_millis() as u64, Ordering::Release);
     }
 
     /// `frames` frames are written: their room is free again.
-    fn wrote(&self, frames: usize) {
+    pub(crate) fn wrote(&self, frames: usize) {
         let before = self.pending.fetch_sub(frames, Ordering::AcqRel);
         debug_assert!(before >= frames, "more frames written than were pushed");
         self.room.notify_waiters();
@@ -327,52 +343,54 @@ impl Outbox {
     }
 }
 
-/// Writes the outbox to the socket until it closes (after writing what is queued) or `cancel`
-/// fires (at once). Takes everything queued at a time and writes it in as few calls as it can.
-pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
-    mut socket: W,
-    outbox: Arc<Outbox>,
-    cancel: CancellationToken,
-) {
-    let result = write_frames(&mut socket, &outbox, &cancel).await;
-    if let Err(e) = result {
-        debug!("write failed: {e}");
-    }
-    outbox.writer_stopped();
-    // Ends the sending side (FIN; over TLS a close_notify first), unless the peer is gone.
-    if !cancel.is_cancelled() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), socket.shutdown()).await;
-    }
-    drop(socket);
-    // Make the reader and the tails stop too.
-    cancel.cancel();
+/// How a connection's frames reach its peer: length-prefixed on a TCP (or TLS) stream, or one text
+/// message each on a WebSocket. The queue, the batching and the accounting are the same for both
+/// ([`write_loop`]); only the encoding and the goodbye differ.
+pub(crate) trait FrameWriter: Send {
+    /// Writes the frames of `batch` in order (taking them off its front), telling `outbox` how
+    /// many bytes the peer has taken as they go. Returns early, with what is left in `batch`,
+    /// when `cancel` fires.
+    fn write_batch(
+        &mut self,
+        batch: &mut VecDeque<Bytes>,
+        outbox: &Outbox,
+        cancel: &CancellationToken,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+
+    /// The connection is closing with everything queued written: say goodbye (FIN, TLS
+    /// close_notify, or a WebSocket close frame with `close`'s code).
+    fn finish(
+        &mut self,
+        close: Option<(u16, String)>,
+    ) -> impl std::future::Future<Output = ()> + Send;
+
+    /// The idle connection should give back any memory a burst made it grow.
+    fn trim(&mut self) {}
 }
 
-async fn write_frames<W: AsyncWrite + Unpin>(
-    socket: &mut W,
-    outbox: &Outbox,
-    cancel: &CancellationToken,
-) -> std::io::Result<()> {
-    let mut batch: VecDeque<Bytes> = VecDeque::new();
-    let mut buf = BytesMut::new();
-    loop {
-        let closing = outbox.take_all(&mut batch);
-        if batch.is_empty() {
-            if closing {
-                return Ok(());
-            }
-            if buf.capacity() > IDLE_BUFFER_BYTES {
-                buf = BytesMut::new();
-            }
-            if batch.capacity() > IDLE_BATCH_FRAMES {
-                batch = VecDeque::new();
-            }
-            outbox.trim_idle();
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = outbox.frames_queued.notified() => continue,
-            }
+/// A length-prefixed stream: plain TCP or TLS.
+pub(crate) struct StreamWriter<W> {
+    socket: W,
+    buf: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin + Send> StreamWriter<W> {
+    pub(crate) fn new(socket: W) -> Self {
+        StreamWriter {
+            socket,
+            buf: BytesMut::new(),
         }
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send> FrameWriter for StreamWriter<W> {
+    async fn write_batch(
+        &mut self,
+        batch: &mut VecDeque<Bytes>,
+        outbox: &Outbox,
+        cancel: &CancellationToken,
+    ) -> std::io::Result<()> {
+        let (socket, buf) = (&mut self.socket, &mut self.buf);
         while !batch.is_empty() {
             let mut frames = 0;
             while buf.len() < WRITE_CHUNK {
@@ -406,6 +424,67 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             }
             buf.clear();
             outbox.wrote(frames);
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, _close: Option<(u16, String)>) {
+        // Ends the sending side (FIN; over TLS a close_notify first), unless the peer is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.shutdown()).await;
+    }
+
+    fn trim(&mut self) {
+        if self.buf.capacity() > IDLE_BUFFER_BYTES {
+            self.buf = BytesMut::new();
+        }
+    }
+}
+
+/// Writes the outbox until it closes (after writing what is queued) or `cancel` fires (at once).
+/// Takes everything queued at a time and writes it in as few calls as it can.
+pub(crate) async fn write_loop<W: FrameWriter>(
+    mut writer: W,
+    outbox: Arc<Outbox>,
+    cancel: CancellationToken,
+) {
+    let result = write_frames(&mut writer, &outbox, &cancel).await;
+    if let Err(e) = result {
+        debug!("write failed: {e}");
+    }
+    outbox.writer_stopped();
+    if !cancel.is_cancelled() {
+        writer.finish(outbox.close_code()).await;
+    }
+    drop(writer);
+    // Make the reader and the tails stop too.
+    cancel.cancel();
+}
+
+async fn write_frames<W: FrameWriter>(
+    writer: &mut W,
+    outbox: &Outbox,
+    cancel: &CancellationToken,
+) -> std::io::Result<()> {
+    let mut batch: VecDeque<Bytes> = VecDeque::new();
+    loop {
+        let closing = outbox.take_all(&mut batch);
+        if batch.is_empty() {
+            if closing {
+                return Ok(());
+            }
+            writer.trim();
+            if batch.capacity() > IDLE_BATCH_FRAMES {
+                batch = VecDeque::new();
+            }
+            outbox.trim_idle();
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = outbox.frames_queued.notified() => continue,
+            }
+        }
+        writer.write_batch(&mut batch, outbox, cancel).await?;
+        if cancel.is_cancelled() {
+            return Ok(());
         }
     }
 }
