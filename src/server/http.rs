@@ -44,6 +44,7 @@ pub(super) async fn http_loop(
 ) {
     let router = Router::new()
         .route("/ws", get(websocket))
+        .route("/sdk/baton.js", get(sdk))
         .with_state(admission.clone());
     loop {
         let (socket, addr) = tokio::select! {
@@ -127,6 +128,29 @@ where
             let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
         }
     }
+}
+
+/// The desktop SDK, as built from `sdk/typescript` (committed, so that building the server needs
+/// nothing but Rust).
+const SDK_JS: &str = include_str!("../../sdk/typescript/dist/baton.js");
+
+/// `GET /sdk/baton.js`: the SDK as an ES module.
+async fn sdk() -> Response {
+    static_asset(SDK_JS, "text/javascript; charset=utf-8")
+}
+
+/// A file compiled into the server. Browsers may keep it for a minute: a new server version is
+/// picked up soon after an upgrade.
+fn static_asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Whether a page from `origin` may open a WebSocket here: it is one of `allowed`, or the
