@@ -14,7 +14,7 @@ use crate::codec::FrameError;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
@@ -45,6 +45,12 @@ pub(super) async fn http_loop(
     let router = Router::new()
         .route("/ws", get(websocket))
         .route("/sdk/baton.js", get(sdk))
+        .route("/desk/", get(desk_page))
+        .route("/desk/desk.js", get(desk_script))
+        .route("/desk/desk.css", get(desk_style))
+        .route("/desk", get(|| async { Redirect::permanent("/desk/") }))
+        .route("/", get(|| async { Redirect::temporary("/desk/") }))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .with_state(admission.clone());
     loop {
         let (socket, addr) = tokio::select! {
@@ -137,6 +143,33 @@ const SDK_JS: &str = include_str!("../../sdk/typescript/dist/baton.js");
 /// `GET /sdk/baton.js`: the SDK as an ES module.
 async fn sdk() -> Response {
     static_asset(SDK_JS, "text/javascript; charset=utf-8")
+}
+
+/// The reference agent desktop (`sdk/typescript/desk`), a page on the SDK.
+const DESK_HTML: &str = include_str!("../../sdk/typescript/desk/index.html");
+const DESK_JS: &str = include_str!("../../sdk/typescript/desk/desk.js");
+const DESK_CSS: &str = include_str!("../../sdk/typescript/desk/desk.css");
+
+/// The page may load only its own script, style and SDK, connect only back to this server, and
+/// may not be framed by another site.
+const DESK_POLICY: &str =
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
+
+async fn desk_page() -> Response {
+    let mut page = static_asset(DESK_HTML, "text/html; charset=utf-8");
+    page.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(DESK_POLICY),
+    );
+    page
+}
+
+async fn desk_script() -> Response {
+    static_asset(DESK_JS, "text/javascript; charset=utf-8")
+}
+
+async fn desk_style() -> Response {
+    static_asset(DESK_CSS, "text/css; charset=utf-8")
 }
 
 /// A file compiled into the server. Browsers may keep it for a minute: a new server version is

@@ -270,7 +270,11 @@ export interface ConnectOptions {
     password?: string;
     /** jwt mode: a token from the centre's identity provider. */
     jwt?: string;
-    /** open mode only: the desktop role's Hello token. Never put a real secret in a page. */
+    /**
+     * open mode only: the desktop role's Hello token, as the agent typed it. It is kept in the
+     * tab's sessionStorage with the session, so that a reload can say Hello again. Never write a
+     * secret into a page; in directory and jwt modes desktops need no token.
+     */
     token?: string;
     /** A WebSocket implementation (default: globalThis.WebSocket). */
     WebSocket?: WebSocketConstructor;
@@ -310,6 +314,7 @@ export declare class Desk {
     private pending;
     private listeners;
     private session;
+    private token;
     private heartbeat;
     private lastReceived;
     private reconnectTimer;

@@ -201,6 +201,7 @@ export class Desk {
     pending = new Map();
     listeners = new Map();
     session = null;
+    token;
     heartbeat = null;
     lastReceived = 0;
     reconnectTimer = null;
@@ -214,12 +215,14 @@ export class Desk {
             throw new Error("no WebSocket implementation: pass one as options.WebSocket");
         }
         this.WS = WS;
+        this.token = options.token;
         const saved = this.storage.getItem(STORAGE_KEY);
         if (saved !== null) {
             try {
                 const s = JSON.parse(saved);
                 if (s.url === options.url && s.agent === options.agent && s.dn === options.dn) {
                     this.session = s.session;
+                    this.token ??= s.token;
                 }
             }
             catch {
@@ -406,8 +409,8 @@ export class Desk {
             };
             socket.onopen = () => {
                 const hello = { type: "Hello", ref: 0, protocol: 1, role: "desktop" };
-                if (this.opts.token !== undefined)
-                    hello["token"] = this.opts.token;
+                if (this.token !== undefined)
+                    hello["token"] = this.token;
                 socket.send(JSON.stringify(hello));
             };
             socket.onmessage = (ev) => {
@@ -447,7 +450,7 @@ export class Desk {
         });
     }
     hasCredential() {
-        return this.opts.password !== undefined || this.opts.jwt !== undefined || this.opts.token !== undefined;
+        return this.opts.password !== undefined || this.opts.jwt !== undefined || this.token !== undefined;
     }
     loginFrame() {
         const login = { type: "Login", ref: 0, agent: this.opts.agent, dn: this.opts.dn };
@@ -469,6 +472,8 @@ export class Desk {
     loggedIn(frame) {
         this.session = frame.session;
         const saved = { url: this.opts.url, agent: frame.agent, dn: frame.dn, session: frame.session };
+        if (this.token !== undefined)
+            saved.token = this.token;
         this.storage.setItem(STORAGE_KEY, JSON.stringify(saved));
         // The replay that follows tells the calls present now; a fresh session starts empty.
         this.calls.clear();

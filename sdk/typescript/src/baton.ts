@@ -449,7 +449,11 @@ export interface ConnectOptions {
   password?: string;
   /** jwt mode: a token from the centre's identity provider. */
   jwt?: string;
-  /** open mode only: the desktop role's Hello token. Never put a real secret in a page. */
+  /**
+   * open mode only: the desktop role's Hello token, as the agent typed it. It is kept in the
+   * tab's sessionStorage with the session, so that a reload can say Hello again. Never write a
+   * secret into a page; in directory and jwt modes desktops need no token.
+   */
   token?: string;
   /** A WebSocket implementation (default: globalThis.WebSocket). */
   WebSocket?: WebSocketConstructor;
@@ -468,6 +472,8 @@ interface Saved {
   agent: string;
   dn: string;
   session: string;
+  /** open mode only: the Hello token the agent typed, so that a reload can say Hello again. */
+  token?: string;
 }
 
 class MemoryStorage implements StorageLike {
@@ -538,6 +544,7 @@ export class Desk {
   private pending = new Map<number, Pending>();
   private listeners = new Map<keyof DeskEvents, Set<Listener<never>>>();
   private session: string | null = null;
+  private token: string | undefined;
   private heartbeat: ReturnType<typeof setInterval> | null = null;
   private lastReceived = 0;
   private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
@@ -552,12 +559,14 @@ export class Desk {
       throw new Error("no WebSocket implementation: pass one as options.WebSocket");
     }
     this.WS = WS;
+    this.token = options.token;
     const saved = this.storage.getItem(STORAGE_KEY);
     if (saved !== null) {
       try {
         const s = JSON.parse(saved) as Saved;
         if (s.url === options.url && s.agent === options.agent && s.dn === options.dn) {
           this.session = s.session;
+          this.token ??= s.token;
         }
       } catch {
         this.storage.removeItem(STORAGE_KEY);
@@ -762,7 +771,7 @@ export class Desk {
       };
       socket.onopen = () => {
         const hello: Json = { type: "Hello", ref: 0, protocol: 1, role: "desktop" };
-        if (this.opts.token !== undefined) hello["token"] = this.opts.token;
+        if (this.token !== undefined) hello["token"] = this.token;
         socket.send(JSON.stringify(hello));
       };
       socket.onmessage = (ev) => {
@@ -799,7 +808,7 @@ export class Desk {
   }
 
   private hasCredential(): boolean {
-    return this.opts.password !== undefined || this.opts.jwt !== undefined || this.opts.token !== undefined;
+    return this.opts.password !== undefined || this.opts.jwt !== undefined || this.token !== undefined;
   }
 
   private loginFrame(): Json {
@@ -821,6 +830,7 @@ export class Desk {
   private loggedIn(frame: LoggedIn): void {
     this.session = frame.session;
     const saved: Saved = { url: this.opts.url, agent: frame.agent, dn: frame.dn, session: frame.session };
+    if (this.token !== undefined) saved.token = this.token;
     this.storage.setItem(STORAGE_KEY, JSON.stringify(saved));
     // The replay that follows tells the calls present now; a fresh session starts empty.
     this.calls.clear();

@@ -33,7 +33,12 @@ export async function startServer(extra = "") {
   const config = path.join(dir, "baton.toml");
   writeFileSync(
     config,
-    `listen = "127.0.0.1:${tcp}"\nhttp_listen = "127.0.0.1:${http}"\ndata_dir = ${JSON.stringify(path.join(dir, "data"))}\nheartbeat_ms = 1000\nresume_grace_ms = 20000\n${extra}`,
+    `listen = "127.0.0.1:${tcp}"\nhttp_listen = "127.0.0.1:${http}"\ndata_dir = ${JSON.stringify(path.join(dir, "data"))}\n` +
+      ["heartbeat_ms = 1000", "resume_grace_ms = 20000"]
+        .filter((line) => !extra.includes(line.split(" ")[0]))
+        .map((line) => `${line}\n`)
+        .join("") +
+      extra,
   );
   const child = spawn(exe, ["serve", "--config", config], { stdio: ["ignore", "ignore", "pipe"] });
   let log = "";
