@@ -49,6 +49,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Play the switch and the dialer step by step for a demo at the agent desktop (`baton demo --help`).
+    #[command(disable_help_flag = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Play an outbound centre against a running server (`baton load --help`).
     #[command(disable_help_flag = true)]
     Load {
@@ -158,6 +164,7 @@ fn main() -> anyhow::Result<()> {
             let mut stdin = std::io::stdin().lock();
             baton::agents::run(command, &path, &mut stdin, &mut stdout)
         }
+        Some(Command::Demo { args }) => tool("demo", args),
         Some(Command::Load { args }) => tool("load", args),
         Some(Command::Fill { args }) => tool("fill", args),
         Some(Command::RestartTime { args }) => tool("restart-time", args),

@@ -2,6 +2,8 @@
 //! next to it (the workspace's tools package), so that the server links none of their
 //! dependencies while the user types the same commands.
 
+use baton::messages::*;
+use baton_kit::*;
 use std::process::Command;
 
 fn baton(args: &[&str]) -> std::process::Output {
@@ -84,4 +86,71 @@ fn restart_time_starts_the_server_on_a_filled_store_and_reports_its_own_figures(
         part("open_ms") + part("load_ms") + part("restore_ms") <= ready,
         "{run}"
     );
+}
+
+/// `baton demo` plays the switch and the dialer step by step: a record pops on the agent's
+/// desktop, a consultation makes the second agent read-only, a transfer moves the record to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_steps_play_a_call_a_consultation_and_a_transfer() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), server.addr, "");
+    let demo = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("demo")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "baton demo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (mut a, _) = server.desktop("1001", "7001").await;
+    let (mut b, _) = server.desktop("1002", "7002").await;
+
+    let said = demo(&[
+        "call", "7001", "--call", "C9", "--record", "R9", "--name", "Sam Lee",
+    ]);
+    assert_eq!(said.trim(), "call C9 with record R9 answered on 7001");
+    let (record, access, _, _, data, _) = expect_access_after_calls(&mut a).await;
+    assert_eq!((record.as_str(), access), ("R9", Access::Full));
+    assert_eq!(data.unwrap()["name"], "Sam Lee");
+
+    demo(&["consult", "C9", "7001", "7002", "--answer"]);
+    let (_, access, _, cause, _, _) = expect_access_after_calls(&mut b).await;
+    assert_eq!(
+        (access, cause),
+        (Access::ReadOnly, AccessCause::Consultation)
+    );
+
+    demo(&["transfer", "C9", "7001", "7002"]);
+    let (_, access, _, cause, _, _) = expect_access_after_calls(&mut b).await;
+    assert_eq!((access, cause), (Access::Full, AccessCause::Transfer));
+    let (_, access, _, _, _, _) = expect_access_after_calls(&mut a).await;
+    assert_eq!(access, Access::Revoked);
+}
+
+/// The next `AccessChanged`, skipping the call pushes before it.
+async fn expect_access_after_calls(desk: &mut baton::client::Client) -> AccessPush {
+    loop {
+        let push = next_record_push(desk).await;
+        if let ServerMsg::AccessChanged { .. } = push {
+            let (record, access, cause) = access_of(&push);
+            let ServerMsg::AccessChanged {
+                previous,
+                data,
+                context,
+                ..
+            } = push
+            else {
+                unreachable!()
+            };
+            return (record, access, previous, cause, data, context);
+        }
+    }
 }

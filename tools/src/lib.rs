@@ -3,6 +3,7 @@
 //! times the server's start on such a store. The `baton` command runs them from the
 //! `baton-tools` binary next to it.
 
+pub mod demo;
 pub mod fill;
 pub mod load;
 pub mod restart_time;

@@ -29,6 +29,15 @@ struct Cli {
 // Parsed once per run: the size of the biggest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Command {
+    /// Play the switch and the dialer, one step at a time, for a person watching the agent
+    /// desktop (`baton demo call 7001`, then `consult`, `transfer`, `conference`, `hangup`).
+    Demo {
+        #[command(subcommand)]
+        step: baton_tools::demo::DemoStep,
+        /// Configuration file to read the server's address and the switch and dialer tokens from.
+        #[arg(long, default_value = "config.toml", global = true)]
+        config: PathBuf,
+    },
     /// Play an outbound centre against a running server and report throughput and latency.
     Load {
         /// What to play.
@@ -213,6 +222,14 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", summary.render());
             }
             Ok(())
+        }
+        Command::Demo { step, config } => {
+            let config = Config::load_or_default(&config)?;
+            runtime.block_on(baton_tools::demo::run(
+                &config,
+                step,
+                &mut std::io::stdout(),
+            ))
         }
         Command::RestartTime {
             data_dir,
