@@ -68,12 +68,13 @@ enum Wire {
 }
 
 /// Which transport a desktop uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Transport {
     /// The framed TCP (or TLS) port, `listen`.
     #[default]
     Tcp,
     /// WebSocket on the HTTP port, `http_listen`, at `/ws`.
+    #[value(name = "ws")]
     WebSocket,
 }
 
@@ -373,17 +374,38 @@ impl Client {
         role: Role,
         token: &str,
     ) -> Result<Client, ClientError> {
+        let stream = Client::tcp_from(addr, local).await?;
+        Client::hello(Client::from_tcp(addr, stream, tls).await?, role, token).await
+    }
+
+    /// As [`Client::connect_from`], over `transport` (`addr` is the HTTP port for WebSocket).
+    pub async fn connect_over_from(
+        transport: Transport,
+        addr: SocketAddr,
+        local: std::net::IpAddr,
+        tls: Option<&ClientTls>,
+        role: Role,
+        token: &str,
+    ) -> Result<Client, ClientError> {
+        match transport {
+            Transport::Tcp => Client::connect_from(addr, local, tls, role, token).await,
+            Transport::WebSocket => {
+                Client::hello(Client::ws_from(addr, Some(local), tls).await?, role, token).await
+            }
+        }
+    }
+
+    async fn tcp_from(addr: SocketAddr, local: std::net::IpAddr) -> Result<TcpStream, ClientError> {
         let socket = match addr {
             SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
             SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
         }
         .and_then(|s| s.bind(SocketAddr::new(local, 0)).map(|_| s))
         .map_err(|source| ClientError::Connect { addr, source })?;
-        let stream = socket
+        socket
             .connect(addr)
             .await
-            .map_err(|source| ClientError::Connect { addr, source })?;
-        Client::hello(Client::from_tcp(addr, stream, tls).await?, role, token).await
+            .map_err(|source| ClientError::Connect { addr, source })
     }
 
     /// Opens a WebSocket to the HTTP listener at `http_addr` (`/ws`, over TLS when `tls` is
@@ -392,20 +414,36 @@ impl Client {
         http_addr: SocketAddr,
         tls: Option<&ClientTls>,
     ) -> Result<Client, ClientError> {
-        let stream =
-            TcpStream::connect(http_addr)
+        Client::ws_from(http_addr, None, tls).await
+    }
+
+    /// A WebSocket to `/ws`, from the local address `local` when given.
+    async fn ws_from(
+        http_addr: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, ClientError> {
+        let stream = match local {
+            Some(local) => Client::tcp_from(http_addr, local).await?,
+            None => TcpStream::connect(http_addr)
                 .await
                 .map_err(|source| ClientError::Connect {
                     addr: http_addr,
                     source,
-                })?;
+                })?,
+        };
         let _ = stream.set_nodelay(true);
         let (stream, scheme) = match tls {
             Some(tls) => (tls.wrap(http_addr, stream).await?, "wss"),
             None => (ClientStream::Plain(stream), "ws"),
         };
         let url = format!("{scheme}://{http_addr}/ws");
-        let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+        // Small buffers: a load run holds thousands of these.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(4096);
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
         Ok(Client::with_wire(Wire::WebSocket(Box::new(ws))))
     }
 

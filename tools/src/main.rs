@@ -87,6 +87,9 @@ enum Command {
         /// file hold the run's agents: the idle scenario's are RUN_ID-idle0, RUN_ID-idle1, ...
         #[arg(long)]
         run_id: Option<String>,
+        /// How the desktops connect: the TCP port, or WebSocket (`ws`) on the HTTP listener.
+        #[arg(long, value_enum, default_value_t = baton::client::Transport::Tcp)]
+        transport: baton::client::Transport,
         #[command(flatten)]
         conn: AdminConn,
     },
@@ -145,6 +148,7 @@ fn main() -> anyhow::Result<()> {
             quiet,
             password_file,
             run_id,
+            transport,
             conn,
         } => {
             if tail && scenario != Scenario::Processed {
@@ -165,8 +169,19 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            let http_addr = config.http_addr().map(|mut a| {
+                if a.ip().is_unspecified() {
+                    a.set_ip(target.addr.ip());
+                }
+                a
+            });
+            if transport == baton::client::Transport::WebSocket && http_addr.is_none() {
+                anyhow::bail!("--transport ws needs the server's http_listen in the config");
+            }
             let opts = LoadOptions {
                 addr: target.addr,
+                transport,
+                http_addr,
                 tokens: config.tokens,
                 tls: target.tls.clone(),
                 password,

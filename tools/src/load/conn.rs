@@ -2,6 +2,7 @@
 //! the waits for a push.
 
 use super::*;
+use baton::client::Transport;
 
 /// A desktop connected from `local`, logged in as `agent` on `dn`.
 pub(crate) async fn desktop(
@@ -10,8 +11,13 @@ pub(crate) async fn desktop(
     dn: &str,
     local: IpAddr,
 ) -> Result<Client, ClientError> {
-    let mut c = Client::connect_from(
-        opts.addr,
+    let addr = match opts.transport {
+        Transport::Tcp => opts.addr,
+        Transport::WebSocket => opts.http_addr.unwrap_or(opts.addr),
+    };
+    let mut c = Client::connect_over_from(
+        opts.transport,
+        addr,
         local,
         opts.tls.as_ref(),
         Role::Desktop,

@@ -128,6 +128,9 @@ impl std::str::FromStr for Mix {
 #[derive(Clone)]
 pub struct LoadOptions {
     pub addr: SocketAddr,
+    /// How desktops connect: the TCP port (`addr`) or WebSocket on the HTTP port (`http_addr`).
+    pub transport: baton::client::Transport,
+    pub http_addr: Option<SocketAddr>,
     pub tokens: Tokens,
     /// Set when the server speaks TLS.
     pub tls: Option<ClientTls>,
