@@ -139,6 +139,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Some(FrameError::Truncated) => End::Truncated,
         Some(e @ FrameError::Io(_)) => panic!("i/o error from a buffer: {e}"),
+        Some(FrameError::Binary) => panic!("the byte-stream codec reported a WebSocket error"),
     };
     assert_eq!(
         end, want_end,

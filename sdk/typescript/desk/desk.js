@@ -18,6 +18,7 @@ async function start(options) {
   d.on("change", () => render(d));
   d.on("state", (state) => {
     $("banner").hidden = state !== "reconnecting";
+    render(d); // requests wait for the connection: their buttons too
     $("status").textContent =
       state === "open" ? `Logged in as ${d.agent} on ${d.dn}` : state === "reconnecting" ? "Reconnecting…" : "Not logged in";
   });
@@ -97,7 +98,7 @@ function render(d) {
       $("records").querySelector(".empty")?.remove();
       $("records").prepend(card);
     }
-    updateCard(card, r);
+    updateCard(card, r, d.state);
   }
 }
 
@@ -154,7 +155,7 @@ function newCard(record) {
   return card;
 }
 
-function updateCard(card, r) {
+function updateCard(card, r, state) {
   card.className = `record ${r.access}`;
   const badge = card.querySelector(".badge");
   badge.className = `badge ${r.access}`;
@@ -171,7 +172,7 @@ function updateCard(card, r) {
     ]),
   );
   // Changes and final requests need full access; reading the chain needs any live access.
-  const full = r.access === "full" && !r.final;
+  const full = r.access === "full" && !r.final && state === "open";
   for (const el of card.querySelectorAll(".edit input, .edit button, .finals button, .finals input")) el.disabled = !full;
   card.querySelector(".chain").disabled = r.access === "revoked";
 }
