@@ -109,6 +109,9 @@ fn limits(c: &Config) -> [(&'static str, u64, u64, u64); 20] {
 fn to_toml(c: &Config) -> String {
     let mut doc = Table::new();
     doc.insert("listen".into(), Value::String(c.listen.to_string()));
+    doc.insert("http_listen".into(), Value::String(c.http_listen.clone()));
+    let origins = c.allowed_origins.iter().cloned().map(Value::String);
+    doc.insert("allowed_origins".into(), Value::Array(origins.collect()));
     let dir = c.data_dir.to_str().expect("a path read from TOML is UTF-8");
     doc.insert("data_dir".into(), Value::String(dir.into()));
     let mut auth = Table::new();
@@ -188,9 +191,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = config.heartbeat() + config.idle_timeout() + config.handshake_timeout();
             assert!(config.max_frame_bytes <= u32::MAX as usize);
         }
-        // The identity and transport checks name their section and key.
+        // The identity, transport and HTTP listener checks name their section or key.
         Err(ConfigError::Invalid(message))
-            if ["`[auth]", "`[tokens]", "`[tls]"]
+            if ["`[auth]", "`[tokens]", "`[tls]", "`http_listen`", "`allowed_origins`"]
                 .iter()
                 .any(|p| message.starts_with(p)) => {}
         Err(ConfigError::Invalid(message)) => {
