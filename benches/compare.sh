@@ -78,6 +78,7 @@ mkdir -p "$TMP/baton-data"
 CONFIG="$TMP/baton.toml"
 cat >"$CONFIG" <<EOF
 listen = "127.0.0.1:$BATON_PORT"
+http_listen = ""
 data_dir = "$TMP/baton-data"
 max_connections = 10000
 EOF

@@ -351,14 +351,13 @@ async fn serve_store(
     ));
     info!(%addr, tls = reloadable.tls.is_some(), agents = reloadable.auth.mode().as_str(), "baton listening");
     if let Some(http_addr) = http_addr {
-        let scheme = if reloadable.tls.is_some() {
-            "https"
-        } else {
-            "http"
+        let (ws, http) = match reloadable.tls {
+            Some(_) => ("wss", "https"),
+            None => ("ws", "http"),
         };
         info!(
             %http_addr,
-            "HTTP listening: WebSocket desktops at {scheme}://{http_addr}/ws, the agent desktop at {scheme}://{http_addr}/desk/"
+            "HTTP listening: WebSocket desktops at {ws}://{http_addr}/ws, the agent desktop at {http}://{http_addr}/desk/"
         );
     }
     Ok(ServerHandle {

@@ -194,7 +194,8 @@ pub async fn measure(opts: &MeasureOptions) -> Result<MeasureSummary, RestartErr
         std::env::temp_dir().join(format!("baton-restart-{}.toml", std::process::id()));
     let data_dir = opts.data_dir.canonicalize()?;
     let toml = format!(
-        "listen = \"{}\"\ndata_dir = \"{}\"\n",
+        // No HTTP listener: only the start is timed, and a fixed HTTP port could be taken.
+        "listen = \"{}\"\nhttp_listen = \"\"\ndata_dir = \"{}\"\n",
         opts.listen,
         data_dir.display().to_string().replace('\\', "\\\\")
     );
