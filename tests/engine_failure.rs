@@ -25,6 +25,8 @@ const CHILD_TEST: &str = "serves_as_baton_serve_does_until_its_engine_is_broken"
 fn config(listen: SocketAddr, data_dir: std::path::PathBuf) -> Config {
     Config {
         listen,
+        // Any free port: the tests of this file run side by side.
+        http_listen: "127.0.0.1:0".into(),
         data_dir,
         ..Config::default()
     }
