@@ -85,7 +85,10 @@ function render(d) {
       ? calls.map((c) => {
           const li = document.createElement("li");
           li.dataset.call = c.call;
-          li.textContent = `${c.call}: ${c.state}${c.consultOf ? ` (consultation about ${c.consultOf})` : ""}${c.record ? `, record ${c.record}` : ""}`;
+          // A replayed call does not say its record: the record names its (customer) call.
+          const record =
+            c.record ?? [...d.records.values()].find((r) => r.call === (c.consultOf ?? c.call) && r.access !== "revoked")?.record;
+          li.textContent = `${c.call}: ${c.state}${c.consultOf ? ` (consultation about ${c.consultOf})` : ""}${record ? `, record ${record}` : ""}`;
           return li;
         })
       : [Object.assign(document.createElement("li"), { className: "empty", textContent: "No call" })]),
