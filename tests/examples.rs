@@ -6,16 +6,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 fn files(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("protocol/examples")
-        .join(dir);
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    files
+    baton_kit::schema::example_files(dir)
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect()
 }
 
 fn type_of(path: &Path) -> String {

@@ -10,27 +10,12 @@ use baton_kit::schema;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const ROLES: [Role; 4] = [Role::Desktop, Role::Dialer, Role::Switch, Role::Admin];
 
 fn examples(dir: &str) -> Vec<(PathBuf, Value)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("protocol/examples")
-        .join(dir);
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let v = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-            (p, v)
-        })
-        .collect()
+    schema::example_files(dir)
 }
 
 /// The message types an entry point lets through (its `type` enum).

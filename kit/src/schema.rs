@@ -153,3 +153,26 @@ pub fn meta_schema_error() -> Option<String> {
         .err()
         .map(|e| format!("at {}: {e}", e.instance_path()))
 }
+
+/// The example frames of `protocol/examples/DIR` (`requests` or `server`), sorted by file name,
+/// each with its path.
+pub fn example_files(dir: &str) -> Vec<(std::path::PathBuf, Value)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../protocol/examples")
+        .join(dir);
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("an example file");
+            let value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()));
+            (p, value)
+        })
+        .collect()
+}

@@ -3,21 +3,15 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
-import { startServer, centre, proxy, repo } from "./centre.mjs";
+import { launchChromium, logIn, shots } from "./pages.mjs";
+import { startServer, centre, proxy } from "./centre.mjs";
 
-const shots = path.join(repo, "target/browser");
 let server, browser;
 
 before(async () => {
-  mkdirSync(shots, { recursive: true });
   server = await startServer();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
 });
 after(async () => {
   await browser?.close();
@@ -30,13 +24,7 @@ test("while the connection is lost the page shows a reconnecting banner, and kee
   const net = await proxy(server.http);
   const page = await (await browser.newContext()).newPage();
   await page.goto(net.url.replace("ws://", "http://").replace("/ws", "/desk/"));
-  const form = page.locator("#login");
-  await form.getByLabel("Agent", { exact: true }).fill("1501");
-  await form.getByLabel("DN (extension)").fill("7501");
-  await form.locator("summary").click();
-  await form.getByLabel("Desktop token (servers in open mode only)").fill("desk-secret");
-  await form.getByRole("button", { name: "Log in" }).click();
-  await page.locator("#desk").waitFor({ state: "visible" });
+  await logIn(page, "1501", "7501");
   await c.answered("C50", "R50", "7501", { name: "Kim Park" });
   const badge = page.locator('article[data-record="R50"] .badge');
   await badge.filter({ hasText: "full" }).waitFor();

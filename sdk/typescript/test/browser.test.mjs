@@ -7,21 +7,15 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
-import { startServer, centre, repo, sleep } from "./centre.mjs";
+import { launchChromium, logIn, shots } from "./pages.mjs";
+import { startServer, centre, sleep } from "./centre.mjs";
 
-const shots = path.join(repo, "target/browser");
 let server, browser;
 
 before(async () => {
-  mkdirSync(shots, { recursive: true });
   server = await startServer();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
 });
 after(async () => {
   await browser?.close();
@@ -39,13 +33,7 @@ async function agentPage(agent, dn, s = server) {
   page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
   page.problems = problems;
   await page.goto(deskUrl(s));
-  const form = page.locator("#login");
-  await form.getByLabel("Agent", { exact: true }).fill(agent);
-  await form.getByLabel("DN (extension)").fill(dn);
-  await form.locator("summary").click();
-  await form.getByLabel("Desktop token (servers in open mode only)").fill("desk-secret");
-  await form.getByRole("button", { name: "Log in" }).click();
-  await page.locator("#desk").waitFor({ state: "visible" });
+  await logIn(page, agent, dn);
   return page;
 }
 
