@@ -1,4 +1,5 @@
-//! The admin command line: `baton status`, `baton record R`, `baton audit tail`.
+//! The admin command line: `baton status`, `baton record R`, `baton audit tail` (whose reader,
+//! [`run_tail`], `baton audit timeline` shares: see [`crate::timeline`]).
 //!
 //! Each command opens an admin connection, asks, and prints either aligned human-readable lines or
 //! one JSON object per line (`--json`, for jq). The address and admin token come from the same
@@ -9,6 +10,7 @@ use crate::config::Config;
 use crate::messages::*;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 /// Where and how to reach the server as an admin.
@@ -48,7 +50,7 @@ impl Target {
     }
 }
 
-fn refused(msg: ServerMsg) -> ClientError {
+pub(crate) fn refused(msg: ServerMsg) -> ClientError {
     match msg {
         ServerMsg::Error { code, message, .. } => ClientError::Refused { code, message },
         other => ClientError::Refused {
@@ -200,6 +202,64 @@ pub fn format_entry(e: &AuditEntry) -> String {
     )
 }
 
+/// One frame of an audit tail other than its end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TailItem {
+    /// An entry that matched the tail's filters.
+    Entry(AuditEntry),
+    /// Entries `from_seq..=to_seq` were removed by retention before the tail reached them.
+    Trimmed { from_seq: u64, to_seq: u64 },
+}
+
+/// Runs `tail` on `c` and hands every entry and trimmed gap to `each`, in `seq` order.
+///
+/// Returns the `AuditEnd`'s `last_seq` when the server ends the tail (`follow:false`), or `None`
+/// when `each` stopped it by returning `Break`; a following tail otherwise runs until the
+/// connection fails. A refusal (`Error`, or any other answer) comes back as
+/// [`ClientError::Refused`].
+pub async fn run_tail(
+    c: &mut Client,
+    tail: AuditTail,
+    mut each: impl FnMut(TailItem) -> ControlFlow<()>,
+) -> Result<Option<u64>, ClientError> {
+    let follow = tail.follow;
+    let r = c.send(&Request::AuditTail(tail)).await?;
+    if follow {
+        // Entries may be minutes apart; keep the connection alive meanwhile.
+        c.set_timeout(std::time::Duration::from_millis(c.heartbeat_ms.max(100)));
+    }
+    // A filtered tail over a long log may scan for a while before its next match, sending
+    // nothing meanwhile. A quiet spell therefore earns a `Ping`; only a second quiet spell with
+    // not even the `Pong` back means the server is gone. A following tail pings for ever.
+    let mut pinged = false;
+    loop {
+        let msg = match c.next_message().await {
+            Ok(env) => {
+                pinged = false;
+                if env.r#ref != Some(r) {
+                    continue; // a Pong, or a push this connection does not care about
+                }
+                env.msg
+            }
+            Err(ClientError::Timeout(_)) if follow || !pinged => {
+                c.send(&Request::Ping).await?;
+                pinged = true;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let item = match msg {
+            ServerMsg::Audit(e) => TailItem::Entry(e),
+            ServerMsg::AuditTrimmed { from_seq, to_seq } => TailItem::Trimmed { from_seq, to_seq },
+            ServerMsg::AuditEnd { last_seq } => return Ok(Some(last_seq)),
+            other => return Err(refused(other)),
+        };
+        if each(item).is_break() {
+            return Ok(None);
+        }
+    }
+}
+
 /// `baton audit tail`: prints entries until `AuditEnd` (or for ever with `follow`).
 pub async fn audit_tail(
     target: &Target,
@@ -207,55 +267,41 @@ pub async fn audit_tail(
     out: &mut impl Write,
 ) -> Result<(), ClientError> {
     let mut c = target.connect().await?;
-    let r = c
-        .send(&Request::AuditTail(AuditTail {
-            from_seq: opts.from_seq,
-            follow: opts.follow,
-            record: opts.record.clone(),
-            agent: opts.agent.clone(),
-        }))
-        .await?;
-    if opts.follow {
-        // Entries may be minutes apart; keep the connection alive meanwhile.
-        c.set_timeout(std::time::Duration::from_millis(c.heartbeat_ms.max(100)));
-    }
-    loop {
-        let msg = match c.next_message().await {
-            Ok(env) if env.r#ref == Some(r) => env.msg,
-            Ok(_) => continue, // a Pong, or a push this connection does not care about
-            Err(ClientError::Timeout(_)) if opts.follow => {
-                c.send(&Request::Ping).await?;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        match msg {
-            ServerMsg::Audit(e) => {
-                let line = if opts.json {
-                    serde_json::to_string(&e)?
-                } else {
-                    format_entry(&e)
-                };
-                if writeln!(out, "{line}").is_err() {
-                    return Ok(()); // stdout closed (e.g. piped into head)
+    let tail = AuditTail {
+        from_seq: opts.from_seq,
+        follow: opts.follow,
+        record: opts.record.clone(),
+        agent: opts.agent.clone(),
+    };
+    let mut failed = None;
+    run_tail(&mut c, tail, |item| {
+        let line = match item {
+            TailItem::Entry(e) if opts.json => match serde_json::to_string(&e) {
+                Ok(line) => line,
+                Err(e) => {
+                    failed = Some(e);
+                    return ControlFlow::Break(());
                 }
-                out.flush().ok();
+            },
+            TailItem::Entry(e) => format_entry(&e),
+            TailItem::Trimmed { from_seq, to_seq } if opts.json => {
+                serde_json::json!({"trimmed": {"from_seq": from_seq, "to_seq": to_seq}}).to_string()
             }
-            ServerMsg::AuditTrimmed { from_seq, to_seq } => {
-                let line = if opts.json {
-                    serde_json::json!({"trimmed": {"from_seq": from_seq, "to_seq": to_seq}})
-                        .to_string()
-                } else {
-                    format!(
-                        "{:>8}  entries {from_seq}..={to_seq} were trimmed by retention",
-                        "-"
-                    )
-                };
-                writeln!(out, "{line}").ok();
-            }
-            ServerMsg::AuditEnd { .. } => return Ok(()),
-            other => return Err(refused(other)),
+            TailItem::Trimmed { from_seq, to_seq } => format!(
+                "{:>8}  entries {from_seq}..={to_seq} were trimmed by retention",
+                "-"
+            ),
+        };
+        if writeln!(out, "{line}").is_err() {
+            return ControlFlow::Break(()); // stdout closed (e.g. piped into head)
         }
+        out.flush().ok();
+        ControlFlow::Continue(())
+    })
+    .await?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
 }
 

@@ -8,8 +8,8 @@
 //! - [`engine`] is the pure state machine holding agents, DNs, calls, records and access;
 //! - [`server`] is the thin I/O shell (connections, queues, timers, shutdown) around the engine;
 //! - [`client`] is a typed client (the admin commands, the tests and the tools use it); [`config`]
-//!   holds every limit; [`admin`] is what the `baton` admin commands print; [`auth`] checks who
-//!   an agent is at `Login`.
+//!   holds every limit; [`admin`] is what the `baton` admin commands print, [`timeline`] tells
+//!   one record's life from the audit log; [`auth`] checks who an agent is at `Login`.
 
 pub mod admin;
 pub mod agents;
@@ -21,3 +21,4 @@ pub mod engine;
 pub mod messages;
 pub mod server;
 pub mod store;
+pub mod timeline;

@@ -4,7 +4,8 @@ use anyhow::Context;
 use baton::admin::{self, AdminConn, TailOptions};
 use baton::config::Config;
 use baton::server::StartOptions;
-use clap::{Parser, Subcommand, ValueEnum};
+use baton::timeline::{self, Subject, TimelineOptions, When, Window};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 // The server allocates and frees many small buffers per request (frames, JSON values, audit
@@ -109,6 +110,32 @@ enum AuditCommand {
         #[command(flatten)]
         conn: AdminConn,
     },
+    /// One record's life from the audit log, in order and in plain words.
+    ///
+    /// One row per attachment, grant, revocation, request accepted or denied, and the final
+    /// outcome with who won. With --agent instead of a RECORD: every entry about that agent,
+    /// usually within a --since/--until window. Times are UTC, as in the audit log; a clock time
+    /// (HH:MM, HH:MM:SS) means today, UTC. Exits with status 1 when no entry matches.
+    #[command(group(ArgGroup::new("subject").required(true).args(["record", "agent"])))]
+    Timeline {
+        /// The record whose life to print.
+        record: Option<String>,
+        /// Every entry about this agent instead (its logins, access changes, requests and wins).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only entries at or after this time: HH:MM or HH:MM:SS (today, UTC) or an RFC 3339
+        /// time. Also narrows a RECORD's timeline.
+        #[arg(long, value_name = "TIME")]
+        since: Option<When>,
+        /// Only entries at or before this time (same forms as --since).
+        #[arg(long, value_name = "TIME")]
+        until: Option<When>,
+        /// The audit entries themselves, one JSON object per line (for jq), instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -190,6 +217,37 @@ fn main() -> anyhow::Result<()> {
             runtime
                 .block_on(admin::audit_tail(&target, &opts, &mut stdout))
                 .with_context(|| format!("audit tail from {}", target.addr))
+        }
+        Some(Command::Audit {
+            command:
+                AuditCommand::Timeline {
+                    record,
+                    agent,
+                    since,
+                    until,
+                    json,
+                    conn,
+                },
+        }) => {
+            let target = conn.target()?;
+            let opts = TimelineOptions {
+                subject: Subject::from_args(record, agent).map_err(anyhow::Error::msg)?,
+                window: Window::today(since, until).map_err(anyhow::Error::msg)?,
+                json,
+            };
+            let printed = runtime
+                .block_on(timeline::timeline(
+                    &target,
+                    &opts,
+                    &mut stdout,
+                    &mut std::io::stderr(),
+                ))
+                .with_context(|| format!("audit timeline from {}", target.addr))?;
+            if printed.entries == 0 {
+                // As grep does: nothing found is a failure a script can test.
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }

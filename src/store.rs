@@ -31,6 +31,8 @@ pub enum StoreError {
     Injected(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("another Baton process holds this data directory{owner}: the lock on {lock} is taken. Stop that server first, or give this one another data_dir")]
+    InUse { lock: String, owner: String },
 }
 
 /// Everything written by one engine batch. `None` deletes the key.
@@ -84,6 +86,9 @@ pub trait Store: Send + Sync {
     fn commit(&self, batch: &WriteBatch, flush: bool) -> Result<(), StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Has `observer` told how long each flush to disk takes (for the metrics); the first
+    /// observer set stays. A store that never touches a disk ignores it.
+    fn observe_flushes(&self, _observer: FlushObserver) {}
     /// Up to `max` audit entries with `seq >= from`, in order.
     fn audit_range(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// Lowest `seq` still kept, `None` when the log is empty.
@@ -147,7 +152,16 @@ fn id_of(prefix: &[u8], k: &[u8]) -> Result<String, StoreError> {
 /// The embedded default: one sled tree in `data_dir`.
 pub struct SledStore {
     db: sled::Db,
+    /// Told how long each flush to disk took (see [`Store::observe_flushes`]).
+    flush_observer: std::sync::OnceLock<FlushObserver>,
 }
+
+/// Receives the duration of each flush to disk.
+pub type FlushObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
+
+/// The file in a data directory that says which process has it open (for the message a second
+/// server gets); sled's own lock is on `db` beside it.
+pub const OWNER_FILE: &str = "baton.owner";
 
 impl SledStore {
     /// Opens (or creates) the store in `dir` with sled's default page cache.
@@ -161,8 +175,44 @@ impl SledStore {
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(cache_bytes)
-            .open()?;
-        Ok(SledStore { db })
+            .open()
+            .map_err(|e| match e {
+                // sled reports a lock held by another process as a bare I/O error on `db`.
+                sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                    let owner = std::fs::read_to_string(dir.join(OWNER_FILE))
+                        .ok()
+                        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                        .filter(|s| !s.is_empty());
+                    StoreError::InUse {
+                        lock: dir.join("db").display().to_string(),
+                        owner: owner.map_or_else(String::new, |o| format!(" ({o})")),
+                    }
+                }
+                other => other.into(),
+            })?;
+        // Best effort: it only makes the message a second server gets more precise.
+        let _ = std::fs::write(
+            dir.join(OWNER_FILE),
+            format!(
+                "pid {} started {}\n",
+                std::process::id(),
+                crate::messages::rfc3339(crate::server::now_ms())
+            ),
+        );
+        Ok(SledStore {
+            db,
+            flush_observer: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Flushes sled, telling the observer how long it took.
+    fn flush_timed(&self) -> Result<(), sled::Error> {
+        let started = std::time::Instant::now();
+        self.db.flush()?;
+        if let Some(observe) = self.flush_observer.get() {
+            observe(started.elapsed());
+        }
+        Ok(())
     }
 }
 
@@ -254,7 +304,7 @@ impl Store for SledStore {
         };
         self.db.apply_batch(b)?;
         if let Some(undo) = undo {
-            if let Err(e) = self.db.flush() {
+            if let Err(e) = self.flush_timed() {
                 if let Err(again) = self.db.apply_batch(undo) {
                     return Err(StoreError::Corrupt(format!(
                         "flush failed ({e}) and the refused batch could not be taken back ({again})"
@@ -267,8 +317,12 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.flush_timed()?;
         Ok(())
+    }
+
+    fn observe_flushes(&self, observer: FlushObserver) {
+        let _ = self.flush_observer.set(observer);
     }
 
     fn audit_range(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {

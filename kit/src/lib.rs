@@ -6,6 +6,7 @@
 
 pub mod centre;
 pub mod expect;
+pub mod http;
 pub mod identity;
 pub mod msg;
 pub mod schema;
@@ -14,6 +15,7 @@ pub mod wire;
 
 pub use centre::Centre;
 pub use expect::*;
+pub use http::{http_get, HttpReply};
 pub use msg::*;
 pub use server::{
     config_file, desktop_transport, free_addr, log_in, log_in_with_password, token, ServerProcess,

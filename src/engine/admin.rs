@@ -79,3 +79,145 @@ impl Engine {
         );
     }
 }
+
+/// The ids of `ids` after `after`, smallest first, at most `limit`; and whether more follow.
+/// Walks the ids once and sorts only the page: the maps are hashed, and a listing runs on the
+/// engine's thread while every other request waits.
+fn page_of<'a, T: Ord + ?Sized + 'a>(
+    ids: impl Iterator<Item = &'a T>,
+    after: Option<&T>,
+    limit: usize,
+) -> (Vec<&'a T>, bool) {
+    let mut ids: Vec<&T> = ids.filter(|id| after.is_none_or(|a| *id > a)).collect();
+    let more = ids.len() > limit;
+    if more {
+        ids.select_nth_unstable(limit);
+        ids.truncate(limit);
+    }
+    ids.sort_unstable();
+    (ids, more)
+}
+
+impl Engine {
+    /// `limit` of a listing request, or the reason it is refused.
+    fn page_limit(page: &Page) -> Result<usize, String> {
+        match page.limit {
+            None => Ok(Page::DEFAULT_LIMIT as usize),
+            Some(n) if (1..=Page::MAX_LIMIT).contains(&n) => Ok(n as usize),
+            Some(n) => Err(format!(
+                "field `limit` must be 1 to {}, not {n}",
+                Page::MAX_LIMIT
+            )),
+        }
+    }
+
+    pub(super) fn list_agents(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        page: Page,
+    ) {
+        let limit = match Self::page_limit(&page) {
+            Ok(n) => n,
+            Err(why) => {
+                Self::send(
+                    out,
+                    conn,
+                    r#ref,
+                    ServerMsg::error(ErrorCode::BadRequest, why),
+                );
+                return;
+            }
+        };
+        let (ids, more) = page_of(
+            self.agents.keys().map(|a| a.as_str()),
+            page.after.as_deref(),
+            limit,
+        );
+        let agents = ids
+            .into_iter()
+            .filter_map(|id| {
+                let (agent_id, a) = self.agents.get_key_value(id)?;
+                let records = self
+                    .held_by(agent_id)
+                    .filter_map(|r| {
+                        let access = self.records.get(r)?.holders.get(agent_id)?;
+                        Some(HeldRecord {
+                            record: r.into(),
+                            access: *access,
+                        })
+                    })
+                    .collect();
+                Some(AgentInfo {
+                    agent: id.to_owned(),
+                    dn: (&a.dn).into(),
+                    state: match a.away_since_ms {
+                        Some(_) => Presence::Away,
+                        None => Presence::LoggedIn,
+                    },
+                    grace_left_ms: a.away_since_ms.map(|since| {
+                        (since + self.cfg.resume_grace_ms).saturating_sub(self.now_ms)
+                    }),
+                    logout_pending: a.logout_pending,
+                    records,
+                })
+            })
+            .collect();
+        Self::send(out, conn, r#ref, ServerMsg::AgentsReport { agents, more });
+    }
+
+    pub(super) fn list_calls(
+        &mut self,
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        page: Page,
+    ) {
+        let limit = match Self::page_limit(&page) {
+            Ok(n) => n,
+            Err(why) => {
+                Self::send(
+                    out,
+                    conn,
+                    r#ref,
+                    ServerMsg::error(ErrorCode::BadRequest, why),
+                );
+                return;
+            }
+        };
+        let (ids, more) = page_of(
+            self.calls.keys().map(|c| c.as_str()),
+            page.after.as_deref(),
+            limit,
+        );
+        let calls = ids
+            .into_iter()
+            .filter_map(|id| {
+                let c = self.calls.get(id)?;
+                let parties = c
+                    .parties
+                    .0
+                    .iter()
+                    .map(|(dn, state)| PartyInfo {
+                        dn: dn.into(),
+                        state: match state {
+                            PartyState::Alerting => "alerting",
+                            PartyState::Dialing => "dialing",
+                            PartyState::Established => "established",
+                        }
+                        .to_owned(),
+                        agent: self.dn_agent.get(dn).map(String::from),
+                    })
+                    .collect();
+                Some(CallInfo {
+                    call: id.to_owned(),
+                    parties,
+                    record: self.call_record.get(id).map(String::from),
+                    consult_of: c.consult_of.as_ref().map(String::from),
+                })
+            })
+            .collect();
+        Self::send(out, conn, r#ref, ServerMsg::CallsReport { calls, more });
+    }
+}

@@ -316,6 +316,21 @@ impl Engine {
         }
     }
 
+    /// Logged-in agents by presence: desktop connected, away (within the resume grace), and of
+    /// either those who asked to log out while holding records. Walks every agent: for a metrics
+    /// scrape, not for each request.
+    pub fn agent_presence(&self) -> (u64, u64, u64) {
+        let (mut connected, mut away, mut pending) = (0, 0, 0);
+        for a in self.agents.values() {
+            match a.away_since_ms {
+                Some(_) => away += 1,
+                None => connected += 1,
+            }
+            pending += u64::from(a.logout_pending);
+        }
+        (connected, away, pending)
+    }
+
     /// The DNs the telephony link must monitor, sorted.
     pub fn monitored_dns(&self) -> Vec<String> {
         assert_eq!(self.monitored.len(), self.dn_agent.len());
@@ -618,6 +633,8 @@ impl Engine {
             }
             Request::RecordInfo(r) => self.record_info(out, conn, r#ref, r),
             Request::ReleaseRecord(r) => self.release_record(out, conn, r#ref, r),
+            Request::Agents(p) => self.list_agents(out, conn, r#ref, p),
+            Request::Calls(p) => self.list_calls(out, conn, r#ref, p),
         }
     }
 }

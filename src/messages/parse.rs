@@ -101,6 +101,8 @@ pub(crate) fn parse_request_fast(frame: &[u8], role: Role) -> Option<Incoming> {
         "AuditTail" => Request::AuditTail(de(frame)?),
         "RecordInfo" => Request::RecordInfo(de(frame)?),
         "ReleaseRecord" => Request::ReleaseRecord(de(frame)?),
+        "Agents" => Request::Agents(de(frame)?),
+        "Calls" => Request::Calls(de(frame)?),
         _ => return None, // Hello and anything new take the careful path
     };
     Some(Incoming {
@@ -295,6 +297,8 @@ pub(crate) fn parse_request_slow(frame: &[u8], role: Option<Role>) -> Result<Inc
         "Status" => Ok(Request::Status),
         "RecordInfo" => de(body).map(Request::RecordInfo),
         "ReleaseRecord" => de(body).map(Request::ReleaseRecord),
+        "Agents" => de(body).map(Request::Agents),
+        "Calls" => de(body).map(Request::Calls),
         other => unreachable!("role_of knows `{other}` but the decoder does not"),
     };
     request

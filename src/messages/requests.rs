@@ -239,6 +239,23 @@ pub struct AuditTail {
     pub agent: Option<String>,
 }
 
+/// One page of an admin listing (`Agents`, `Calls`): entries sorted by id, those after `after`,
+/// at most `limit` of them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Page {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+impl Page {
+    /// Entries a page holds when the request names no `limit`.
+    pub const DEFAULT_LIMIT: u32 = 500;
+    /// The largest `limit` taken: a page must fit well inside one frame.
+    pub const MAX_LIMIT: u32 = 1000;
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseRecord {
     pub record: String,
@@ -278,6 +295,8 @@ pub enum Request {
     Status,
     RecordInfo(RecordRef),
     ReleaseRecord(ReleaseRecord),
+    Agents(Page),
+    Calls(Page),
 }
 
 /// Who may send each request type: `None` means any role (and also before `Hello`, for `Hello`).
@@ -291,7 +310,9 @@ pub(crate) fn role_of(type_name: &str) -> Option<Option<Role>> {
         "AttachRecord" | "CancelRecord" => Some(Role::Dialer),
         "Ringing" | "Established" | "Released" | "Transferred" | "Conferenced" | "AgentLogin"
         | "AgentLogout" => Some(Role::Switch),
-        "AuditTail" | "Status" | "RecordInfo" | "ReleaseRecord" => Some(Role::Admin),
+        "AuditTail" | "Status" | "RecordInfo" | "ReleaseRecord" | "Agents" | "Calls" => {
+            Some(Role::Admin)
+        }
         _ => return None,
     };
     Some(role)
@@ -325,6 +346,8 @@ pub const REQUEST_TYPES: &[&str] = &[
     "Status",
     "RecordInfo",
     "ReleaseRecord",
+    "Agents",
+    "Calls",
 ];
 
 impl Request {
@@ -356,6 +379,8 @@ impl Request {
             Request::Status => "Status",
             Request::RecordInfo(_) => "RecordInfo",
             Request::ReleaseRecord(_) => "ReleaseRecord",
+            Request::Agents(_) => "Agents",
+            Request::Calls(_) => "Calls",
         }
     }
 
@@ -392,6 +417,7 @@ impl Request {
             Request::AgentLogin(x) | Request::AgentLogout(x) => body(x),
             Request::AuditTail(x) => body(x),
             Request::ReleaseRecord(x) => body(x),
+            Request::Agents(x) | Request::Calls(x) => body(x),
         };
         let obj = v.as_object_mut().expect("request bodies are objects");
         obj.insert("type".into(), Value::String(self.type_name().into()));

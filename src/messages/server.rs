@@ -37,6 +37,60 @@ pub struct Holder {
     pub access: Access,
 }
 
+/// Whether a logged-in agent's desktop is connected (`logged_in`) or gone within its resume grace
+/// (`away`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    LoggedIn,
+    Away,
+}
+
+/// A logged-in agent, as `AgentsReport` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub agent: String,
+    pub dn: String,
+    pub state: Presence,
+    /// While `away`: how long the session is still kept for a resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_left_ms: Option<u64>,
+    /// The agent asked to log out while holding records with `full`; it leaves once they are final.
+    pub logout_pending: bool,
+    /// Records held now (`full` or `read_only`), sorted by record id.
+    pub records: Vec<HeldRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldRecord {
+    pub record: String,
+    pub access: Access,
+}
+
+/// A live call, as `CallsReport` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallInfo {
+    pub call: String,
+    /// The DNs on the call, sorted by DN.
+    pub parties: Vec<PartyInfo>,
+    /// The live record attached to the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// For a consultation: the customer call it was placed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consult_of: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartyInfo {
+    pub dn: String,
+    /// `alerting`, `dialing` (placed the call) or `established`.
+    pub state: String,
+    /// The agent logged in on the DN, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
 /// One access-audit entry (CONTRACT section 6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -299,6 +353,16 @@ pub enum ServerMsg {
     },
     RecordReleased {
         record: String,
+    },
+    /// One page of `Agents`: logged-in agents sorted by id; `more` when a later page has some.
+    AgentsReport {
+        agents: Vec<AgentInfo>,
+        more: bool,
+    },
+    /// One page of `Calls`: live calls sorted by id; `more` when a later page has some.
+    CallsReport {
+        calls: Vec<CallInfo>,
+        more: bool,
     },
 }
 

@@ -35,7 +35,7 @@ pub(super) struct Admission {
     next_id: AtomicU64,
     pub(super) slots: Arc<Semaphore>,
     pub(super) config: Arc<Config>,
-    engine: mpsc::Sender<EngineMsg>,
+    pub(super) engine: mpsc::Sender<EngineMsg>,
     pub(super) shared: Shared,
     pub(super) tracker: TaskTracker,
     /// Cancelled only when draining took too long: connections then stop at once.
@@ -108,11 +108,17 @@ impl Admission {
                         }
                     }
                     // A refusal in clear text could not be read on a TLS port: just close.
-                    (None, Some(_)) => warn!(
+                    (None, Some(_)) => {
+                        ctx.shared.metrics.connection_refused();
+                        warn!(
                         max_connections = ctx.config.max_connections,
                         "refusing connection: server is at max_connections"
-                    ),
-                    (None, None) => refuse_overloaded(socket, &ctx).await,
+                        )
+                    }
+                    (None, None) => {
+                        ctx.shared.metrics.connection_refused();
+                        refuse_overloaded(socket, &ctx).await
+                    }
                 }
             }
             .instrument(span),
@@ -151,8 +157,7 @@ pub(super) async fn run(
     let mut engine_task = tokio::spawn(engine_loop(
         engine,
         engine_rx,
-        shared.store.clone(),
-        shared.announcer.clone(),
+        shared.clone(),
         opts.engine_fault.clone(),
         config.max_deferred_audit_entries as usize,
         config.final_record_retention_ms,

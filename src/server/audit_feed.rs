@@ -9,6 +9,7 @@ use super::outbox::Outbox;
 use super::Shared;
 use crate::messages::*;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
@@ -114,7 +115,19 @@ pub(super) async fn audit_tail(
                 .is_none_or(|a| entry.agent.as_ref() == Some(a))
     };
     let mut last = start_last;
+    // For `baton_audit_tail_lag_entries`: the last seq this tail has been through.
+    let position = t.follow.then(|| {
+        let p = Arc::new(AtomicU64::new(cursor - 1));
+        shared.metrics.follow_tail(&p);
+        p
+    });
+    let moved = |cursor: u64| {
+        if let Some(p) = &position {
+            p.store(cursor - 1, Ordering::Relaxed);
+        }
+    };
     loop {
+        moved(cursor);
         while cursor <= last {
             let store = shared.store.clone();
             let from = cursor;
@@ -180,6 +193,7 @@ pub(super) async fn audit_tail(
                     return;
                 }
             }
+            moved(cursor);
         }
         if !t.follow {
             // The slot is free before the client can see the end: a tail it asks for next is
@@ -211,6 +225,7 @@ pub(super) async fn audit_tail(
                             return;
                         }
                     }
+                    moved(cursor);
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     debug!(

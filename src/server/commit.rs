@@ -6,6 +6,7 @@
 //! outputs what may be sent.
 
 use super::audit_feed::{log_audit, Announcer};
+use super::metrics::Metrics;
 use crate::engine::{ConnId, Engine, Input, Output};
 use crate::messages::*;
 use crate::store::{Store, StoreError, WriteBatch};
@@ -128,6 +129,7 @@ pub(super) async fn commit(
     out: &mut Vec<Output>,
     now: u64,
     info: BatchInfo,
+    metrics: &Metrics,
 ) {
     let mut batch = engine.take_writes();
     if batch.is_empty() {
@@ -154,11 +156,12 @@ pub(super) async fn commit(
                 durable.deferred.len()
             );
             error!("STORAGE FAILURE: {why}; refusing this batch's requests with `unavailable`");
+            metrics.commit_failed();
             refuse(engine, out, now, info, &why);
             return;
         }
         engine.commit();
-        take_audit(out, &mut entries);
+        take_audit(out, &mut entries, metrics);
         durable.announcer.written(entries);
         durable.deferred.append(&mut batch.audit);
         match durable.lazy_since {
@@ -176,6 +179,7 @@ pub(super) async fn commit(
     }
     let last_seq = batch.audit.last().map(|(seq, _)| *seq);
     let writer = store.clone();
+    let started = std::time::Instant::now();
     let (result, batch) = tokio::task::spawn_blocking(move || (writer.commit(&batch, true), batch))
         .await
         .unwrap_or_else(|e| {
@@ -186,11 +190,12 @@ pub(super) async fn commit(
         });
     match result {
         Ok(()) => {
+            metrics.commit(info.requests.len(), started.elapsed());
             engine.commit();
             if let Some(seq) = last_seq {
                 durable.written = seq;
             }
-            take_audit(out, &mut entries);
+            take_audit(out, &mut entries, metrics);
             durable.announcer.written(entries);
             durable.announcer.durable_up_to(durable.written);
             durable.lazy_since = None;
@@ -203,6 +208,7 @@ pub(super) async fn commit(
                 "STORAGE FAILURE: {e}; refusing this batch's requests with `unavailable` and returning to the state before it"
             );
             durable.failing.store(true, Ordering::Relaxed);
+            metrics.commit_failed();
             // Entries of earlier reads went out with this batch: they stay deferred (the
             // engine's audit `seq` only goes back to where this batch started, past them).
             let mut batch = batch;
@@ -248,10 +254,11 @@ fn refuse(engine: &mut Engine, out: &mut Vec<Output>, now: u64, info: BatchInfo,
 }
 
 /// Moves the audit entries out of `out` into `entries`, logging each at debug level.
-fn take_audit(out: &mut Vec<Output>, entries: &mut Vec<AuditEntry>) {
+fn take_audit(out: &mut Vec<Output>, entries: &mut Vec<AuditEntry>, metrics: &Metrics) {
     for o in out.extract_if(.., |o| matches!(o, Output::Audit(_))) {
         if let Output::Audit(entry) = o {
             log_audit(&entry);
+            metrics.audit_entry(&entry);
             entries.push(entry);
         }
     }
@@ -326,7 +333,16 @@ mod tests {
         };
         // Two reads: answered, their entries deferred.
         let (mut out, info) = batch(&mut engine, 10..12);
-        commit(&mut engine, &store, &mut durable, &mut out, 1_000, info).await;
+        commit(
+            &mut engine,
+            &store,
+            &mut durable,
+            &mut out,
+            1_000,
+            info,
+            &Metrics::new(0),
+        )
+        .await;
         let codes = |out: &[Output]| -> Vec<ErrorCode> {
             out.iter()
                 .filter_map(|o| match o {
@@ -343,14 +359,32 @@ mod tests {
         let seq = engine.counts().audit_last_seq;
         // Two more would make four waiting, over the bound of three: refused, nothing kept.
         let (mut out, info) = batch(&mut engine, 12..14);
-        commit(&mut engine, &store, &mut durable, &mut out, 1_000, info).await;
+        commit(
+            &mut engine,
+            &store,
+            &mut durable,
+            &mut out,
+            1_000,
+            info,
+            &Metrics::new(0),
+        )
+        .await;
         assert_eq!(codes(&out), vec![ErrorCode::Unavailable; 2]);
         assert_eq!(durable.deferred.len(), 2);
         assert_eq!(engine.counts().audit_last_seq, seq);
         // Once the disk has taken the waiting entries, reads are answered again.
         durable.flush_lazy(&store);
         let (mut out, info) = batch(&mut engine, 14..15);
-        commit(&mut engine, &store, &mut durable, &mut out, 1_000, info).await;
+        commit(
+            &mut engine,
+            &store,
+            &mut durable,
+            &mut out,
+            1_000,
+            info,
+            &Metrics::new(0),
+        )
+        .await;
         assert_eq!(codes(&out), vec![ErrorCode::NoSuchRecord]);
     }
 }

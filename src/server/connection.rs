@@ -7,6 +7,7 @@
 
 use super::audit_feed::{audit_tail, TailOut};
 use super::engine_task::EngineMsg;
+use super::metrics::transport_label;
 use super::outbox::{self, FrameWriter, Outbox, RoomError};
 use super::Shared;
 use crate::auth::{same_secret, Authenticator};
@@ -146,9 +147,14 @@ where
         outbox::write_loop(writer, outbox.clone(), ctx.cancel.clone()).in_current_span(),
     );
 
+    let mut gauge = ctx
+        .shared
+        .metrics
+        .connection(transport_label(ctx.transport == Transport::WebSocket));
     let registered = match handshake(&mut reader, &outbox, &ctx).await {
         Some((role, scope)) => {
             tracing::Span::current().record("role", role.as_str());
+            gauge.set_role(role);
             let msg = EngineMsg::Connected {
                 conn: ctx.conn,
                 role,
@@ -356,8 +362,16 @@ fn report_frame_error(outbox: &Outbox, e: &FrameError, transport: Transport) {
     }
 }
 
+/// The request type a refused frame named, as a metrics label: one of the protocol's names, or
+/// `unknown` (a label value must come from a closed set, never from what a client sent).
+fn known_type(name: Option<&str>) -> &'static str {
+    name.and_then(|n| REQUEST_TYPES.iter().find(|t| **t == n).copied())
+        .unwrap_or("unknown")
+}
+
 /// Drops a connection whose client has stopped reading.
 fn drop_not_reading(ctx: &ConnCtx, role: Role, outbox: &Outbox, why: &str) {
+    ctx.shared.metrics.outbound_queue_drop();
     warn!(
         conn = ctx.conn,
         peer = %ctx.peer,
@@ -387,6 +401,9 @@ async fn read_loop(
         // Backpressure: the next request is read only once its answer has room. Meanwhile the
         // socket is not read, so TCP flow control slows a client that writes faster than it
         // reads; and the idle timer does not run, since such a client is not silent.
+        if !outbox.has_room_for_request() {
+            ctx.shared.metrics.backpressure_pause();
+        }
         let room = tokio::select! {
             _ = ctx.cancel.cancelled() => return,
             r = outbox.room_for_request(idle) => r,
@@ -427,6 +444,7 @@ async fn read_loop(
                 r#ref,
                 request: Request::Ping,
             }) => {
+                ctx.shared.metrics.request("Ping", None);
                 let pong = Envelope::reply(r#ref, ServerMsg::Pong).to_bytes();
                 if !answer(outbox, pong) {
                     return;
@@ -449,11 +467,14 @@ async fn read_loop(
                             r#ref,
                             cancel: ctx.cancel.clone(),
                         };
+                        ctx.shared.metrics.request("AuditTail", None);
                         tokio::spawn(
                             audit_tail(ctx.shared.clone(), tail, t, slot).in_current_span(),
                         );
                     }
                     Err(_) => {
+                        let metrics = &ctx.shared.metrics;
+                        metrics.request("AuditTail", Some(ErrorCode::Overloaded));
                         let refusal = error_frame(
                             r#ref,
                             ErrorCode::Overloaded,
@@ -472,6 +493,9 @@ async fn read_loop(
                 r#ref,
                 request: Request::Hello(_),
             }) => {
+                ctx.shared
+                    .metrics
+                    .request("Hello", Some(ErrorCode::BadRequest));
                 let refusal =
                     error_frame(r#ref, ErrorCode::BadRequest, "Hello was already received");
                 if !answer(outbox, refusal) {
@@ -486,11 +510,14 @@ async fn read_loop(
                     record = r.record.as_str(),
                     "refused ReleaseRecord: this admin session may only read"
                 );
+                ctx.shared
+                    .metrics
+                    .request("ReleaseRecord", Some(ErrorCode::AccessDenied));
                 let refusal = error_frame(
                     r#ref,
                     ErrorCode::AccessDenied,
                     "this admin session was opened with the admin_read token: it may read \
-                     (Status, RecordInfo, AuditTail) and nothing else",
+                     (Status, RecordInfo, AuditTail, Agents, Calls) and nothing else",
                 );
                 if !answer(outbox, refusal) {
                     return;
@@ -514,12 +541,15 @@ async fn read_loop(
                 }
             }
             Err(e) if e.code == ErrorCode::BadFrame => {
+                ctx.shared.metrics.request("unknown", Some(e.code));
                 info!("closing: framing violation: {}", e.message);
                 outbox.set_close_code(close::INVALID_PAYLOAD, &e.message);
                 let _ = outbox.push(error_frame(e.r#ref, e.code, e.message));
                 return;
             }
             Err(e) => {
+                let type_name = known_type(e.type_name.as_deref());
+                ctx.shared.metrics.request(type_name, Some(e.code));
                 debug!(code = e.code.as_str(), "refused frame: {}", e.message);
                 if !answer(outbox, error_frame(e.r#ref, e.code, e.message)) {
                     return;

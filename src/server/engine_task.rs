@@ -5,12 +5,13 @@
 //! Never waits for a client: an output is queued on its outbox at once, or the connection is
 //! dropped.
 
-use super::audit_feed::{log_audit, Announcer};
+use super::audit_feed::log_audit;
 use super::commit::{commit, read_back, BatchInfo, Durability, LAZY_FLUSH};
+use super::metrics::{Metrics, Snapshot};
 use super::now_ms;
 use super::outbox::{Outbox, PushError};
 use super::retention::{purge_old_finals, PURGE_EVERY};
-use super::EngineFault;
+use super::{EngineFault, Shared};
 use crate::engine::{ConnId, Engine, Input, Output};
 use crate::messages::*;
 use crate::store::{Store, WriteBatch};
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
@@ -50,6 +51,8 @@ pub(super) enum EngineMsg {
         conn: ConnId,
     },
     Shutdown,
+    /// A metrics scrape (or a readiness check) asks what only the engine knows.
+    Observe(oneshot::Sender<Snapshot>),
 }
 
 /// What the engine task holds of a connection: where its frames go, how to drop it, and what to
@@ -124,12 +127,17 @@ impl Answered {
 pub(super) async fn engine_loop(
     mut engine: Engine,
     mut rx: mpsc::Receiver<EngineMsg>,
-    store: Arc<dyn Store>,
-    announcer: Arc<Announcer>,
+    shared: Shared,
     fault: Option<EngineFault>,
     max_deferred: usize,
     final_retention_ms: u64,
 ) {
+    let Shared {
+        store,
+        announcer,
+        metrics,
+        ..
+    } = shared;
     let written = *announcer.durable.borrow();
     let mut durable = Durability {
         announcer,
@@ -146,6 +154,8 @@ pub(super) async fn engine_loop(
     let mut inputs: Vec<Input> = Vec::new();
     let mut out: Vec<Output> = Vec::new();
     let mut answered = Answered::default();
+    // The batch's requests (connection, ref, type), to count by how they were answered.
+    let mut asked: Vec<(ConnId, Option<u64>, &'static str)> = Vec::new();
     let mut shutting_down = false;
     let mut purge = tokio::time::interval(PURGE_EVERY);
     purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -169,7 +179,14 @@ pub(super) async fn engine_loop(
         if purge_due {
             // Its own batch, before any request: a request that names a purged record then
             // finds it gone from the store too.
-            purge_old_finals(&mut engine, &store, &mut durable, final_retention_ms).await;
+            purge_old_finals(
+                &mut engine,
+                &store,
+                &mut durable,
+                final_retention_ms,
+                &metrics,
+            )
+            .await;
         }
         for msg in batch.drain(..) {
             match msg {
@@ -219,6 +236,10 @@ pub(super) async fn engine_loop(
                     shutting_down = true;
                     inputs.push(Input::Shutdown);
                 }
+                EngineMsg::Observe(reply) => {
+                    let failing = durable.failing.load(Ordering::Relaxed);
+                    let _ = reply.send(observe(&engine, failing));
+                }
             }
         }
         let now = now_ms();
@@ -229,6 +250,14 @@ pub(super) async fn engine_loop(
         // Requests refused before the engine saw them; answered whatever becomes of the batch.
         let mut unread: Vec<Output> = Vec::new();
         for input in inputs.drain(..) {
+            if let Input::Request {
+                conn,
+                r#ref,
+                request,
+            } = &input
+            {
+                asked.push((*conn, *r#ref, request.type_name()));
+            }
             if let Some(id) = engine.record_to_load(&input) {
                 // A final record that left memory: read it back first, so that the answer is
                 // the one it would have had in memory.
@@ -254,9 +283,28 @@ pub(super) async fn engine_loop(
         }
         // Group commit: everything this batch changed goes to disk in one write and one flush,
         // and nothing of it is sent before that returns.
-        commit(&mut engine, &store, &mut durable, &mut out, now, info).await;
+        commit(
+            &mut engine,
+            &store,
+            &mut durable,
+            &mut out,
+            now,
+            info,
+            &metrics,
+        )
+        .await;
         out.append(&mut unread);
-        dispatch(&mut engine, &mut conns, &mut out, now, &store, &mut durable).await;
+        count_answers(&metrics, &mut asked, &out);
+        dispatch(
+            &mut engine,
+            &mut conns,
+            &mut out,
+            now,
+            &store,
+            &mut durable,
+            &metrics,
+        )
+        .await;
         // Only now, with their answers queued, do the requests stop counting as in flight.
         answered.settle();
         if shutting_down && conns.is_empty() {
@@ -290,6 +338,7 @@ async fn dispatch(
     now: u64,
     store: &Arc<dyn Store>,
     durable: &mut Durability,
+    metrics: &Metrics,
 ) {
     let mut dropped: Vec<ConnId> = Vec::new();
     while !out.is_empty() {
@@ -316,6 +365,7 @@ async fn dispatch(
                                 queued = handle.outbox.pending(),
                                 "dropping connection: the client is not reading (pushes piled up past twice outbound_queue_frames while it took nothing for 3 heartbeats, or past eight times it)"
                             );
+                            metrics.outbound_queue_drop();
                             handle.cancel.cancel();
                             conns.remove(conn);
                             dropped.push(conn);
@@ -343,7 +393,52 @@ async fn dispatch(
             info.note(&input);
             engine.handle(now, input, &mut more);
         }
-        Box::pin(commit(engine, store, durable, &mut more, now, info)).await;
+        Box::pin(commit(
+            engine, store, durable, &mut more, now, info, metrics,
+        ))
+        .await;
         out.append(&mut more);
+    }
+}
+
+/// What a scrape asks of the engine: the state gauges.
+fn observe(engine: &Engine, storage_failing: bool) -> Snapshot {
+    let c = engine.counts();
+    let (agents_logged_in, agents_away, agents_logout_pending) = engine.agent_presence();
+    Snapshot {
+        agents_logged_in,
+        agents_away,
+        agents_logout_pending,
+        dns_monitored: c.dns,
+        records_live: c.records_live,
+        records_final: c.records_final,
+        calls: c.calls,
+        ignored_events: c.ignored_events,
+        storage_failing,
+    }
+}
+
+/// Counts the batch's requests by type and by how they were answered: the error sent in reply
+/// (an error always answers its request at once, with the request's `ref`), or ok. Counted from
+/// what will be sent, after the commit, so that a batch the store refused counts as
+/// `unavailable`.
+fn count_answers(
+    metrics: &Metrics,
+    asked: &mut Vec<(ConnId, Option<u64>, &'static str)>,
+    out: &[Output],
+) {
+    if asked.is_empty() {
+        return;
+    }
+    let mut errors: HashMap<(ConnId, Option<u64>), ErrorCode> = HashMap::new();
+    for o in out {
+        if let Output::Send { conn, env } = o {
+            if let ServerMsg::Error { code, .. } = &env.msg {
+                errors.entry((*conn, env.r#ref)).or_insert(*code);
+            }
+        }
+    }
+    for (conn, r#ref, type_name) in asked.drain(..) {
+        metrics.request(type_name, errors.remove(&(conn, r#ref)));
     }
 }

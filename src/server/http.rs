@@ -52,8 +52,15 @@ pub(super) async fn http_loop(
         .route("/desk/desk.js", get(desk_script))
         .route("/desk/desk.css", get(desk_style))
         .route("/desk", get(|| async { Redirect::permanent("/desk/") }))
+        .route("/admin/", get(admin_page))
+        .route("/admin/admin.js", get(admin_script))
+        .route("/admin/admin.css", get(admin_style))
+        .route("/admin", get(|| async { Redirect::permanent("/admin/") }))
         .route("/", get(|| async { Redirect::temporary("/desk/") }))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/metrics", get(super::ops::metrics))
+        .route("/healthz", get(super::ops::healthz))
+        .route("/readyz", get(super::ops::readyz))
         .with_state(admission.clone());
     loop {
         let (socket, addr) = tokio::select! {
@@ -175,6 +182,34 @@ async fn desk_style() -> Response {
     static_asset(DESK_CSS, "text/css; charset=utf-8")
 }
 
+/// The read-only admin console (`sdk/typescript/admin`): an admin client of `/ws`, whose token
+/// the operator types in (it is never part of the page).
+const ADMIN_HTML: &str = include_str!("../../sdk/typescript/admin/index.html");
+const ADMIN_JS: &str = include_str!("../../sdk/typescript/admin/admin.js");
+const ADMIN_CSS: &str = include_str!("../../sdk/typescript/admin/admin.css");
+
+/// As the desktop's, and its forms may not be submitted anywhere: the token typed into the
+/// login form can never travel in a URL, even if the script did not run.
+const ADMIN_POLICY: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
+     frame-ancestors 'none'; form-action 'none'; base-uri 'none'";
+
+async fn admin_page() -> Response {
+    let mut page = static_asset(ADMIN_HTML, "text/html; charset=utf-8");
+    page.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(ADMIN_POLICY),
+    );
+    page
+}
+
+async fn admin_script() -> Response {
+    static_asset(ADMIN_JS, "text/javascript; charset=utf-8")
+}
+
+async fn admin_style() -> Response {
+    static_asset(ADMIN_CSS, "text/css; charset=utf-8")
+}
+
 /// A file compiled into the server. Browsers may keep it for a minute: a new server version is
 /// picked up soon after an upgrade.
 fn static_asset(body: &'static str, content_type: &'static str) -> Response {
@@ -237,6 +272,7 @@ async fn websocket(
             .into_response();
     }
     let Some(permit) = admission.slots.clone().try_acquire_owned().ok() else {
+        admission.shared.metrics.connection_refused();
         warn!(
             max_connections = config.max_connections,
             "refusing WebSocket: server is at max_connections"

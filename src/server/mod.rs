@@ -29,6 +29,8 @@ mod commit;
 mod connection;
 mod engine_task;
 mod http;
+mod metrics;
+mod ops;
 mod outbox;
 mod retention;
 mod service;
@@ -59,15 +61,17 @@ pub const ENGINE_FAILURE_EXIT_CODE: i32 = 70;
 /// Why the server could not start, or stopped serving on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    // The causes are named `error`, not `source`: their text is already in the message, and a
+    // source would print it a second time under "Caused by".
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot open the data directory {dir}: {source}")]
-    Store { dir: String, source: StoreError },
+    #[error("cannot open the data directory {dir}: {error}")]
+    Store { dir: String, error: StoreError },
     #[error("cannot load the stored state: {0}")]
     Load(String),
     #[error("cannot set up agent authentication: {0}")]
@@ -248,9 +252,9 @@ async fn open_sled(config: &Config) -> Result<(Arc<dyn Store>, u64), ServerError
     let store = tokio::task::spawn_blocking(move || SledStore::open_with_cache(&dir, cache))
         .await
         .expect("store open does not panic")
-        .map_err(|source| ServerError::Store {
+        .map_err(|error| ServerError::Store {
             dir: config.data_dir.display().to_string(),
-            source,
+            error,
         })?;
     let open_ms = opening.elapsed().as_millis() as u64;
     info!(dir = %config.data_dir.display(), open_ms, "store opened");
@@ -305,22 +309,22 @@ async fn serve_store(
     );
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServerError::Bind {
+        .map_err(|error| ServerError::Bind {
             addr: config.listen,
-            source,
+            error,
         })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+    let addr = listener.local_addr().map_err(|error| ServerError::Bind {
         addr: config.listen,
-        source,
+        error,
     })?;
     let http = match config.http_addr() {
         Some(http_addr) => {
             Some(
                 TcpListener::bind(http_addr)
                     .await
-                    .map_err(|source| ServerError::Bind {
+                    .map_err(|error| ServerError::Bind {
                         addr: http_addr,
-                        source,
+                        error,
                     })?,
             )
         }
@@ -334,11 +338,15 @@ async fn serve_store(
         auth: auth.clone(),
         tls: tls.clone(),
     };
+    let metrics = Arc::new(metrics::Metrics::new(now_ms() / 1000));
+    let observer = metrics.clone();
+    store.observe_flushes(Box::new(move |took| observer.flush(took)));
     let shared = Shared {
         store,
         announcer,
         auth,
         tls,
+        metrics,
     };
     let task = tokio::spawn(accept::run(
         listener,
@@ -378,6 +386,7 @@ struct Shared {
     announcer: Arc<Announcer>,
     auth: Arc<Authenticator>,
     tls: Option<Arc<tls::Tls>>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// The message a panic was raised with.

@@ -253,7 +253,7 @@ impl Outbox {
         }
     }
 
-    fn has_room_for_request(&self) -> bool {
+    pub(super) fn has_room_for_request(&self) -> bool {
         self.pending.load(Ordering::Acquire) + self.in_flight.load(Ordering::Acquire)
             < self.room_frames
     }

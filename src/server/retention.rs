@@ -5,6 +5,7 @@
 //! final (`Engine::purge_final`); audit entries are trimmed only once durable.
 
 use super::commit::{commit, BatchInfo, Durability};
+use super::metrics::Metrics;
 use super::{now_ms, Shared};
 use crate::engine::Engine;
 use crate::store::Store;
@@ -59,6 +60,7 @@ pub(super) async fn purge_old_finals(
     store: &Arc<dyn Store>,
     durable: &mut Durability,
     retention_ms: u64,
+    metrics: &Metrics,
 ) {
     let now = now_ms();
     let expired = match store.finals_before(now.saturating_sub(retention_ms), PURGE_CHUNK) {
@@ -93,6 +95,15 @@ pub(super) async fn purge_old_finals(
         engine.purge_final(*at_ms, id, stored);
     }
     let mut out = Vec::new();
-    commit(engine, store, durable, &mut out, now, BatchInfo::default()).await;
+    commit(
+        engine,
+        store,
+        durable,
+        &mut out,
+        now,
+        BatchInfo::default(),
+        metrics,
+    )
+    .await;
     debug!(examined = expired.len(), "final-record retention ran");
 }

@@ -1,6 +1,6 @@
-// A real `baton serve` for the SDK's tests, and the switch link and dialer a centre needs, spoken
-// over Baton's TCP framing (4-byte big-endian length, then JSON), plus a TCP proxy that a test can
-// cut to play a network drop.
+// A real `baton serve` for the SDK's tests, and the switch link, dialer, desktops and admin
+// connections a centre needs, spoken over Baton's TCP framing (4-byte big-endian length, then
+// JSON), plus a TCP proxy that a test can cut to play a network drop.
 
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync, existsSync } from "node:fs";
@@ -24,7 +24,14 @@ export function freePort() {
   });
 }
 
-/** Starts `baton serve` (the release build) on free ports; `extra` is more TOML. */
+/** The read-only admin token of the servers `startServer` runs (`[tokens] admin_read`). */
+export const ADMIN_READ_TOKEN = "watch-but-do-not-touch";
+
+/**
+ * Starts `baton serve` (the release build) on free ports; `extra` is more TOML. Unless `extra`
+ * has a `[tokens]` table of its own, the server also takes `ADMIN_READ_TOKEN` for admin sessions
+ * that may only read.
+ */
 export async function startServer(extra = "") {
   const exe = process.env.BATON_EXE ?? path.join(repo, "target/release/baton");
   if (!existsSync(exe)) throw new Error(`${exe} is missing: run cargo build --release first`);
@@ -38,7 +45,8 @@ export async function startServer(extra = "") {
         .filter((line) => !extra.includes(line.split(" ")[0]))
         .map((line) => `${line}\n`)
         .join("") +
-      extra,
+      extra +
+      (extra.includes("[tokens]") ? "" : `\n[tokens]\nadmin_read = ${JSON.stringify(ADMIN_READ_TOKEN)}\n`),
   );
   const child = spawn(exe, ["serve", "--config", config], { stdio: ["ignore", "ignore", "pipe"] });
   let log = "";
@@ -148,19 +156,43 @@ export class Peer {
   }
 }
 
+/** A desktop over TCP (open mode), logged in as `agent` on `dn`; `session` is its resume token. */
+export async function desktop(server, agent, dn) {
+  const d = await Peer.open(server.tcp, "desktop", "desk-secret");
+  const answer = await d.request({ type: "Login", agent, dn });
+  if (answer.type !== "LoggedIn") throw new Error(`Login refused: ${JSON.stringify(answer)}`);
+  d.session = answer.session;
+  return d;
+}
+
+/** An admin connection over TCP, read-only (`ADMIN_READ_TOKEN`). */
+export function admin(server) {
+  return Peer.open(server.tcp, "admin", ADMIN_READ_TOKEN);
+}
+
 /** The switch link and the dialer of a centre, on `server`. */
 export async function centre(server) {
   const sw = await Peer.open(server.tcp, "switch", "switch-secret");
   const dialer = await Peer.open(server.tcp, "dialer", "dialer-secret");
+  /** The dialer attaches `record` to `call` (before it reaches an agent). */
+  async function attach(call, record, data = { name: `Customer of ${record}` }) {
+    const attached = await dialer.request({ type: "AttachRecord", call, record, campaign: "spring", data });
+    if (attached.type !== "RecordAttached") throw new Error(JSON.stringify(attached));
+  }
   return {
     sw,
     dialer,
+    attach,
     /** The dialer attaches `record` to `call`, which rings and is answered on `dn`. */
     async answered(call, record, dn, data = { name: `Customer of ${record}` }) {
-      const attached = await dialer.request({ type: "AttachRecord", call, record, campaign: "spring", data });
-      if (attached.type !== "RecordAttached") throw new Error(JSON.stringify(attached));
+      await attach(call, record, data);
       await sw.event({ type: "Ringing", call, dn, ani: "+15550100" });
       await sw.event({ type: "Established", call, dn });
+    },
+    /** The agent on `from` consults `to` about `call` on the consultation call `consult`, answered. */
+    async consulted(call, consult, from, to) {
+      await sw.event({ type: "Ringing", call: consult, dn: to, from_dn: from, consult_of: call });
+      await sw.event({ type: "Established", call: consult, dn: to });
     },
     close() {
       sw.close();
