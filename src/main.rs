@@ -115,7 +115,7 @@ enum AuditCommand {
     /// One row per attachment, grant, revocation, request accepted or denied, and the final
     /// outcome with who won. With --agent instead of a RECORD: every entry about that agent,
     /// usually within a --since/--until window. Times are UTC, as in the audit log; a clock time
-    /// (HH:MM, HH:MM:SS) means today, UTC. Exits with status 1 when no entry matches.
+    /// (HH:MM, HH:MM:SS) means today, UTC (yesterday for a --since still to come). Exits with status 1 when no entry matches.
     #[command(group(ArgGroup::new("subject").required(true).args(["record", "agent"])))]
     Timeline {
         /// The record whose life to print.

@@ -146,10 +146,22 @@ pub struct Window {
 impl Window {
     /// The window `--since` and `--until` give, with clock times taken on the day of `now_ms`.
     pub fn new(since: Option<When>, until: Option<When>, now_ms: u64) -> Result<Window, String> {
-        let window = Window {
-            since: since.map(|w| w.resolve(now_ms)),
-            until: until.map(|w| w.resolve(now_ms)),
-        };
+        // A clock time still to come today means the last time it was that time: `--since
+        // 23:50` asked at 00:30 is yesterday's 23:50, and an `--until 23:55` with it is
+        // yesterday's too.
+        let mut rolled = false;
+        let since = since.map(|w| match (w, w.resolve(now_ms)) {
+            (When::Today(_), at) if at > now_ms => {
+                rolled = true;
+                at - DAY_MS
+            }
+            (_, at) => at,
+        });
+        let until = until.map(|w| match (w, w.resolve(now_ms), since) {
+            (When::Today(_), at, Some(s)) if rolled && at - DAY_MS >= s => at - DAY_MS,
+            (_, at, _) => at,
+        });
+        let window = Window { since, until };
         if let (Some(s), Some(u)) = (window.since, window.until) {
             if u < s {
                 return Err(format!(
@@ -617,6 +629,20 @@ mod tests {
         assert_eq!(w.since, parse_rfc3339("2026-11-26T00:00:00Z"));
         assert_eq!(w.until, Some(now));
         assert!(Window::new(Some(When::Today(1)), Some(When::Today(0)), now).is_err());
+    }
+
+    #[test]
+    fn a_clock_time_still_to_come_today_is_yesterdays() {
+        let now = parse_rfc3339("2026-11-27T00:30:00Z").unwrap();
+        let at = |hh: u64, mm: u64| When::Today((hh * 60 + mm) * 60_000);
+        let w = Window::new(Some(at(23, 50)), None, now).unwrap();
+        assert_eq!(w.since, parse_rfc3339("2026-11-26T23:50:00Z"));
+        let w = Window::new(Some(at(23, 50)), Some(at(23, 55)), now).unwrap();
+        assert_eq!(w.until, parse_rfc3339("2026-11-26T23:55:00Z"));
+        let w = Window::new(Some(at(23, 50)), Some(at(0, 10)), now).unwrap();
+        assert_eq!(w.until, parse_rfc3339("2026-11-27T00:10:00Z"));
+        let w = Window::new(Some(at(0, 10)), None, now).unwrap();
+        assert_eq!(w.since, parse_rfc3339("2026-11-27T00:10:00Z"));
     }
 
     #[test]

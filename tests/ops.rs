@@ -243,6 +243,18 @@ async fn metrics_count_what_happened_and_pass_promtool() {
     // B never held R1: refused, and counted with its code.
     let refused = t.b.request(record_req("GetRecord", "R1")).await.unwrap();
     expect_error(&refused, ErrorCode::AccessDenied);
+    // Two requests without `ref`, back to back: each is counted by its own answer.
+    for record in ["X1", "X2"] {
+        let body = format!(r#"{{"type":"GetRecord","record":"{record}"}}"#);
+        t.c.send_bytes(body.into()).await.unwrap();
+    }
+    for _ in 0..2 {
+        let refused = t.c.next_push().await.unwrap();
+        expect_error(&refused, ErrorCode::NoSuchRecord);
+    }
+    // A Hello with a wrong token is counted too (someone guessing the dialer's secret).
+    let guess = baton::client::Client::connect(t.server.addr, Role::Dialer, "guess").await;
+    assert!(guess.is_err());
     let answer = t.a.request(processed("R1", "sale")).await.unwrap();
     assert!(
         matches!(answer, ServerMsg::RecordProcessedAck { .. }),
@@ -339,9 +351,33 @@ async fn metrics_count_what_happened_and_pass_promtool() {
         ("baton_outbound_queue_drops_total".to_owned(), 0.0),
         ("baton_audit_last_seq".to_owned(), status_seq as f64),
         ("baton_audit_tails".to_owned(), 0.0),
+        (
+            r#"baton_requests_total{type="GetRecord",result="no_such_record"}"#.to_owned(),
+            2.0,
+        ),
+        (
+            r#"baton_requests_total{type="Hello",result="ok"}"#.to_owned(),
+            6.0,
+        ),
+        (
+            r#"baton_requests_total{type="Hello",result="auth_failed"}"#.to_owned(),
+            1.0,
+        ),
+        (
+            r#"baton_connections{role="handshake",transport="tcp"}"#.to_owned(),
+            0.0,
+        ),
+        (
+            r#"baton_connections{role="dialer",transport="websocket"}"#.to_owned(),
+            0.0,
+        ),
     ] {
         assert_eq!(value(&s, &series), expected, "{series}");
     }
+    assert!(
+        !s.contains_key(r#"baton_requests_total{type="GetRecord",result="ok"}"#),
+        "no GetRecord succeeded"
+    );
     // Every durable commit is timed, and the sled store's flushes with it.
     assert!(value(&s, "baton_commit_duration_seconds_count") >= 3.0);
     assert!(value(&s, "baton_store_flush_duration_seconds_count") >= 3.0);
@@ -500,6 +536,10 @@ async fn healthz_and_readyz_tell_a_load_balancer_whether_to_send_work() {
     assert_eq!(http_get(http, "/healthz", &[]).await.status, 200);
     let s = samples(&http_get(http, "/metrics", &[]).await.body);
     assert_eq!(value(&s, "baton_commit_failures_total"), 1.0);
+    assert!(
+        value(&s, "baton_store_flush_duration_seconds_count") == 0.0,
+        "a memory store has no disk to flush"
+    );
     assert_eq!(
         value(
             &s,
@@ -508,8 +548,21 @@ async fn healthz_and_readyz_tell_a_load_balancer_whether_to_send_work() {
         1.0
     );
 
-    // The disk works again: ready again after the next write.
+    // The disk works again: ready again without waiting for a client to write (the server
+    // probes a failing store with a flush every second).
     store.set_failing(false);
+    let back = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ready = http_get(http, "/readyz", &[]).await;
+            if ready.status == 200 {
+                return ready;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("ready again once the store works");
+    assert_eq!(back.body, "ready\n");
     let answer = desk.request(login("1001", "7001", None)).await.unwrap();
     assert!(matches!(answer, ServerMsg::LoggedIn { .. }), "{answer:?}");
     let ready = http_get(http, "/readyz", &[]).await;

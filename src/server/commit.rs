@@ -35,6 +35,8 @@ pub(super) struct Durability {
     /// The last write or flush failed: until one succeeds again, reads are written through
     /// (and refused with `unavailable` if that fails too) instead of deferred.
     pub(super) failing: Arc<AtomicBool>,
+    /// When a failing store was last probed ([`Durability::probe_if_failing`]).
+    pub(super) last_probe: Option<tokio::time::Instant>,
 }
 
 impl Durability {
@@ -70,10 +72,15 @@ impl Durability {
         let failing = self.failing.clone();
         tokio::spawn(async move {
             match tokio::task::spawn_blocking(move || s.flush()).await {
-                Ok(Ok(())) => announcer.durable_up_to(written),
+                Ok(Ok(())) => {
+                    announcer.durable_up_to(written);
+                    if failing.swap(false, Ordering::Relaxed) {
+                        info!("storage works again");
+                    }
+                }
                 Ok(Err(e)) => {
                     failing.store(true, Ordering::Relaxed);
-                    error!("STORAGE FAILURE: flushing audit entries of reads failed: {e}")
+                    error!("STORAGE FAILURE: flushing the store failed: {e}")
                 }
                 Err(e) => {
                     failing.store(true, Ordering::Relaxed);
@@ -82,7 +89,24 @@ impl Durability {
             }
         });
     }
+
+    /// While the store is failing and nothing else writes, tries a flush now and then (see
+    /// [`PROBE_EVERY`]), so that readiness comes back once the disk does, without waiting for a
+    /// client to write.
+    pub(super) fn probe_if_failing(&mut self, store: &Arc<dyn Store>) {
+        if !self.failing.load(Ordering::Relaxed)
+            || self.lazy_since.is_some()
+            || self.last_probe.is_some_and(|t| t.elapsed() < PROBE_EVERY)
+        {
+            return;
+        }
+        self.last_probe = Some(tokio::time::Instant::now());
+        self.flush_lazy(store);
+    }
 }
+
+/// How often a failing store is probed with a flush while nothing else is written.
+pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// What the shell must know of a batch to refuse it: the requests to answer `unavailable`, and
 /// the facts (connections opened or closed, shutdown) to apply again after the rollback.
@@ -130,11 +154,11 @@ pub(super) async fn commit(
     now: u64,
     info: BatchInfo,
     metrics: &Metrics,
-) {
+) -> bool {
     let mut batch = engine.take_writes();
     if batch.is_empty() {
         engine.commit();
-        return;
+        return true;
     }
     // The batch's audit entries go to the log (at debug level) and, once flushed, to the tails
     // that follow; the rest of the outputs are replies and pushes.
@@ -158,7 +182,7 @@ pub(super) async fn commit(
             error!("STORAGE FAILURE: {why}; refusing this batch's requests with `unavailable`");
             metrics.commit_failed();
             refuse(engine, out, now, info, &why);
-            return;
+            return false;
         }
         engine.commit();
         take_audit(out, &mut entries, metrics);
@@ -169,7 +193,7 @@ pub(super) async fn commit(
             Some(t) if t.elapsed() >= LAZY_FLUSH => durable.flush_lazy(store),
             Some(_) => {}
         }
-        return;
+        return true;
     }
     let deferred = durable.deferred.len();
     if deferred > 0 {
@@ -188,9 +212,9 @@ pub(super) async fn commit(
                 WriteBatch::default(),
             )
         });
+    metrics.commit(info.requests.len(), started.elapsed());
     match result {
         Ok(()) => {
-            metrics.commit(info.requests.len(), started.elapsed());
             engine.commit();
             if let Some(seq) = last_seq {
                 durable.written = seq;
@@ -202,6 +226,7 @@ pub(super) async fn commit(
             if durable.failing.swap(false, Ordering::Relaxed) {
                 info!("storage works again");
             }
+            true
         }
         Err(e) => {
             error!(
@@ -218,6 +243,7 @@ pub(super) async fn commit(
                 durable.lazy_since = Some(tokio::time::Instant::now());
             }
             refuse(engine, out, now, info, &e.to_string());
+            false
         }
     }
 }
@@ -313,6 +339,7 @@ mod tests {
         let _ = engine.take_writes();
         engine.commit();
         let mut durable = Durability {
+            last_probe: None,
             announcer: Arc::new(Announcer::new(watch::channel(0).0)),
             written: 0,
             deferred: Vec::new(),

@@ -203,6 +203,9 @@ async fn handshake(reader: &mut Reader, outbox: &Outbox, ctx: &ConnCtx) -> Optio
                 ctx.config.handshake_timeout_ms
             );
             outbox.set_close_code(close::POLICY, "no Hello within handshake_timeout_ms");
+            ctx.shared
+                .metrics
+                .request("Hello", Some(ErrorCode::HelloRequired));
             let _ = outbox.push(error_frame(
                 None,
                 ErrorCode::HelloRequired,
@@ -239,6 +242,7 @@ async fn handshake(reader: &mut Reader, outbox: &Outbox, ctx: &ConnCtx) -> Optio
                 e.message
             };
             info!(code = code.as_str(), "closing: {message}");
+            ctx.shared.metrics.request("Hello", Some(code));
             let close_code = match code {
                 ErrorCode::BadFrame => close::INVALID_PAYLOAD,
                 _ => close::POLICY,
@@ -254,6 +258,7 @@ async fn handshake(reader: &mut Reader, outbox: &Outbox, ctx: &ConnCtx) -> Optio
     let r#ref = incoming.r#ref;
     let refuse = |code: ErrorCode, message: String| {
         info!(code = code.as_str(), "closing: {message}");
+        ctx.shared.metrics.request("Hello", Some(code));
         outbox.set_close_code(close::POLICY, &message);
         let _ = outbox.push(error_frame(r#ref, code, message));
         None
@@ -288,6 +293,7 @@ async fn handshake(reader: &mut Reader, outbox: &Outbox, ctx: &ConnCtx) -> Optio
             heartbeat_ms: ctx.config.heartbeat_ms,
         },
     );
+    ctx.shared.metrics.request("Hello", None);
     outbox
         .push(welcome.to_bytes())
         .is_ok()

@@ -146,6 +146,7 @@ pub(super) async fn engine_loop(
         max_deferred,
         lazy_since: None,
         failing: Arc::new(AtomicBool::new(false)),
+        last_probe: None,
     };
     let mut conns = Registry::default();
     let mut tick = tokio::time::interval(TICK);
@@ -154,8 +155,9 @@ pub(super) async fn engine_loop(
     let mut inputs: Vec<Input> = Vec::new();
     let mut out: Vec<Output> = Vec::new();
     let mut answered = Answered::default();
-    // The batch's requests (connection, ref, type), to count by how they were answered.
-    let mut asked: Vec<(ConnId, Option<u64>, &'static str)> = Vec::new();
+    // The batch's requests (type, and the error code that answered it), for the metrics once the
+    // batch is committed or refused.
+    let mut asked: Vec<(&'static str, Option<ErrorCode>)> = Vec::new();
     let mut shutting_down = false;
     let mut purge = tokio::time::interval(PURGE_EVERY);
     purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,7 +169,10 @@ pub(super) async fn engine_loop(
                     break;
                 }
             }
-            _ = tick.tick() => inputs.push(Input::Tick),
+            _ = tick.tick() => {
+                inputs.push(Input::Tick);
+                durable.probe_if_failing(&store);
+            }
             _ = purge.tick(), if final_retention_ms > 0 && !shutting_down => purge_due = true,
             _ = tokio::time::sleep_until(durable.lazy_since.map_or_else(tokio::time::Instant::now, |t| t + LAZY_FLUSH)), if durable.lazy_since.is_some() => {
                 durable.flush_lazy(&store);
@@ -250,18 +255,17 @@ pub(super) async fn engine_loop(
         // Requests refused before the engine saw them; answered whatever becomes of the batch.
         let mut unread: Vec<Output> = Vec::new();
         for input in inputs.drain(..) {
-            if let Input::Request {
-                conn,
-                r#ref,
-                request,
-            } = &input
-            {
-                asked.push((*conn, *r#ref, request.type_name()));
-            }
+            let request = match &input {
+                Input::Request { conn, request, .. } => Some((*conn, request.type_name())),
+                _ => None,
+            };
             if let Some(id) = engine.record_to_load(&input) {
                 // A final record that left memory: read it back first, so that the answer is
                 // the one it would have had in memory.
                 if let Err(e) = read_back(&mut engine, &store, id) {
+                    if let Some((_, type_name)) = request {
+                        metrics.request(type_name, Some(ErrorCode::Unavailable));
+                    }
                     if let Input::Request { conn, r#ref, .. } = input {
                         error!("STORAGE FAILURE: {e}; refusing the request with `unavailable`");
                         unread.push(Output::Send {
@@ -279,11 +283,15 @@ pub(super) async fn engine_loop(
                 }
             }
             info.note(&input);
+            let first = out.len();
             engine.handle(now, input, &mut out);
+            if let Some((conn, type_name)) = request {
+                asked.push((type_name, answered_with(&out[first..], conn)));
+            }
         }
         // Group commit: everything this batch changed goes to disk in one write and one flush,
         // and nothing of it is sent before that returns.
-        commit(
+        let kept = commit(
             &mut engine,
             &store,
             &mut durable,
@@ -294,7 +302,16 @@ pub(super) async fn engine_loop(
         )
         .await;
         out.append(&mut unread);
-        count_answers(&metrics, &mut asked, &out);
+        for (type_name, error) in asked.drain(..) {
+            metrics.request(
+                type_name,
+                if kept {
+                    error
+                } else {
+                    Some(ErrorCode::Unavailable)
+                },
+            );
+        }
         dispatch(
             &mut engine,
             &mut conns,
@@ -418,27 +435,15 @@ fn observe(engine: &Engine, storage_failing: bool) -> Snapshot {
     }
 }
 
-/// Counts the batch's requests by type and by how they were answered: the error sent in reply
-/// (an error always answers its request at once, with the request's `ref`), or ok. Counted from
-/// what will be sent, after the commit, so that a batch the store refused counts as
-/// `unavailable`.
-fn count_answers(
-    metrics: &Metrics,
-    asked: &mut Vec<(ConnId, Option<u64>, &'static str)>,
-    out: &[Output],
-) {
-    if asked.is_empty() {
-        return;
-    }
-    let mut errors: HashMap<(ConnId, Option<u64>), ErrorCode> = HashMap::new();
-    for o in out {
-        if let Output::Send { conn, env } = o {
-            if let ServerMsg::Error { code, .. } = &env.msg {
-                errors.entry((*conn, env.r#ref)).or_insert(*code);
-            }
-        }
-    }
-    for (conn, r#ref, type_name) in asked.drain(..) {
-        metrics.request(type_name, errors.remove(&(conn, r#ref)));
-    }
+/// The error a request was answered with, `None` if it succeeded: among the outputs its input
+/// produced, an error to its own connection is its answer (the engine sends a requester no error
+/// but the answer to its request, and a refused request produces nothing else).
+fn answered_with(outputs: &[Output], conn: ConnId) -> Option<ErrorCode> {
+    outputs.iter().find_map(|o| match o {
+        Output::Send { conn: to, env } if *to == conn => match &env.msg {
+            ServerMsg::Error { code, .. } => Some(*code),
+            _ => None,
+        },
+        _ => None,
+    })
 }

@@ -213,7 +213,7 @@ impl Metrics {
         );
         registry.register(
             "commit_failures",
-            "Batches the store refused; their requests were answered unavailable",
+            "Batches refused (the store failed, or too many audit entries of reads waited for the disk); their requests were answered unavailable",
             m.commit_failures.clone(),
         );
         registry.register(
@@ -371,8 +371,12 @@ impl Metrics {
     }
 
     /// A durable group commit: its requests, how long write and flush took together.
+    /// A durable group commit (kept or refused): its requests, how long write and flush took
+    /// together. Batches without requests (a disconnection, a timer) are timed but not sized.
     pub(crate) fn commit(&self, requests: usize, took: Duration) {
-        self.commit_batch_requests.observe(requests as f64);
+        if requests > 0 {
+            self.commit_batch_requests.observe(requests as f64);
+        }
         self.commit_seconds.observe(took.as_secs_f64());
     }
 

@@ -14,22 +14,24 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::warn;
 
-/// How long a scrape or a readiness check waits for the engine task, at each of its two steps
-/// (a place in its queue, then the answer).
+/// How long a scrape or a readiness check waits for the engine task: a place in its queue and
+/// the answer, together.
 const ENGINE_ANSWER: Duration = Duration::from_secs(2);
 
 /// The engine's state, or why it cannot be had.
 async fn observe(admission: &Admission) -> Result<Snapshot, &'static str> {
     let (tx, rx) = oneshot::channel();
-    let asked = tokio::time::timeout(ENGINE_ANSWER, admission.engine.send(EngineMsg::Observe(tx)));
-    match asked.await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => return Err("the engine has stopped"),
-        Err(_) => return Err("the engine's queue stayed full for 2 s"),
-    }
-    match tokio::time::timeout(ENGINE_ANSWER, rx).await {
+    let ask = async {
+        admission
+            .engine
+            .send(EngineMsg::Observe(tx))
+            .await
+            .map_err(drop)?;
+        rx.await.map_err(drop)
+    };
+    match tokio::time::timeout(ENGINE_ANSWER, ask).await {
         Ok(Ok(snapshot)) => Ok(snapshot),
-        Ok(Err(_)) => Err("the engine has stopped"),
+        Ok(Err(())) => Err("the engine has stopped"),
         Err(_) => Err("the engine did not answer within 2 s"),
     }
 }

@@ -775,7 +775,9 @@ function auditRow(f, withRecord) {
   const when = cell("");
   when.append(time);
   let access = "";
-  if (f.access && f.previous) access = `${ACCESS_TEXT[f.access] ?? f.access} (was ${ACCESS_TEXT[f.previous] ?? f.previous})`;
+  // A first grant is written with previous "revoked" (no access before): only a real change of
+  // level is worth showing, as `baton audit timeline` does.
+  if (f.access && f.previous && f.previous !== "revoked") access = `${ACCESS_TEXT[f.access] ?? f.access} (was ${ACCESS_TEXT[f.previous] ?? f.previous})`;
   else if (f.access) access = ACCESS_TEXT[f.access] ?? f.access;
   const cause = cell("");
   if (f.code) {

@@ -218,8 +218,8 @@ test("the record timeline shows a two-step transfer step by step, in order", asy
     // What, agent, DN, call, access, cause or error, request.
     assert.deepEqual(await timeline(page), [
       ["attached by the dialer", "", "", "C1", "", "campaign spring, chain_n 0", ""],
-      ["granted", "1001", "7001", "C1", "full (was revoked)", "established", ""],
-      ["granted", "1002", "7002", "C1", "read-only (was revoked)", "consultation", ""],
+      ["granted", "1001", "7001", "C1", "full", "established", ""],
+      ["granted", "1002", "7002", "C1", "read-only", "consultation", ""],
       ["granted", "1002", "7002", "C1", "full (was read-only)", "transfer", ""],
       ["revoked", "1001", "7001", "C1", "revoked (was full)", "transfer", ""],
       ["request accepted", "1002", "7002", "C1", "full", "", "RecordProcessed"],
@@ -266,8 +266,8 @@ test("the record timeline shows a conference race: both full, one processed acce
     await lookUp(page, "R1");
     assert.deepEqual(await timeline(page), [
       ["attached by the dialer", "", "", "C1", "", "campaign spring, chain_n 0", ""],
-      ["granted", "1001", "7001", "C1", "full (was revoked)", "established", ""],
-      ["granted", "1002", "7002", "C1", "read-only (was revoked)", "consultation", ""],
+      ["granted", "1001", "7001", "C1", "full", "established", ""],
+      ["granted", "1002", "7002", "C1", "read-only", "consultation", ""],
       ["granted", "1002", "7002", "C1", "full (was read-only)", "conference", ""],
       ["request accepted", winner, dn[winner], "C1", "full", "", "RecordProcessed"],
       ["finalized", winner, "", "C1", "", "processed", ""],
