@@ -193,6 +193,9 @@ pub struct Engine {
     /// (deadline, call): when each call is next checked for silence (`call_idle_timeout_ms`).
     call_deadlines: JSet<(u64, CallId)>,
     call_order: u64,
+    /// While `Some`, `Monitor` broadcasts are held back (and whether one is due): see
+    /// [`Engine::with_one_monitor`].
+    monitor_held: Option<bool>,
     now_ms: u64,
     /// `now_ms` formatted as RFC 3339, for the audit entries and outcomes of inputs at the same
     /// millisecond (formatting costs more than the rest of an audit entry).
@@ -244,6 +247,7 @@ impl Engine {
             final_queue: JSet::default(),
             call_deadlines: JSet::default(),
             call_order: 0,
+            monitor_held: None,
             now_ms,
             stamp: (now_ms, rfc3339(now_ms)),
             batch_start: None,

@@ -76,12 +76,35 @@ impl Engine {
         Self::send(out, last, None, msg);
     }
 
-    pub(super) fn broadcast_monitor(&self, out: &mut Vec<Output>) {
+    pub(super) fn broadcast_monitor(&mut self, out: &mut Vec<Output>) {
+        if let Some(pending) = &mut self.monitor_held {
+            *pending = true;
+            return;
+        }
         if self.switches.is_empty() {
             return;
         }
         let dns = self.monitored_dns();
         Self::send_all(out, &self.switches, ServerMsg::Monitor { dns });
+    }
+
+    /// Runs `f` with `Monitor` broadcasts held back, then sends at most one, with the list as it
+    /// is at the end. For loops that end many sessions at once (resume grace expiring for a whole
+    /// floor after a network cut): one `Monitor` per ended agent would send each switch link a
+    /// list per agent, quadratic in the number of agents.
+    pub(super) fn with_one_monitor(
+        &mut self,
+        out: &mut Vec<Output>,
+        f: impl FnOnce(&mut Self, &mut Vec<Output>),
+    ) {
+        let outer = self.monitor_held.replace(false);
+        f(self, out);
+        let changed = self.monitor_held.take() == Some(true);
+        match outer {
+            Some(pending) => self.monitor_held = Some(pending || changed),
+            None if changed => self.broadcast_monitor(out),
+            None => {}
+        }
     }
 
     pub(super) fn tell_switches(&self, out: &mut Vec<Output>, msg: ServerMsg) {

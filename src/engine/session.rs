@@ -587,6 +587,10 @@ impl Engine {
         if self.pending_logouts.is_empty() {
             return;
         }
+        self.with_one_monitor(out, Self::finish_pending_logouts_now);
+    }
+
+    fn finish_pending_logouts_now(&mut self, out: &mut Vec<Output>) {
         let pending: Vec<AgentId> = self.pending_logouts.iter().cloned().collect();
         for agent in pending {
             if !self.agents.get(&agent).is_some_and(|a| a.logout_pending) {

@@ -7,19 +7,21 @@ use super::*;
 impl Engine {
     pub(super) fn on_tick(&mut self, out: &mut Vec<Output>) {
         let now_ms = self.now_ms;
-        while let Some((deadline, agent)) = self.grace_deadlines.first().cloned() {
-            if deadline > now_ms {
-                break;
+        self.with_one_monitor(out, |engine, out| {
+            while let Some((deadline, agent)) = engine.grace_deadlines.first().cloned() {
+                if deadline > now_ms {
+                    break;
+                }
+                engine.grace_deadlines.pop_first();
+                let expired = engine.agents.get(&agent).is_some_and(|a| {
+                    a.conn.is_none()
+                        && a.away_since_ms.map(|t| t + engine.cfg.resume_grace_ms) == Some(deadline)
+                });
+                if expired {
+                    engine.end_agent(out, &agent, None, true, SessionCause::GraceExpired);
+                }
             }
-            self.grace_deadlines.pop_first();
-            let expired = self.agents.get(&agent).is_some_and(|a| {
-                a.conn.is_none()
-                    && a.away_since_ms.map(|t| t + self.cfg.resume_grace_ms) == Some(deadline)
-            });
-            if expired {
-                self.end_agent(out, &agent, None, true, SessionCause::GraceExpired);
-            }
-        }
+        });
         while let Some((deadline, record)) = self.orphan_deadlines.first().cloned() {
             if deadline > now_ms {
                 break;
