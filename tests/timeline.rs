@@ -440,7 +440,16 @@ async fn a_record_or_an_agent_exactly_one_and_times_it_can_read() {
     }
     let out = timeline(
         &config,
-        &["--agent", "A", "--since", "15:00", "--until", "14:00"],
+        // Full times: with clock times, whether 15:00 is today's or yesterday's depends on when
+        // the test runs (a --since still to come today is yesterday's).
+        &[
+            "--agent",
+            "A",
+            "--since",
+            "2026-11-26T15:00:00Z",
+            "--until",
+            "2026-11-26T14:00:00Z",
+        ],
     )
     .await;
     assert_eq!(out.status.code(), Some(1));
