@@ -99,15 +99,27 @@ fn page_of<'a, T: Ord + ?Sized + 'a>(
 }
 
 impl Engine {
-    /// `limit` of a listing request, or the reason it is refused.
-    fn page_limit(page: &Page) -> Result<usize, String> {
+    /// `limit` of a listing request; a limit out of range is refused with `bad_request` here
+    /// and gives `None`.
+    fn page_limit(
+        out: &mut Vec<Output>,
+        conn: ConnId,
+        r#ref: Option<u64>,
+        page: &Page,
+    ) -> Option<usize> {
         match page.limit {
-            None => Ok(Page::DEFAULT_LIMIT as usize),
-            Some(n) if (1..=Page::MAX_LIMIT).contains(&n) => Ok(n as usize),
-            Some(n) => Err(format!(
-                "field `limit` must be 1 to {}, not {n}",
-                Page::MAX_LIMIT
-            )),
+            None => Some(Page::DEFAULT_LIMIT as usize),
+            Some(n) if (1..=Page::MAX_LIMIT).contains(&n) => Some(n as usize),
+            Some(n) => {
+                let why = format!("field `limit` must be 1 to {}, not {n}", Page::MAX_LIMIT);
+                Self::send(
+                    out,
+                    conn,
+                    r#ref,
+                    ServerMsg::error(ErrorCode::BadRequest, why),
+                );
+                None
+            }
         }
     }
 
@@ -118,17 +130,8 @@ impl Engine {
         r#ref: Option<u64>,
         page: Page,
     ) {
-        let limit = match Self::page_limit(&page) {
-            Ok(n) => n,
-            Err(why) => {
-                Self::send(
-                    out,
-                    conn,
-                    r#ref,
-                    ServerMsg::error(ErrorCode::BadRequest, why),
-                );
-                return;
-            }
+        let Some(limit) = Self::page_limit(out, conn, r#ref, &page) else {
+            return;
         };
         let (ids, more) = page_of(
             self.agents.keys().map(|a| a.as_str()),
@@ -174,17 +177,8 @@ impl Engine {
         r#ref: Option<u64>,
         page: Page,
     ) {
-        let limit = match Self::page_limit(&page) {
-            Ok(n) => n,
-            Err(why) => {
-                Self::send(
-                    out,
-                    conn,
-                    r#ref,
-                    ServerMsg::error(ErrorCode::BadRequest, why),
-                );
-                return;
-            }
+        let Some(limit) = Self::page_limit(out, conn, r#ref, &page) else {
+            return;
         };
         let (ids, more) = page_of(
             self.calls.keys().map(|c| c.as_str()),
