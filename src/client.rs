@@ -43,6 +43,13 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("server refused: {code}: {message}")]
     Refused { code: ErrorCode, message: String },
+    /// A standby node of a cluster answered `Hello`: `active` is where the active node is, if
+    /// one is known.
+    #[error("not the active node: {message}")]
+    NotActive {
+        active: Option<String>,
+        message: String,
+    },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("WebSocket: {0}")]
@@ -497,6 +504,64 @@ impl Client {
         Client::hello(Client::connect_raw(addr).await?, role, token).await
     }
 
+    /// Connects to the active node of a cluster given its nodes (`host:port` each), completing
+    /// `Hello`: a standby's `not_active` names the active node, which is tried next; a node that
+    /// does not answer is skipped. Goes round the list until `patience` has passed (a takeover
+    /// takes a few seconds), then returns the last error. Returns the client and the address of
+    /// the node it reached. With one node, this is [`Client::connect_with`] with retries.
+    pub async fn connect_active(
+        nodes: &[String],
+        tls: Option<&ClientTls>,
+        role: Role,
+        token: &str,
+        patience: Duration,
+    ) -> Result<(Client, SocketAddr), ClientError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut last = ClientError::Closed;
+        loop {
+            let mut candidates: std::collections::VecDeque<String> =
+                nodes.iter().cloned().collect();
+            let mut tried = std::collections::HashSet::new();
+            while let Some(node) = candidates.pop_front() {
+                if !tried.insert(node.clone()) {
+                    continue;
+                }
+                let addr = match tokio::net::lookup_host(node.as_str()).await {
+                    Ok(mut addrs) => match addrs.next() {
+                        Some(a) => a,
+                        None => continue,
+                    },
+                    Err(e) => {
+                        last = ClientError::Frame(FrameError::Io(e));
+                        continue;
+                    }
+                };
+                let attempt = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    Client::connect_with(addr, tls, role, token),
+                )
+                .await
+                .unwrap_or(Err(ClientError::Timeout(Duration::from_secs(5))));
+                match attempt {
+                    Ok(client) => return Ok((client, addr)),
+                    Err(ClientError::NotActive { active, message }) => {
+                        if let Some(a) = &active {
+                            candidates.push_front(a.clone());
+                        }
+                        last = ClientError::NotActive { active, message };
+                    }
+                    // A refusal of the credentials is the same on every node.
+                    Err(e @ ClientError::Refused { .. }) => return Err(e),
+                    Err(e) => last = e,
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn hello(mut client: Client, role: Role, token: &str) -> Result<Client, ClientError> {
         let hello = Request::Hello(Hello {
             protocol: PROTOCOL_VERSION,
@@ -513,6 +578,12 @@ impl Client {
                 client.server = server;
                 Ok(client)
             }
+            ServerMsg::Error {
+                code: ErrorCode::NotActive,
+                message,
+                active,
+                ..
+            } => Err(ClientError::NotActive { active, message }),
             ServerMsg::Error { code, message, .. } => Err(ClientError::Refused { code, message }),
             other => Err(ClientError::Refused {
                 code: ErrorCode::BadRequest,

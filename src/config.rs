@@ -134,6 +134,133 @@ impl Default for Tokens {
     }
 }
 
+/// `[cluster]`: run as one node of an active/standby cluster whose authority is etcd. Absent: one
+/// node on sled (the default). Needs a build with the `cluster` feature.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The etcd members' client URLs (`http://host:2379`).
+    pub etcd: Vec<String>,
+    /// This node's name, unique in the cluster (letters, digits, `.`, `_`, `-`).
+    pub node_id: String,
+    /// `host:port` where clients reach this node's `listen` port when it is active.
+    pub advertise: String,
+    /// `host:port` where browsers reach this node's HTTP listener when it is active; empty: the
+    /// host of `advertise` with the port of `http_listen`.
+    #[serde(default)]
+    pub advertise_http: String,
+    /// The election lease: a node that stops renewing it loses the active role this long after.
+    #[serde(default = "ClusterConfig::default_lease_ms")]
+    pub lease_ms: u64,
+    /// The key prefix of this cluster's data in etcd (several clusters may share one etcd).
+    #[serde(default = "ClusterConfig::default_prefix")]
+    pub prefix: String,
+    /// Operations etcd takes in one transaction: its `--max-txn-ops`. One group-commit batch is
+    /// one transaction, so batches are kept below this.
+    #[serde(default = "ClusterConfig::default_max_txn_ops")]
+    pub max_txn_ops: u64,
+    /// How long a commit may wait for etcd before its requests are answered `unavailable`.
+    #[serde(default = "ClusterConfig::default_commit_timeout_ms")]
+    pub commit_timeout_ms: u64,
+}
+
+impl ClusterConfig {
+    fn default_lease_ms() -> u64 {
+        3000
+    }
+    fn default_prefix() -> String {
+        "/baton".into()
+    }
+    fn default_max_txn_ops() -> u64 {
+        4096
+    }
+    fn default_commit_timeout_ms() -> u64 {
+        2000
+    }
+
+    /// Where browsers reach this node's HTTP listener when it is active.
+    pub fn http_advertise(&self, http_listen: Option<SocketAddr>) -> Option<String> {
+        if !self.advertise_http.is_empty() {
+            return Some(self.advertise_http.clone());
+        }
+        let port = http_listen?.port();
+        let host = self.advertise.rsplit_once(':').map(|(h, _)| h)?;
+        Some(format!("{host}:{port}"))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.etcd.is_empty() {
+            return invalid("`[cluster] etcd` lists no member: give the client URLs of the etcd members, like [\"http://10.0.0.1:2379\"]".into());
+        }
+        for url in &self.etcd {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid(format!(
+                    "`[cluster] etcd`: {url:?} is not a URL like \"http://10.0.0.1:2379\""
+                ));
+            }
+        }
+        let id_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if !id_ok(&self.node_id) {
+            return invalid(format!(
+                "`[cluster] node_id` = {:?}: use 1 to 64 letters, digits, `.`, `_` or `-`",
+                self.node_id
+            ));
+        }
+        for (key, addr) in [
+            ("advertise", &self.advertise),
+            ("advertise_http", &self.advertise_http),
+        ] {
+            if key == "advertise_http" && addr.is_empty() {
+                continue;
+            }
+            let port_ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return invalid(format!(
+                    "`[cluster] {key}` = {addr:?} is not `host:port` (where clients reach this node)"
+                ));
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
+            return invalid(format!(
+                "`[cluster] prefix` = {:?}: start it with `/` and do not end it with one, like \"/baton\"",
+                self.prefix
+            ));
+        }
+        Bound::new(
+            "cluster.lease_ms",
+            self.lease_ms,
+            2000,
+            60_000,
+            "etcd grants leases of 2 s at least; longer means a slower takeover",
+        )
+        .check()?;
+        Bound::new(
+            "cluster.max_txn_ops",
+            self.max_txn_ops,
+            128,
+            1_000_000,
+            "etcd's own default is 128; set it to etcd's --max-txn-ops",
+        )
+        .check()?;
+        Bound::new(
+            "cluster.commit_timeout_ms",
+            self.commit_timeout_ms,
+            100,
+            60_000,
+            "how long requests may wait for etcd",
+        )
+        .check()
+    }
+}
+
 /// The server's whole configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -188,6 +315,7 @@ pub struct Config {
     pub tokens: Tokens,
     pub auth: AuthConfig,
     pub tls: Option<TlsConfig>,
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -215,6 +343,7 @@ impl Default for Config {
             tokens: Tokens::default(),
             auth: AuthConfig::default(),
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -312,6 +441,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for bound in self.bounds() {
             bound.check()?;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
         }
         self.validate_security()
     }

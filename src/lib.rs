@@ -15,6 +15,8 @@ pub mod admin;
 pub mod agents;
 pub mod auth;
 pub mod client;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod engine;

@@ -50,6 +50,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cluster mode: the etcd members, the active node, its lease, how far each node followed.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Play the switch and the dialer step by step for a demo at the agent desktop (`baton demo --help`).
     #[command(disable_help_flag = true)]
     Demo {
@@ -159,6 +164,19 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Read the cluster's state from etcd (the `[cluster]` section of the config names it).
+    Status {
+        /// Configuration file with a `[cluster]` section.
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -191,6 +209,9 @@ fn main() -> anyhow::Result<()> {
             let mut stdin = std::io::stdin().lock();
             baton::agents::run(command, &path, &mut stdin, &mut stdout)
         }
+        Some(Command::Cluster {
+            command: ClusterCommand::Status { config, json },
+        }) => runtime.block_on(cluster_status(&config, json, &mut stdout)),
         Some(Command::Demo { args }) => tool("demo", args),
         Some(Command::Load { args }) => tool("load", args),
         Some(Command::Fill { args }) => tool("fill", args),
@@ -261,6 +282,38 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     }
     baton::server::serve(config, StartOptions::service()).await?;
     Ok(())
+}
+
+#[cfg(feature = "cluster")]
+async fn cluster_status(
+    path: &std::path::Path,
+    json: bool,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let Some(cluster) = &config.cluster else {
+        anyhow::bail!("{} has no `[cluster]` section", path.display());
+    };
+    let status = baton::cluster::status::status(cluster)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&status)?)?;
+    } else {
+        write!(out, "{}", baton::cluster::status::render(&status))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn cluster_status(
+    _path: &std::path::Path,
+    _json: bool,
+    _out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this baton was built without cluster mode: build it with `cargo build --release --features cluster`"
+    )
 }
 
 /// Runs `baton-tools COMMAND ARGS` in place of this process: the tools live in their own binary,

@@ -29,6 +29,10 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("storage failed: {0}")]
     Injected(String),
+    /// Cluster mode: etcd did not commit the write (no quorum, a timeout), or this node is no
+    /// longer the active one.
+    #[error("{0}")]
+    Cluster(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("another Baton process holds this data directory{owner}: the lock on {lock} is taken. Stop that server first, or give this one another data_dir")]
@@ -47,7 +51,44 @@ pub struct WriteBatch {
     pub finals_remove: Vec<(u64, String)>,
 }
 
+/// One key of the store's layout written (`Some`) or deleted (`None`): what a [`WriteBatch`]
+/// becomes on disk, and what cluster mode copies to etcd and back.
+pub type RawOp = (Vec<u8>, Option<Vec<u8>>);
+
+/// The key under which a node of a cluster keeps the etcd revision its copy has reached.
+const MIRROR_REVISION: &[u8] = b"m/revision";
+
 impl WriteBatch {
+    /// The batch as keys of the store's layout, in the order they are applied.
+    pub fn raw_ops(&self) -> Vec<RawOp> {
+        let mut ops = Vec::with_capacity(self.op_count());
+        for (id, value) in &self.records {
+            ops.push((key(RECORD, id.as_bytes()), value.clone()));
+        }
+        for (id, value) in &self.agents {
+            ops.push((key(AGENT, id.as_bytes()), value.clone()));
+        }
+        for (seq, v) in &self.audit {
+            ops.push((audit_key(*seq), Some(v.clone())));
+        }
+        for (at, id) in &self.finals_add {
+            ops.push((final_key(*at, id), Some(Vec::new())));
+        }
+        for (at, id) in &self.finals_remove {
+            ops.push((final_key(*at, id), None));
+        }
+        ops
+    }
+
+    /// How many keys the batch writes or deletes.
+    pub fn op_count(&self) -> usize {
+        self.records.len()
+            + self.agents.len()
+            + self.audit.len()
+            + self.finals_add.len()
+            + self.finals_remove.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
             && self.agents.is_empty()
@@ -114,7 +155,7 @@ fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
     k
 }
 
-fn audit_key(seq: u64) -> Vec<u8> {
+pub(crate) fn audit_key(seq: u64) -> Vec<u8> {
     key(AUDIT, &seq.to_be_bytes())
 }
 
@@ -217,6 +258,68 @@ impl SledStore {
     }
 }
 
+/// A node of a cluster keeps a copy of the cluster's state in its own sled, under the same keys,
+/// with the etcd revision the copy has reached (see `cluster`).
+impl SledStore {
+    /// The etcd revision this copy has reached; 0 for a copy that never followed a cluster.
+    pub fn mirror_revision(&self) -> Result<i64, StoreError> {
+        match self.db.get(MIRROR_REVISION)? {
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt("the copy's etcd revision is not 8 bytes".into())
+                })?;
+                Ok(i64::from_be_bytes(bytes))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Whether this store is a cluster node's copy (it has a copy revision, even 0).
+    pub fn is_mirror(&self) -> Result<bool, StoreError> {
+        Ok(self.db.contains_key(MIRROR_REVISION)?)
+    }
+
+    /// Applies keys copied from etcd, and the revision they bring the copy to, atomically.
+    pub fn apply_mirror(&self, ops: &[RawOp], revision: i64) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (k, value) in ops {
+            match value {
+                Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                None => b.remove(k.as_slice()),
+            }
+        }
+        b.insert(MIRROR_REVISION, &revision.to_be_bytes());
+        self.db.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Deletes everything, the copy's revision included (before copying a cluster's state anew).
+    pub fn clear_mirror(&self) -> Result<(), StoreError> {
+        self.db.clear()?;
+        self.flush_timed()?;
+        Ok(())
+    }
+
+    /// Every key of the store's layout with its value, in key order, from `after` (exclusive),
+    /// at most `max` (for `baton cluster` checks and tests comparing two nodes' copies).
+    pub fn raw_range(&self, after: &[u8], max: usize) -> Result<Vec<RawOp>, StoreError> {
+        let mut out = Vec::new();
+        let start = std::ops::Bound::Excluded(after.to_vec());
+        for item in self
+            .db
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+            .take(max)
+        {
+            let (k, v) = item?;
+            if k.as_ref() == MIRROR_REVISION {
+                continue;
+            }
+            out.push((k.to_vec(), Some(v.to_vec())));
+        }
+        Ok(out)
+    }
+}
+
 impl SledStore {
     /// The batch that puts back what `batch` is about to replace.
     fn undo_of(&self, batch: &WriteBatch) -> Result<sled::Batch, StoreError> {
@@ -275,26 +378,11 @@ impl Store for SledStore {
             return Ok(());
         }
         let mut b = sled::Batch::default();
-        for (id, value) in &batch.records {
+        for (k, value) in batch.raw_ops() {
             match value {
-                Some(v) => b.insert(key(RECORD, id.as_bytes()), v.as_slice()),
-                None => b.remove(key(RECORD, id.as_bytes())),
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
             }
-        }
-        for (id, value) in &batch.agents {
-            match value {
-                Some(v) => b.insert(key(AGENT, id.as_bytes()), v.as_slice()),
-                None => b.remove(key(AGENT, id.as_bytes())),
-            }
-        }
-        for (seq, v) in &batch.audit {
-            b.insert(audit_key(*seq), v.as_slice());
-        }
-        for (at, id) in &batch.finals_add {
-            b.insert(final_key(*at, id), &[][..]);
-        }
-        for (at, id) in &batch.finals_remove {
-            b.remove(final_key(*at, id));
         }
         // If the flush fails, the batch is already in sled's tree: put back what it replaced, so
         // that reads (a final record read back) never see a batch nobody was told about.

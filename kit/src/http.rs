@@ -26,15 +26,42 @@ impl HttpReply {
 
 /// GETs `path` with the extra request headers given; panics if no whole answer comes in 10 s.
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpReply {
+    http_request(addr, "GET", path, headers, "").await
+}
+
+/// POSTs a JSON `body` to `path` (etcd's JSON gateway, for instance); as [`http_get`].
+pub async fn http_post_json(addr: SocketAddr, path: &str, body: &str) -> HttpReply {
+    http_request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body,
+    )
+    .await
+}
+
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpReply {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .expect("the HTTP listener accepts");
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
+        if !body.is_empty() {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         request.push_str("\r\n");
+        request.push_str(body);
         stream
             .write_all(request.as_bytes())
             .await

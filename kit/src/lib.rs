@@ -5,6 +5,7 @@
 //! Nothing here is needed to serve: the server binary never links this crate.
 
 pub mod centre;
+pub mod etcd;
 pub mod expect;
 pub mod http;
 pub mod identity;
@@ -15,7 +16,7 @@ pub mod wire;
 
 pub use centre::Centre;
 pub use expect::*;
-pub use http::{http_get, HttpReply};
+pub use http::{http_get, http_post_json, HttpReply};
 pub use msg::*;
 pub use server::{
     config_file, desktop_transport, free_addr, log_in, log_in_with_password, token, ServerProcess,

@@ -322,6 +322,7 @@ impl Engine {
             outcome: None,
             by: None,
             retry_after_ms: None,
+            active: None,
         };
         let Some(access) = rec.holders.get(agent).copied() else {
             return Err(denied(
@@ -342,6 +343,7 @@ impl Engine {
                 outcome: Some(f.outcome),
                 by: Some(f.by.clone().unwrap_or_else(|| "server".into())),
                 retry_after_ms: None,
+                active: None,
             });
         }
         match access {
@@ -381,5 +383,6 @@ pub(super) fn already_final_error(record: &RecordId, f: &FinalInfo) -> ServerMsg
         outcome: Some(f.outcome),
         by: Some(by),
         retry_after_ms: None,
+        active: None,
     }
 }

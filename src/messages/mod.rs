@@ -97,6 +97,7 @@ pub enum ErrorCode {
     Overloaded,
     Unavailable,
     DnNotAllowed,
+    NotActive,
 }
 
 impl ErrorCode {
@@ -119,6 +120,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::DnNotAllowed => "dn_not_allowed",
+            ErrorCode::NotActive => "not_active",
         }
     }
 }

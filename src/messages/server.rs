@@ -176,6 +176,9 @@ pub enum ServerMsg {
         /// `auth_failed` while logins of this agent or peer are throttled: wait this long.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
+        /// `not_active`: the `host:port` of the node that is active, when one is known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        active: Option<String>,
     },
     // desktop replies
     LoggedIn {
@@ -377,6 +380,7 @@ impl ServerMsg {
             outcome: None,
             by: None,
             retry_after_ms: None,
+            active: None,
         }
     }
 

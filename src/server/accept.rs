@@ -161,6 +161,7 @@ pub(super) async fn run(
         opts.engine_fault.clone(),
         config.max_deferred_audit_entries as usize,
         config.final_record_retention_ms,
+        engine_batch_limit(&config),
     ));
     let retention = (config.audit_retention_entries > 0).then(|| {
         tokio::spawn(retention_loop(
@@ -262,4 +263,14 @@ pub(super) async fn run(
     }
     info!("shutdown complete");
     Ok(())
+}
+
+/// Requests the engine takes into one batch at most. On a node of a cluster one batch is one etcd
+/// transaction: it must stay within etcd's `--max-txn-ops` (a request writes about four keys, some
+/// up to eight) and its `--max-request-bytes` (records carry up to a frame of data each).
+fn engine_batch_limit(config: &Config) -> usize {
+    match &config.cluster {
+        Some(c) => (c.max_txn_ops as usize / 8).clamp(1, 64),
+        None => super::engine_task::ENGINE_BATCH,
+    }
 }

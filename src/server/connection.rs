@@ -68,6 +68,8 @@ pub(super) mod close {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// A standby node of a cluster: the client should go to the active node.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// The frames of a TCP (or TLS) stream. A small initial read buffer: most connections send small
@@ -271,6 +273,27 @@ async fn handshake(reader: &mut Reader, outbox: &Outbox, ctx: &ConnCtx) -> Optio
                 hello.protocol
             ),
         );
+    }
+    if let Some(view) = &ctx.shared.standby {
+        let active = view.active().map(|a| match ctx.transport {
+            Transport::WebSocket => a.advertise_http.unwrap_or(a.advertise),
+            _ => a.advertise,
+        });
+        let message = match &active {
+            Some(a) => format!("this node is a standby; the active node is {a}"),
+            None => "this node is a standby and no node is active yet; try again shortly".into(),
+        };
+        info!(code = "not_active", "closing: {message}");
+        ctx.shared
+            .metrics
+            .request("Hello", Some(ErrorCode::NotActive));
+        outbox.set_close_code(close::TRY_AGAIN_LATER, &message);
+        let mut refusal = ServerMsg::error(ErrorCode::NotActive, message);
+        if let ServerMsg::Error { active: a, .. } = &mut refusal {
+            *a = active;
+        }
+        let _ = outbox.push(Envelope::reply(r#ref, refusal).to_bytes());
+        return None;
     }
     let Some(role) = Role::parse(&hello.role) else {
         return refuse(

@@ -27,7 +27,7 @@ use tracing::{debug, error, warn};
 /// Inputs waiting for the engine; readers wait (each on its own) when it is full.
 pub(super) const ENGINE_QUEUE: usize = 8192;
 /// Inputs the engine takes in one batch before it writes out what they produced.
-const ENGINE_BATCH: usize = 512;
+pub(super) const ENGINE_BATCH: usize = 512;
 /// How often the engine's timers (resume grace, orphan timeout) are checked.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -131,6 +131,7 @@ pub(super) async fn engine_loop(
     fault: Option<EngineFault>,
     max_deferred: usize,
     final_retention_ms: u64,
+    max_batch: usize,
 ) {
     let Shared {
         store,
@@ -151,7 +152,7 @@ pub(super) async fn engine_loop(
     let mut conns = Registry::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch: Vec<EngineMsg> = Vec::with_capacity(ENGINE_BATCH);
+    let mut batch: Vec<EngineMsg> = Vec::with_capacity(max_batch);
     let mut inputs: Vec<Input> = Vec::new();
     let mut out: Vec<Output> = Vec::new();
     let mut answered = Answered::default();
@@ -164,7 +165,7 @@ pub(super) async fn engine_loop(
     loop {
         let mut purge_due = false;
         tokio::select! {
-            n = rx.recv_many(&mut batch, ENGINE_BATCH) => {
+            n = rx.recv_many(&mut batch, max_batch) => {
                 if n == 0 {
                     break;
                 }

@@ -111,6 +111,37 @@ pub struct StartOptions {
     pub on_engine_failure: OnEngineFailure,
     /// See [`EngineFault`]; `None` outside tests.
     pub engine_fault: Option<EngineFault>,
+    /// Serve as a standby node of a cluster: every `Hello` is answered `not_active` with the
+    /// address of the active node, and `/readyz` answers 503.
+    pub standby: Option<Arc<StandbyView>>,
+}
+
+/// Where the active node of a cluster is reached, as it announces itself in the election.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ActiveNode {
+    pub node: String,
+    /// `host:port` of its framed-JSON listener.
+    pub advertise: String,
+    /// `host:port` of its HTTP listener (WebSocket desktops), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_http: Option<String>,
+}
+
+/// What a standby node tells the clients that reach it: which node is active, kept current by
+/// the node's supervisor.
+#[derive(Debug, Default)]
+pub struct StandbyView {
+    active: std::sync::RwLock<Option<ActiveNode>>,
+}
+
+impl StandbyView {
+    pub fn set_active(&self, active: Option<ActiveNode>) {
+        *self.active.write().unwrap_or_else(|p| p.into_inner()) = active;
+    }
+
+    pub fn active(&self) -> Option<ActiveNode> {
+        self.active.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl StartOptions {
@@ -139,6 +170,8 @@ pub struct ServerHandle {
     stop: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
     reloadable: Reloadable,
+    /// Cancelled once the server has ended, whatever ended it.
+    ended: CancellationToken,
 }
 
 /// What SIGHUP reloads: the agents file or JWKS, and the TLS certificates.
@@ -205,6 +238,12 @@ impl ServerHandle {
     pub fn reloader(&self) -> impl Fn() -> Result<(), String> + Send + 'static {
         let reloadable = self.reloadable.clone();
         move || reloadable.reload()
+    }
+
+    /// Cancelled once the server has ended (stopped, or its engine died): for waiting on it
+    /// without giving up the handle.
+    pub fn ended(&self) -> CancellationToken {
+        self.ended.clone()
     }
 
     /// Cancelling this token stops the server as [`ServerHandle::shutdown`] does.
@@ -347,16 +386,16 @@ async fn serve_store(
         auth,
         tls,
         metrics,
+        standby: opts.standby.clone(),
     };
-    let task = tokio::spawn(accept::run(
-        listener,
-        http,
-        config,
-        stop.clone(),
-        engine,
-        shared,
-        opts,
-    ));
+    let ended = CancellationToken::new();
+    let ending = ended.clone();
+    let serving = accept::run(listener, http, config, stop.clone(), engine, shared, opts);
+    let task = tokio::spawn(async move {
+        let result = serving.await;
+        ending.cancel();
+        result
+    });
     info!(%addr, tls = reloadable.tls.is_some(), agents = reloadable.auth.mode().as_str(), "baton listening");
     if let Some(http_addr) = http_addr {
         let (ws, http) = match reloadable.tls {
@@ -374,6 +413,7 @@ async fn serve_store(
         stop,
         task,
         reloadable,
+        ended,
     })
 }
 
@@ -387,6 +427,8 @@ struct Shared {
     auth: Arc<Authenticator>,
     tls: Option<Arc<tls::Tls>>,
     metrics: Arc<metrics::Metrics>,
+    /// Set while this node is a standby of a cluster.
+    standby: Option<Arc<StandbyView>>,
 }
 
 /// The message a panic was raised with.

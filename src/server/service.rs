@@ -13,6 +13,9 @@ use tracing::{error, info};
 /// accepting, tell clients, drain, flush). With [`StartOptions::service`], a dead engine exits the
 /// process with [`super::ENGINE_FAILURE_EXIT_CODE`] instead of returning.
 pub async fn serve(config: Config, opts: StartOptions) -> Result<(), ServerError> {
+    if config.cluster.is_some() {
+        return serve_cluster_node(config, opts).await;
+    }
     let exit = opts.on_engine_failure == super::OnEngineFailure::ExitProcess;
     let server = start_with_options(config, opts).await?;
     reload_on_hangup(&server);
@@ -33,6 +36,50 @@ pub async fn serve(config: Config, opts: StartOptions) -> Result<(), ServerError
         }
         other => other,
     }
+}
+
+/// Serves as one node of a cluster (`[cluster]` in the config) until SIGTERM or Ctrl-C.
+#[cfg(feature = "cluster")]
+async fn serve_cluster_node(config: Config, opts: StartOptions) -> Result<(), ServerError> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let reloader = std::sync::Arc::new(std::sync::Mutex::new(None));
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hangups) = signal(SignalKind::hangup()) {
+            let current = reloader.clone();
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    info!("SIGHUP received: reloading credentials and certificates");
+                    let guard = current.lock().unwrap_or_else(|p| p.into_inner());
+                    let reload: Option<&crate::cluster::ServerHandleReload> = guard.as_ref();
+                    match reload.map(|r| r()) {
+                        Some(Ok(())) | None => info!("reload complete"),
+                        Some(Err(e)) => {
+                            error!("reload failed, keeping what was loaded before: {e}")
+                        }
+                    }
+                }
+            });
+        }
+    }
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("stop signal received");
+        stopping.cancel();
+    });
+    crate::cluster::run(config, opts, stop, reloader).await
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn serve_cluster_node(_config: Config, _opts: StartOptions) -> Result<(), ServerError> {
+    Err(ServerError::Config(crate::config::ConfigError::Invalid(
+        "the config has a `[cluster]` section, but this baton was built without cluster mode: \
+         build it with `cargo build --release --features cluster` (which needs protoc), or remove \
+         `[cluster]` to run one node on sled"
+            .into(),
+    )))
 }
 
 /// Sends every panic to the log as an `error` event (message, location, thread, and the backtrace

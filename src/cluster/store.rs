@@ -1,0 +1,269 @@
+//! The active node's store: every batch is one etcd transaction, fenced on this node's election,
+//! before anything of it is acknowledged; then the same keys go into the node's own sled copy,
+//! which serves every read.
+
+use super::keys::Keys;
+use crate::store::{
+    FlushObserver, RawOp, SledStore, Snapshot, Store, StoreError, Stored, WriteBatch,
+};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp, TxnOpResponse};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+/// What fences this node's writes: its election key and the revision that created it.
+#[derive(Debug, Clone)]
+pub(crate) struct Fence {
+    pub(crate) leader_key: Vec<u8>,
+    pub(crate) leader_rev: i64,
+}
+
+pub(crate) struct ClusterStore {
+    local: Arc<SledStore>,
+    etcd: Client,
+    rt: tokio::runtime::Handle,
+    keys: Keys,
+    fence: Fence,
+    node_id: String,
+    state: Mutex<Written>,
+    /// Cancelled when this node learns it may no longer write: its supervisor steps down.
+    lost: CancellationToken,
+    timeout: Duration,
+    max_ops: usize,
+    observer: OnceLock<FlushObserver>,
+}
+
+/// What this node has written to etcd.
+struct Written {
+    /// The revision of the head key as this node last wrote it: a transaction also requires it
+    /// unchanged, so that a write etcd did not confirm, and that landed after all, is noticed.
+    head_rev: i64,
+    /// Audit entries of reads handed over without a flush: written with the next flush.
+    pending: Vec<RawOp>,
+}
+
+impl ClusterStore {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        local: Arc<SledStore>,
+        etcd: Client,
+        keys: Keys,
+        fence: Fence,
+        head_rev: i64,
+        node_id: String,
+        lost: CancellationToken,
+        timeout: Duration,
+        max_ops: usize,
+    ) -> ClusterStore {
+        ClusterStore {
+            local,
+            etcd,
+            rt: tokio::runtime::Handle::current(),
+            keys,
+            fence,
+            node_id,
+            state: Mutex::new(Written {
+                head_rev,
+                pending: Vec::new(),
+            }),
+            lost,
+            timeout,
+            max_ops,
+            observer: OnceLock::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Written> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One fenced transaction: `ops` (and `extra`, already in etcd's terms) and the head key,
+    /// only if this node still holds the election and nobody wrote since its last write. Then the
+    /// same keys go to the local copy.
+    fn write(
+        &self,
+        written: &mut Written,
+        ops: &[RawOp],
+        extra: Vec<TxnOp>,
+    ) -> Result<i64, StoreError> {
+        if self.lost.is_cancelled() {
+            return Err(StoreError::Cluster(
+                "this node is no longer the active one; nothing was written".into(),
+            ));
+        }
+        let mut txn_ops: Vec<TxnOp> = ops
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => TxnOp::put(self.keys.state(k), v.clone(), None),
+                None => TxnOp::delete(self.keys.state(k), None),
+            })
+            .collect();
+        txn_ops.extend(extra);
+        let head = serde_json::json!({ "node": self.node_id, "at_ms": crate::server::now_ms() });
+        txn_ops.push(TxnOp::put(self.keys.head(), head.to_string(), None));
+        if txn_ops.len() > self.max_ops {
+            return Err(StoreError::Cluster(format!(
+                "this batch needs {} etcd operations in one transaction, over `[cluster] max_txn_ops` = {}: raise etcd's --max-txn-ops and max_txn_ops together",
+                txn_ops.len(),
+                self.max_ops
+            )));
+        }
+        let txn = Txn::new()
+            .when(vec![
+                Compare::create_revision(
+                    self.fence.leader_key.clone(),
+                    CompareOp::Equal,
+                    self.fence.leader_rev,
+                ),
+                Compare::mod_revision(self.keys.head(), CompareOp::Equal, written.head_rev),
+            ])
+            .and_then(txn_ops)
+            .or_else(vec![
+                TxnOp::get(self.fence.leader_key.clone(), None),
+                TxnOp::get(self.keys.head(), None),
+            ]);
+        let mut client = self.etcd.clone();
+        let started = Instant::now();
+        let result = self
+            .rt
+            .block_on(async { tokio::time::timeout(self.timeout, client.txn(txn)).await });
+        if let Some(observe) = self.observer.get() {
+            observe(started.elapsed());
+        }
+        let response = match result {
+            Err(_) => {
+                return Err(StoreError::Cluster(format!(
+                    "etcd did not confirm the write within {} ms (commit_timeout_ms); nothing was acknowledged",
+                    self.timeout.as_millis()
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(StoreError::Cluster(format!(
+                    "etcd did not commit the write: {e}; nothing was acknowledged"
+                )))
+            }
+            Ok(Ok(r)) => r,
+        };
+        if !response.succeeded() {
+            let mut leader_now = None;
+            let mut head_now = None;
+            for (i, r) in response.op_responses().into_iter().enumerate() {
+                if let TxnOpResponse::Get(g) = r {
+                    let kv = g.kvs().first().map(|kv| (kv.create_revision(), kv.mod_revision()));
+                    if i == 0 {
+                        leader_now = kv;
+                    } else {
+                        head_now = kv;
+                    }
+                }
+            }
+            let why = match leader_now {
+                Some((rev, _)) if rev == self.fence.leader_rev => format!(
+                    "the cluster's state moved on without this node (head at revision {}, expected {}): an earlier write etcd did not confirm landed after all",
+                    head_now.map_or(0, |(_, m)| m),
+                    written.head_rev
+                ),
+                _ => "this node's election lease ended and another node may be active".into(),
+            };
+            error!("STEPPING DOWN: {why}");
+            self.lost.cancel();
+            return Err(StoreError::Cluster(format!(
+                "this node is no longer the active one ({why}); nothing was written"
+            )));
+        }
+        let revision = response.header().map_or(0, |h| h.revision());
+        written.head_rev = revision;
+        if let Err(e) = self.local.apply_mirror(ops, revision) {
+            // etcd has the batch and this copy does not: only a reload can make them agree.
+            error!("STEPPING DOWN: the local copy refused a batch etcd committed: {e}");
+            self.lost.cancel();
+            return Err(e);
+        }
+        Ok(revision)
+    }
+
+    /// Writes the pending audit entries of reads, in transactions of at most `max_ops` keys (they
+    /// are independent entries in `seq` order: a prefix of them landing is fine).
+    fn write_pending(&self, written: &mut Written) -> Result<(), StoreError> {
+        while !written.pending.is_empty() {
+            let n = written.pending.len().min(self.max_ops.saturating_sub(1).max(1));
+            let chunk: Vec<RawOp> = written.pending[..n].to_vec();
+            self.write(written, &chunk, Vec::new())?;
+            written.pending.drain(..n);
+        }
+        Ok(())
+    }
+}
+
+impl Store for ClusterStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.local.load()
+    }
+
+    fn commit(&self, batch: &WriteBatch, flush: bool) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut written = self.lock();
+        if !flush {
+            written.pending.extend(batch.raw_ops());
+            return Ok(());
+        }
+        let ops = batch.raw_ops();
+        if written.pending.len() + ops.len() + 1 > self.max_ops {
+            self.write_pending(&mut written)?;
+        }
+        let mut all = std::mem::take(&mut written.pending);
+        let pending = all.len();
+        all.extend(ops);
+        match self.write(&mut written, &all, Vec::new()) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                all.truncate(pending);
+                written.pending = all;
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut written = self.lock();
+        self.write_pending(&mut written)
+    }
+
+    fn observe_flushes(&self, observer: FlushObserver) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn audit_range(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.local.audit_range(from, max)
+    }
+
+    fn audit_first_seq(&self) -> Result<Option<u64>, StoreError> {
+        self.local.audit_first_seq()
+    }
+
+    fn record(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+        self.local.record(id)
+    }
+
+    fn trim_audit(&self, below: u64) -> Result<u64, StoreError> {
+        let first = self.local.audit_first_seq()?;
+        if first.is_none_or(|f| f >= below) {
+            return Ok(0);
+        }
+        let mut written = self.lock();
+        let (from, to) = (
+            self.keys.state(&crate::store::audit_key(0)),
+            self.keys.state(&crate::store::audit_key(below)),
+        );
+        let range = TxnOp::delete(from, Some(DeleteOptions::new().with_range(to)));
+        self.write(&mut written, &[], vec![range])?;
+        self.local.trim_audit(below)
+    }
+
+    fn finals_before(&self, before_ms: u64, max: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        self.local.finals_before(before_ms, max)
+    }
+}
