@@ -11,12 +11,16 @@ use crate::messages::*;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
+use std::time::Duration;
 use std::path::PathBuf;
 
 /// Where and how to reach the server as an admin.
 #[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// The nodes of a cluster (`host:port` each), tried in turn for the active one; empty: `addr`
+    /// alone (whose `not_active` answer, if it is a standby, still leads to the active node).
+    pub nodes: Vec<String>,
     pub token: String,
     /// Set when the server speaks TLS.
     pub tls: Option<ClientTls>,
@@ -34,6 +38,7 @@ impl Target {
         }
         Target {
             addr,
+            nodes: Vec::new(),
             token: config.tokens.admin.clone(),
             tls: None,
         }
@@ -46,7 +51,15 @@ impl Target {
 
     /// Connects to the same server with another role's token.
     pub async fn connect_as(&self, role: Role, token: &str) -> Result<Client, ClientError> {
-        Client::connect_with(self.addr, self.tls.as_ref(), role, token).await
+        let nodes = if self.nodes.is_empty() {
+            vec![self.addr.to_string()]
+        } else {
+            self.nodes.clone()
+        };
+        // One round through the nodes, following a standby's pointer to the active one.
+        Client::connect_active(&nodes, self.tls.as_ref(), role, token, Duration::ZERO)
+            .await
+            .map(|(client, _)| client)
     }
 }
 
@@ -314,6 +327,10 @@ pub struct AdminConn {
     /// Server address (overrides the config's `listen`).
     #[arg(long)]
     pub addr: Option<SocketAddr>,
+    /// The nodes of a cluster, `host:port` separated by commas: the active one is found among
+    /// them (overrides `--addr`).
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
     /// Admin token (overrides the config's `tokens.admin`; prefer the config file, which
     /// other users of the machine cannot read in the process list).
     #[arg(long)]
@@ -333,6 +350,7 @@ impl AdminConn {
         if let Some(token) = &self.token {
             target.token = token.clone();
         }
+        target.nodes = self.nodes.clone();
         target.tls = self.tls.client_tls(config.tls.is_some())?;
         Ok(target)
     }

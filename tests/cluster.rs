@@ -89,9 +89,10 @@ impl Cluster {
 
     /// The index of the node that answers as active (waiting for one).
     async fn active(&self) -> usize {
-        let (_, addr) = Client::connect_active(&self.addrs(), None, Role::Admin, "admin-secret", PATIENCE)
-            .await
-            .unwrap_or_else(|e| panic!("no node became active: {e}\n{}", self.logs()));
+        let (_, addr) =
+            Client::connect_active(&self.addrs(), None, Role::Admin, "admin-secret", PATIENCE)
+                .await
+                .unwrap_or_else(|e| panic!("no node became active: {e}\n{}", self.logs()));
         self.nodes.iter().position(|n| n.addr == addr).unwrap()
     }
 
@@ -117,7 +118,11 @@ impl Cluster {
             .env_remove("RUST_BACKTRACE")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -173,7 +178,10 @@ async fn worker(
         ) {
             continue;
         }
-        ledger.lock().unwrap().insert(record.clone(), Acked::default());
+        ledger
+            .lock()
+            .unwrap()
+            .insert(record.clone(), Acked::default());
         let mut answered = true;
         for ev in [ringing(&call, &dn), established(&call, &dn)] {
             answered &= switch.request(ev).await? == ServerMsg::Ack;
@@ -245,17 +253,28 @@ async fn verify(addrs: &[String], ledger: &Ledger) -> u64 {
             panic!("{record}: acknowledged attach lost: {reply:?}");
         };
         let version = version.unwrap();
-        assert!(version >= acked.version, "{record}: acked version {} lost", acked.version);
+        assert!(
+            version >= acked.version,
+            "{record}: acked version {} lost",
+            acked.version
+        );
         if acked.version > 0 {
             let v = context.unwrap().fields["v"].as_u64().unwrap_or(0);
-            assert!(v >= acked.version, "{record}: acked update v={} lost", acked.version);
+            assert!(
+                v >= acked.version,
+                "{record}: acked update v={} lost",
+                acked.version
+            );
         }
         if acked.processed {
             let f = final_.unwrap_or_else(|| panic!("{record}: acked RecordProcessed lost"));
             assert_eq!(f.outcome, Outcome::Processed, "{record}");
         }
     }
-    let all = admin.request_stream(audit_tail(Some(1), false)).await.unwrap();
+    let all = admin
+        .request_stream(audit_tail(Some(1), false))
+        .await
+        .unwrap();
     let mut expected = 1;
     let mut finals: HashMap<String, usize> = HashMap::new();
     for m in &all {
@@ -276,7 +295,11 @@ async fn verify(addrs: &[String], ledger: &Ledger) -> u64 {
     }
     for (record, acked) in &ledger {
         if acked.processed {
-            assert_eq!(finals.get(record), Some(&1), "{record}: acked final not audited");
+            assert_eq!(
+                finals.get(record),
+                Some(&1),
+                "{record}: acked final not audited"
+            );
         }
     }
     expected - 1
@@ -342,7 +365,13 @@ async fn kill_minus_nine_of_the_active_node_loses_nothing_acknowledged() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..4)
         .map(|k| {
-            tokio::spawn(worker(addrs.clone(), "k".into(), k, ledger.clone(), stop.clone()))
+            tokio::spawn(worker(
+                addrs.clone(),
+                "k".into(),
+                k,
+                ledger.clone(),
+                stop.clone(),
+            ))
         })
         .collect();
     let run_ms = rand::thread_rng().gen_range(800..2000);
@@ -350,26 +379,41 @@ async fn kill_minus_nine_of_the_active_node_loses_nothing_acknowledged() {
     cluster.nodes[first].kill();
     let killed = Instant::now();
     for w in workers {
-        assert!(w.await.unwrap().is_err(), "every worker loses its connection");
+        assert!(
+            w.await.unwrap().is_err(),
+            "every worker loses its connection"
+        );
     }
     // The standby takes over: the first acknowledged request on it.
     let mut admin = cluster.connect(Role::Admin).await;
-    assert!(matches!(admin.request(Request::Status).await.unwrap(), ServerMsg::StatusReport { .. }));
+    assert!(matches!(
+        admin.request(Request::Status).await.unwrap(),
+        ServerMsg::StatusReport { .. }
+    ));
     let takeover = killed.elapsed();
     let second = cluster.active().await;
     assert_ne!(second, first);
     eprintln!("takeover after kill -9: {takeover:?} (lease {LEASE_MS} ms)");
     assert!(
-        takeover < Duration::from_millis(LEASE_MS) + Duration::from_secs(2) + Duration::from_secs(3),
+        takeover
+            < Duration::from_millis(LEASE_MS) + Duration::from_secs(2) + Duration::from_secs(3),
         "the standby took {takeover:?} to take over\n{}",
         cluster.logs()
     );
     // The desktop resumes with its token and gets its record back.
     let _desk = resume(&addrs, "resumer", "9000", &token, "held-1").await;
-    let acked = ledger.lock().unwrap().values().filter(|a| a.processed).count();
+    let acked = ledger
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|a| a.processed)
+        .count();
     assert!(acked > 0, "the load made progress before the kill");
     let entries = verify(&addrs, &ledger).await;
-    eprintln!("verified {} records ({acked} processed) and {entries} audit entries", ledger.lock().unwrap().len());
+    eprintln!(
+        "verified {} records ({acked} processed) and {entries} audit entries",
+        ledger.lock().unwrap().len()
+    );
     // The killed node comes back as a standby that sends clients to the active one.
     cluster.nodes[first].start();
     let standby = cluster.nodes[first].addr;
@@ -377,9 +421,16 @@ async fn kill_minus_nine_of_the_active_node_loses_nothing_acknowledged() {
     let started = Instant::now();
     loop {
         match Client::connect(standby, Role::Admin, "admin-secret").await {
-            Err(ClientError::NotActive { active: Some(a), .. }) if a == active_addr => break,
+            Err(ClientError::NotActive {
+                active: Some(a), ..
+            }) if a == active_addr => break,
             other => {
-                assert!(started.elapsed() < PATIENCE, "the restarted node: {:?}\n{}", other.map(|_| ()), cluster.logs());
+                assert!(
+                    started.elapsed() < PATIENCE,
+                    "the restarted node: {:?}\n{}",
+                    other.map(|_| ()),
+                    cluster.logs()
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -388,13 +439,21 @@ async fn kill_minus_nine_of_the_active_node_loses_nothing_acknowledged() {
     let started = Instant::now();
     loop {
         let s = cluster.status();
-        let caught_up = s["nodes"].as_array().unwrap().iter().filter(|n| n["caught_up"] == true).count();
+        let caught_up = s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["caught_up"] == true)
+            .count();
         if s["active"]["node"] == format!("node{second}") && caught_up == 2 {
             assert_eq!(s["members"].as_array().unwrap().len(), 3);
             assert!(s["head_revision"].as_i64().unwrap() > 0);
             break;
         }
-        assert!(started.elapsed() < PATIENCE, "status never showed both nodes caught up: {s}");
+        assert!(
+            started.elapsed() < PATIENCE,
+            "status never showed both nodes caught up: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -416,13 +475,29 @@ async fn a_paused_active_node_acknowledges_nothing_after_its_lease_ended() {
     cluster.nodes[first].process().signal("-CONT");
     desk.set_timeout(Duration::from_secs(20));
     match desk.reply_to(r).await {
-        Ok(ServerMsg::Error { code: ErrorCode::Unavailable, .. }) | Err(_) => {}
-        other => panic!("the node that lost its lease answered {other:?}\n{}", cluster.logs()),
+        Ok(ServerMsg::Error {
+            code: ErrorCode::Unavailable,
+            ..
+        })
+        | Err(_) => {}
+        other => panic!(
+            "the node that lost its lease answered {other:?}\n{}",
+            cluster.logs()
+        ),
     }
     // Nothing of it reached the cluster.
-    match admin.request(Request::RecordInfo(RecordRef { record: "held-2".into() })).await.unwrap() {
+    match admin
+        .request(Request::RecordInfo(RecordRef {
+            record: "held-2".into(),
+        }))
+        .await
+        .unwrap()
+    {
         ServerMsg::RecordReport { final_, state, .. } => {
-            assert!(final_.is_none(), "a change nobody acknowledged was applied: {state:?}");
+            assert!(
+                final_.is_none(),
+                "a change nobody acknowledged was applied: {state:?}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -431,15 +506,25 @@ async fn a_paused_active_node_acknowledges_nothing_after_its_lease_ended() {
     let want = cluster.nodes[other].addr.to_string();
     loop {
         match Client::connect(cluster.nodes[first].addr, Role::Admin, "admin-secret").await {
-            Err(ClientError::NotActive { active: Some(a), .. }) if a == want => break,
+            Err(ClientError::NotActive {
+                active: Some(a), ..
+            }) if a == want => break,
             got => {
-                assert!(started.elapsed() < PATIENCE, "the woken node: {:?}\n{}", got.map(|_| ()), cluster.logs());
+                assert!(
+                    started.elapsed() < PATIENCE,
+                    "the woken node: {:?}\n{}",
+                    got.map(|_| ()),
+                    cluster.logs()
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
     let log = cluster.nodes[first].process().log();
-    assert!(log.contains("STEPPING DOWN") || log.contains("lease"), "{log}");
+    assert!(
+        log.contains("STEPPING DOWN") || log.contains("lease"),
+        "{log}"
+    );
     drop(admin);
     cluster.nodes[first].kill();
 }
@@ -453,23 +538,52 @@ async fn losing_the_etcd_leader_under_load_loses_nothing() {
     let ledger: Ledger = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..4)
-        .map(|k| tokio::spawn(worker(addrs.clone(), "e".into(), k, ledger.clone(), stop.clone())))
+        .map(|k| {
+            tokio::spawn(worker(
+                addrs.clone(),
+                "e".into(),
+                k,
+                ledger.clone(),
+                stop.clone(),
+            ))
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let leader = cluster.etcd.leader().await.expect("etcd has a leader");
-    let before = ledger.lock().unwrap().values().filter(|a| a.processed).count();
+    let before = ledger
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|a| a.processed)
+        .count();
     cluster.etcd.kill(leader);
     tokio::time::sleep(Duration::from_millis(4000)).await;
-    let during = ledger.lock().unwrap().values().filter(|a| a.processed).count();
+    let during = ledger
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|a| a.processed)
+        .count();
     cluster.etcd.restart(leader);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
         let _ = w.await.unwrap();
     }
-    let after = ledger.lock().unwrap().values().filter(|a| a.processed).count();
-    eprintln!("processed: {before} before the etcd leader died, {during} 4 s later, {after} in all");
-    assert!(during > before, "decisions went on after etcd elected a new leader\n{}", cluster.logs());
+    let after = ledger
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|a| a.processed)
+        .count();
+    eprintln!(
+        "processed: {before} before the etcd leader died, {during} 4 s later, {after} in all"
+    );
+    assert!(
+        during > before,
+        "decisions went on after etcd elected a new leader\n{}",
+        cluster.logs()
+    );
     verify(&addrs, &ledger).await;
 }
 
@@ -477,7 +591,10 @@ async fn losing_the_etcd_leader_under_load_loses_nothing() {
 /// one acknowledgement, and it is the record's only final outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_conference_race_across_a_takeover_has_one_winner() {
-    let rounds: usize = std::env::var("BATON_CLUSTER_RACES").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let rounds: usize = std::env::var("BATON_CLUSTER_RACES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let mut cluster = Cluster::start(2).await;
     let addrs = cluster.addrs();
     let mut rng = rand::thread_rng();
@@ -487,11 +604,18 @@ async fn a_conference_race_across_a_takeover_has_one_winner() {
         let record = format!("race-{round}");
         let call = format!("call-{record}");
         let (a, b) = (format!("ra{round}"), format!("rb{round}"));
-        let (mut desk_a, _) = holding(&addrs, &a, "9201", &record).await;
+        let (dn_a, dn_b) = (format!("92{round:02}1"), format!("92{round:02}2"));
+        let (mut desk_a, _) = holding(&addrs, &a, &dn_a, &record).await;
         let mut desk_b = connect(&addrs, Role::Desktop).await;
-        log_in(&mut desk_b, &b, "9202").await.unwrap();
+        log_in(&mut desk_b, &b, &dn_b).await.unwrap();
         let mut switch = connect(&addrs, Role::Switch).await;
-        assert_eq!(switch.request(conferenced(&call, "9202", None)).await.unwrap(), ServerMsg::Ack);
+        assert_eq!(
+            switch
+                .request(conferenced(&call, &dn_b, None))
+                .await
+                .unwrap(),
+            ServerMsg::Ack
+        );
         wait_full(&mut desk_b, &record).await;
         let ra = desk_a.send(&processed(&record, "a")).await.unwrap();
         let rb = desk_b.send(&processed(&record, "b")).await.unwrap();
@@ -503,16 +627,34 @@ async fn a_conference_race_across_a_takeover_has_one_winner() {
                 winners.push(who.clone());
             }
         }
-        assert!(winners.len() <= 1, "round {round}: two acknowledgements {winners:?}");
+        assert!(
+            winners.len() <= 1,
+            "round {round}: two acknowledgements {winners:?}"
+        );
         acks_seen += winners.len();
         let mut admin = cluster.connect(Role::Admin).await;
-        let report = admin.request(Request::RecordInfo(RecordRef { record: record.clone() })).await.unwrap();
-        let ServerMsg::RecordReport { final_, .. } = report else { panic!("{report:?}") };
+        let report = admin
+            .request(Request::RecordInfo(RecordRef {
+                record: record.clone(),
+            }))
+            .await
+            .unwrap();
+        let ServerMsg::RecordReport { final_, .. } = report else {
+            panic!("{report:?}")
+        };
         if let Some(w) = winners.first() {
-            let f = final_.unwrap_or_else(|| panic!("round {round}: the acknowledged final was lost"));
-            assert_eq!(f.by.as_deref(), Some(w.as_str()), "round {round}: the final is not the acknowledged one");
+            let f =
+                final_.unwrap_or_else(|| panic!("round {round}: the acknowledged final was lost"));
+            assert_eq!(
+                f.by.as_deref(),
+                Some(w.as_str()),
+                "round {round}: the final is not the acknowledged one"
+            );
         }
-        let entries = admin.request_stream(audit_tail(Some(1), false)).await.unwrap();
+        let entries = admin
+            .request_stream(audit_tail(Some(1), false))
+            .await
+            .unwrap();
         let finals = entries
             .iter()
             .filter(|m| matches!(m, ServerMsg::Audit(e) if e.kind == AuditKind::Finalized && e.record.as_deref() == Some(record.as_str())))
@@ -532,27 +674,75 @@ async fn losing_the_etcd_quorum_refuses_every_change_and_recovers() {
     cluster.active().await;
     let (mut desk, token) = holding(&addrs, "quorum", "9300", "held-5").await;
     assert!(matches!(
-        desk.request(update("held-5", json!({"v": 1}))).await.unwrap(),
+        desk.request(update("held-5", json!({"v": 1})))
+            .await
+            .unwrap(),
         ServerMsg::RecordUpdated { version: 1, .. }
     ));
     cluster.etcd.kill(1);
     cluster.etcd.kill(2);
-    // Changes now: refused with `unavailable` while the session lasts, never acknowledged.
+    // Changes now: refused with `unavailable` while the session lasts (the node steps down once
+    // its lease cannot be renewed, and closes it), never acknowledged.
     let mut refused = 0;
-    for v in 2..6 {
-        match desk.request(update("held-5", json!({"v": v}))).await {
-            Ok(ServerMsg::Error { code: ErrorCode::Unavailable, .. }) => refused += 1,
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(6) {
+        match desk
+            .request(update("held-5", json!({"v": 100 + refused})))
+            .await
+        {
+            Ok(ServerMsg::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }) => refused += 1,
             Ok(other) => panic!("a change without an etcd quorum was answered {other:?}"),
             Err(_) => break,
         }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    eprintln!("{refused} changes refused with `unavailable` before the session closed");
+    assert!(refused > 0, "no change was tried during the outage");
+    eprintln!("{refused} changes refused with `unavailable` during the outage");
     cluster.etcd.restart(1);
     cluster.etcd.restart(2);
-    // Back by itself: the desktop resumes and its change is acknowledged.
-    let mut desk = resume(&addrs, "quorum", "9300", &token, "held-5").await;
-    match desk.request(update("held-5", json!({"v": 9}))).await.unwrap() {
-        ServerMsg::RecordUpdated { version, .. } => assert_eq!(version, 2, "only the acknowledged update counted"),
-        other => panic!("{other:?}\n{}", cluster.logs()),
+    // Back by itself: the desktop resumes (trying again while etcd elects its leader and a node
+    // takes the election) and its next change is acknowledged as the second version.
+    let started = Instant::now();
+    loop {
+        let mut desk = connect(&addrs, Role::Desktop).await;
+        match desk.request(login("quorum", "9300", Some(&token))).await {
+            Ok(ServerMsg::LoggedIn { resumed: true, .. }) => {
+                wait_full(&mut desk, "held-5").await;
+                match desk
+                    .request(update("held-5", json!({"v": 9})))
+                    .await
+                    .unwrap()
+                {
+                    ServerMsg::RecordUpdated { version, .. } => {
+                        assert_eq!(version, 2, "only the acknowledged update counted");
+                        break;
+                    }
+                    ServerMsg::Error {
+                        code: ErrorCode::Unavailable,
+                        ..
+                    } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            Ok(ServerMsg::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            })
+            | Err(_) => {}
+            Ok(other) => panic!("resuming after the outage: {other:?}\n{}", cluster.logs()),
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the cluster did not recover\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    eprintln!(
+        "recovered {:?} after the quorum came back",
+        started.elapsed()
+    );
 }

@@ -146,7 +146,7 @@ impl EtcdCluster {
             let leader = v["leader"].as_str().map(str::to_owned);
             let me = v["header"]["member_id"].as_str().map(str::to_owned);
             if leader.is_some() && leader == me {
-                return Some(self.members.iter().position(|x| x.client == m.client)?);
+                return self.members.iter().position(|x| x.client == m.client);
             }
             // Ask the leader itself next round; the members agree once a leader is elected.
         }

@@ -77,7 +77,10 @@ async fn follow_once(
                 );
                 blocking(local, |l| l.apply_mirror(&[], 0)).await?;
             }
-            return Err(format!("etcd cancelled the watch: {}", response.cancel_reason()));
+            return Err(format!(
+                "etcd cancelled the watch: {}",
+                response.cancel_reason()
+            ));
         }
         let mut ops: Vec<RawOp> = Vec::new();
         let mut reached = revision;
@@ -114,7 +117,11 @@ async fn follow_once(
 }
 
 /// Replaces the local copy with the whole state as etcd holds it at one revision; returns it.
-async fn copy_whole(client: &mut Client, keys: &Keys, local: &Arc<SledStore>) -> Result<i64, String> {
+async fn copy_whole(
+    client: &mut Client,
+    keys: &Keys,
+    local: &Arc<SledStore>,
+) -> Result<i64, String> {
     blocking(local, |l| l.clear_mirror()).await?;
     let prefix = keys.state_prefix().into_bytes();
     let mut end = prefix.clone();

@@ -150,7 +150,10 @@ impl ClusterStore {
             let mut head_now = None;
             for (i, r) in response.op_responses().into_iter().enumerate() {
                 if let TxnOpResponse::Get(g) = r {
-                    let kv = g.kvs().first().map(|kv| (kv.create_revision(), kv.mod_revision()));
+                    let kv = g
+                        .kvs()
+                        .first()
+                        .map(|kv| (kv.create_revision(), kv.mod_revision()));
                     if i == 0 {
                         leader_now = kv;
                     } else {
@@ -187,7 +190,10 @@ impl ClusterStore {
     /// are independent entries in `seq` order: a prefix of them landing is fine).
     fn write_pending(&self, written: &mut Written) -> Result<(), StoreError> {
         while !written.pending.is_empty() {
-            let n = written.pending.len().min(self.max_ops.saturating_sub(1).max(1));
+            let n = written
+                .pending
+                .len()
+                .min(self.max_ops.saturating_sub(1).max(1));
             let chunk: Vec<RawOp> = written.pending[..n].to_vec();
             self.write(written, &chunk, Vec::new())?;
             written.pending.drain(..n);

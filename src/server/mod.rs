@@ -140,7 +140,10 @@ impl StandbyView {
     }
 
     pub fn active(&self) -> Option<ActiveNode> {
-        self.active.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.active
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

@@ -80,7 +80,10 @@ pub(super) async fn readyz(State(admission): State<Arc<Admission>>) -> Response 
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if let Some(view) = &admission.shared.standby {
         let why = match view.active() {
-            Some(a) => format!("not ready: standby node; the active node is {} ({})\n", a.node, a.advertise),
+            Some(a) => format!(
+                "not ready: standby node; the active node is {} ({})\n",
+                a.node, a.advertise
+            ),
             None => "not ready: standby node; no node is active yet\n".to_owned(),
         };
         return (StatusCode::SERVICE_UNAVAILABLE, text, why).into_response();

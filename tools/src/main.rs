@@ -178,8 +178,26 @@ fn main() -> anyhow::Result<()> {
             if transport == baton::client::Transport::WebSocket && http_addr.is_none() {
                 anyhow::bail!("--transport ws needs the server's http_listen in the config");
             }
+            // A cluster: run against the node that is active now (found through the list).
+            let addr = if target.nodes.is_empty() {
+                target.addr
+            } else {
+                if transport == baton::client::Transport::WebSocket {
+                    anyhow::bail!("--nodes finds the active node's TCP port: use --transport tcp");
+                }
+                let (_, active) = runtime
+                    .block_on(baton::client::Client::connect_active(
+                        &target.nodes,
+                        target.tls.as_ref(),
+                        baton::messages::Role::Admin,
+                        &target.token,
+                        std::time::Duration::from_secs(30),
+                    ))
+                    .context("no node of --nodes is active")?;
+                active
+            };
             let opts = LoadOptions {
-                addr: target.addr,
+                addr,
                 transport,
                 http_addr,
                 tokens: config.tokens,
