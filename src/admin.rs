@@ -11,8 +11,8 @@ use crate::messages::*;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
-use std::time::Duration;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where and how to reach the server as an admin.
 #[derive(Clone)]

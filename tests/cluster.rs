@@ -621,6 +621,7 @@ async fn a_conference_race_across_a_takeover_has_one_winner() {
         let rb = desk_b.send(&processed(&record, "b")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..15))).await;
         cluster.nodes[active].kill();
+        let killed = Instant::now();
         let mut winners = Vec::new();
         for (who, desk, r) in [(&a, &mut desk_a, ra), (&b, &mut desk_b, rb)] {
             if let Ok(ServerMsg::RecordProcessedAck { .. }) = desk.reply_to(r).await {
@@ -633,6 +634,10 @@ async fn a_conference_race_across_a_takeover_has_one_winner() {
         );
         acks_seen += winners.len();
         let mut admin = cluster.connect(Role::Admin).await;
+        eprintln!(
+            "round {round}: a new active node answered {:?} after the kill",
+            killed.elapsed()
+        );
         let report = admin
             .request(Request::RecordInfo(RecordRef {
                 record: record.clone(),
