@@ -670,7 +670,8 @@ async fn a_conference_race_across_a_takeover_has_one_winner() {
     eprintln!("{rounds} races across a takeover, {acks_seen} acknowledged before the kill");
 }
 
-/// Test 5: without an etcd quorum every change is refused, never falsely acknowledged; the
+/// Test 5: without an etcd quorum no change is acknowledged (a refusal after a timeout may still
+/// land later, as PROTOCOL.md section 20 says); the
 /// cluster serves again by itself once the quorum is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_the_etcd_quorum_refuses_every_change_and_recovers() {
@@ -722,7 +723,12 @@ async fn losing_the_etcd_quorum_refuses_every_change_and_recovers() {
                     .unwrap()
                 {
                     ServerMsg::RecordUpdated { version, .. } => {
-                        assert_eq!(version, 2, "only the acknowledged update counted");
+                        // An update refused because etcd did not confirm it in time may still
+                        // have landed once the quorum came back (it was never acknowledged).
+                        assert!(
+                            (2..=2 + refused as u64).contains(&version),
+                            "version {version} after one acknowledged and {refused} refused updates"
+                        );
                         break;
                     }
                     ServerMsg::Error {

@@ -95,8 +95,10 @@ async fn follow_once(
                 EventType::Delete => (key.to_vec(), None),
             });
         }
-        if response.events().is_empty() {
-            // A progress report: every change up to the header's revision was sent.
+        if response.events().is_empty() && !response.created() {
+            // A progress report: every change up to the header's revision was sent. (The answer
+            // that creates the watch also has no events, but its header is etcd's revision now,
+            // before the changes since the copy's revision have been sent.)
             if let Some(h) = response.header() {
                 reached = reached.max(h.revision());
             }
