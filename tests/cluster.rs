@@ -10,13 +10,13 @@
 use baton::client::{Client, ClientError};
 use baton::messages::*;
 use baton_kit::etcd::EtcdCluster;
+use baton_kit::ledger::{verify_acknowledged, Acked, Ledger};
 use baton_kit::*;
 use rand::Rng;
 use serde_json::json;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LEASE_MS: u64 = 3000;
@@ -96,6 +96,28 @@ impl Cluster {
         self.nodes.iter().position(|n| n.addr == addr).unwrap()
     }
 
+    /// Waits until node `standby` answers `Hello` with `not_active` naming node `active`.
+    async fn wait_standby(&self, standby: usize, active: usize, what: &str) {
+        let want = self.nodes[active].addr.to_string();
+        let started = Instant::now();
+        loop {
+            match Client::connect(self.nodes[standby].addr, Role::Admin, "admin-secret").await {
+                Err(ClientError::NotActive {
+                    active: Some(a), ..
+                }) if a == want => return,
+                got => {
+                    assert!(
+                        started.elapsed() < PATIENCE,
+                        "{what}: {:?}\n{}",
+                        got.map(|_| ()),
+                        self.logs()
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
     fn logs(&self) -> String {
         self.nodes
             .iter()
@@ -139,15 +161,6 @@ async fn connect(addrs: &[String], role: Role) -> Client {
         .unwrap_or_else(|e| panic!("cannot reach the active node as {role:?}: {e}"));
     client
 }
-
-/// What the cluster acknowledged for one record.
-#[derive(Debug, Default, Clone)]
-struct Acked {
-    version: u64,
-    processed: bool,
-}
-
-type Ledger = Arc<Mutex<HashMap<String, Acked>>>;
 
 /// One agent working records end to end; a record whose step is refused (`unavailable` while
 /// etcd elects a leader) is left as it was acknowledged so far. Ends at the first connection
@@ -231,78 +244,11 @@ async fn worker(
     Ok(done)
 }
 
-/// Checks every acknowledged change on the active node, that no record has two final outcomes
-/// and that the audit log runs from 1 with no gap and no repeat. Returns the number of entries.
+/// Checks every acknowledged change on the active node (see [`verify_acknowledged`]); returns
+/// the number of audit entries.
 async fn verify(addrs: &[String], ledger: &Ledger) -> u64 {
     let mut admin = connect(addrs, Role::Admin).await;
-    let ledger = ledger.lock().unwrap().clone();
-    for (record, acked) in &ledger {
-        let reply = admin
-            .request(Request::RecordInfo(RecordRef {
-                record: record.clone(),
-            }))
-            .await
-            .unwrap();
-        let ServerMsg::RecordReport {
-            final_,
-            version,
-            context,
-            ..
-        } = reply
-        else {
-            panic!("{record}: acknowledged attach lost: {reply:?}");
-        };
-        let version = version.unwrap();
-        assert!(
-            version >= acked.version,
-            "{record}: acked version {} lost",
-            acked.version
-        );
-        if acked.version > 0 {
-            let v = context.unwrap().fields["v"].as_u64().unwrap_or(0);
-            assert!(
-                v >= acked.version,
-                "{record}: acked update v={} lost",
-                acked.version
-            );
-        }
-        if acked.processed {
-            let f = final_.unwrap_or_else(|| panic!("{record}: acked RecordProcessed lost"));
-            assert_eq!(f.outcome, Outcome::Processed, "{record}");
-        }
-    }
-    let all = admin
-        .request_stream(audit_tail(Some(1), false))
-        .await
-        .unwrap();
-    let mut expected = 1;
-    let mut finals: HashMap<String, usize> = HashMap::new();
-    for m in &all {
-        match m {
-            ServerMsg::Audit(e) => {
-                assert_eq!(e.seq, expected, "the audit log has a gap or a repeat");
-                expected += 1;
-                if e.kind == AuditKind::Finalized {
-                    *finals.entry(e.record.clone().unwrap()).or_default() += 1;
-                }
-            }
-            ServerMsg::AuditEnd { last_seq } => assert_eq!(*last_seq, expected - 1),
-            other => panic!("{other:?}"),
-        }
-    }
-    for (record, n) in &finals {
-        assert_eq!(*n, 1, "{record} has {n} final outcomes");
-    }
-    for (record, acked) in &ledger {
-        if acked.processed {
-            assert_eq!(
-                finals.get(record),
-                Some(&1),
-                "{record}: acked final not audited"
-            );
-        }
-    }
-    expected - 1
+    verify_acknowledged(&mut admin, ledger).await
 }
 
 /// A desktop holding a record on a live call: returns the desktop and its resume token.
@@ -416,25 +362,9 @@ async fn kill_minus_nine_of_the_active_node_loses_nothing_acknowledged() {
     );
     // The killed node comes back as a standby that sends clients to the active one.
     cluster.nodes[first].start();
-    let standby = cluster.nodes[first].addr;
-    let active_addr = cluster.nodes[second].addr.to_string();
-    let started = Instant::now();
-    loop {
-        match Client::connect(standby, Role::Admin, "admin-secret").await {
-            Err(ClientError::NotActive {
-                active: Some(a), ..
-            }) if a == active_addr => break,
-            other => {
-                assert!(
-                    started.elapsed() < PATIENCE,
-                    "the restarted node: {:?}\n{}",
-                    other.map(|_| ()),
-                    cluster.logs()
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    cluster
+        .wait_standby(first, second, "the restarted node")
+        .await;
     // `baton cluster status` shows both nodes, the active one, and both copies caught up.
     let started = Instant::now();
     loop {
@@ -502,24 +432,7 @@ async fn a_paused_active_node_acknowledges_nothing_after_its_lease_ended() {
         other => panic!("{other:?}"),
     }
     // The old node stepped down and is a standby that names the active node.
-    let started = Instant::now();
-    let want = cluster.nodes[other].addr.to_string();
-    loop {
-        match Client::connect(cluster.nodes[first].addr, Role::Admin, "admin-secret").await {
-            Err(ClientError::NotActive {
-                active: Some(a), ..
-            }) if a == want => break,
-            got => {
-                assert!(
-                    started.elapsed() < PATIENCE,
-                    "the woken node: {:?}\n{}",
-                    got.map(|_| ()),
-                    cluster.logs()
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    cluster.wait_standby(first, other, "the woken node").await;
     let log = cluster.nodes[first].process().log();
     assert!(
         log.contains("STEPPING DOWN") || log.contains("lease"),

@@ -8,27 +8,18 @@
 
 use baton::client::Client;
 use baton::messages::*;
+use baton_kit::ledger::{verify_acknowledged, Acked, Ledger};
 use baton_kit::*;
 use rand::Rng;
 use serde_json::json;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const WORKERS: usize = 6;
 
 /// How long a restart may take before the test gives up on it.
 const SERVING: Duration = Duration::from_secs(20);
-
-/// What the server acknowledged for one record.
-#[derive(Debug, Default, Clone)]
-struct Acked {
-    version: u64,
-    processed: bool,
-}
-
-type Ledger = Arc<Mutex<HashMap<String, Acked>>>;
 
 /// One desktop agent working records end to end until the server dies.
 async fn worker(
@@ -102,76 +93,8 @@ async fn verify(addr: SocketAddr, ledger: &Ledger) -> (usize, u64) {
     let mut admin = Client::connect(addr, Role::Admin, "admin-secret")
         .await
         .unwrap();
-    let ledger = ledger.lock().unwrap().clone();
-    for (record, acked) in &ledger {
-        match admin
-            .request(Request::RecordInfo(RecordRef {
-                record: record.clone(),
-            }))
-            .await
-            .unwrap()
-        {
-            ServerMsg::RecordReport {
-                final_,
-                version,
-                context,
-                ..
-            } => {
-                let version = version.unwrap();
-                assert!(
-                    version >= acked.version,
-                    "{record}: acked version {} but found {version}",
-                    acked.version
-                );
-                if acked.version > 0 {
-                    let v = context.unwrap().fields["v"].as_u64().unwrap_or(0);
-                    assert!(
-                        v >= acked.version,
-                        "{record}: acked update v={} lost (found {v})",
-                        acked.version
-                    );
-                }
-                if acked.processed {
-                    let f =
-                        final_.unwrap_or_else(|| panic!("{record}: acked RecordProcessed lost"));
-                    assert_eq!(f.outcome, Outcome::Processed, "{record}");
-                }
-            }
-            other => panic!("{record}: acked attach lost: {other:?}"),
-        }
-    }
-    let all = admin
-        .request_stream(audit_tail(Some(1), false))
-        .await
-        .unwrap();
-    let mut expected = 1;
-    let mut finals: HashMap<String, usize> = HashMap::new();
-    for m in &all {
-        match m {
-            ServerMsg::Audit(e) => {
-                assert_eq!(e.seq, expected, "audit seq has a gap or repeat");
-                expected += 1;
-                if e.kind == AuditKind::Finalized {
-                    *finals.entry(e.record.clone().unwrap()).or_default() += 1;
-                }
-            }
-            ServerMsg::AuditEnd { last_seq } => assert_eq!(*last_seq, expected - 1),
-            other => panic!("{other:?}"),
-        }
-    }
-    for (record, n) in &finals {
-        assert_eq!(*n, 1, "{record} has {n} final outcomes");
-    }
-    for (record, acked) in &ledger {
-        if acked.processed {
-            assert_eq!(
-                finals.get(record),
-                Some(&1),
-                "{record}: acked final not audited"
-            );
-        }
-    }
-    (ledger.len(), expected - 1)
+    let entries = verify_acknowledged(&mut admin, ledger).await;
+    (ledger.lock().unwrap().len(), entries)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod expect;
 pub mod http;
 pub mod identity;
+pub mod ledger;
 pub mod msg;
 pub mod schema;
 pub mod server;

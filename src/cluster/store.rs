@@ -134,13 +134,13 @@ impl ClusterStore {
         let response = match result {
             Err(_) => {
                 return Err(StoreError::Cluster(format!(
-                    "etcd did not confirm the write within {} ms (commit_timeout_ms); nothing was acknowledged",
+                    "etcd did not confirm the write within {} ms (commit_timeout_ms); it may still be applied: read the record back before trying again",
                     self.timeout.as_millis()
                 )))
             }
             Ok(Err(e)) => {
                 return Err(StoreError::Cluster(format!(
-                    "etcd did not commit the write: {e}; nothing was acknowledged"
+                    "etcd did not commit the write: {e}"
                 )))
             }
             Ok(Ok(r)) => r,

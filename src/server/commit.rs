@@ -181,7 +181,13 @@ pub(super) async fn commit(
             );
             error!("STORAGE FAILURE: {why}; refusing this batch's requests with `unavailable`");
             metrics.commit_failed();
-            refuse(engine, out, now, info, &why);
+            refuse(
+                engine,
+                out,
+                now,
+                info,
+                &format!("storage failed, nothing was changed: {why}"),
+            );
             return false;
         }
         engine.commit();
@@ -242,7 +248,13 @@ pub(super) async fn commit(
             if !durable.deferred.is_empty() && durable.lazy_since.is_none() {
                 durable.lazy_since = Some(tokio::time::Instant::now());
             }
-            refuse(engine, out, now, info, &e.to_string());
+            // A cluster's etcd may still commit a write it did not confirm in time: the reply
+            // says the change was not acknowledged, not that it was not made.
+            let answer = match &e {
+                StoreError::Cluster(_) => format!("not acknowledged: {e}"),
+                _ => format!("storage failed, nothing was changed: {e}"),
+            };
+            refuse(engine, out, now, info, &answer);
             false
         }
     }
@@ -251,7 +263,7 @@ pub(super) async fn commit(
 /// Takes the batch back: its requests are answered `unavailable`, nothing else it produced is
 /// sent, and the connection changes in it are applied again (their outputs, a `Monitor` to a new
 /// switch link or the shutdown's goodbyes, are sent).
-fn refuse(engine: &mut Engine, out: &mut Vec<Output>, now: u64, info: BatchInfo, why: &str) {
+fn refuse(engine: &mut Engine, out: &mut Vec<Output>, now: u64, info: BatchInfo, answer: &str) {
     engine.rollback();
     out.clear();
     let mut seen = std::collections::HashSet::new();
@@ -267,10 +279,7 @@ fn refuse(engine: &mut Engine, out: &mut Vec<Output>, now: u64, info: BatchInfo,
             conn,
             env: Envelope::reply(
                 Some(r#ref),
-                ServerMsg::error(
-                    ErrorCode::Unavailable,
-                    format!("storage failed, nothing was changed: {why}"),
-                ),
+                ServerMsg::error(ErrorCode::Unavailable, answer),
             ),
         });
     }

@@ -2,7 +2,7 @@ export type Access = "full" | "read_only" | "revoked";
 export type AccessCause = "established" | "transfer" | "consultation" | "conference" | "left" | "released" | "logout" | "admin" | "resume";
 export type Outcome = "processed" | "rejected" | "cancelled" | "do_not_call" | "rescheduled" | "returned" | "stale";
 /** The codes of version 1; a later server may send others, hence `string`. */
-export type ErrorCode = "bad_frame" | "hello_required" | "auth_failed" | "protocol_mismatch" | "unknown_type" | "bad_request" | "wrong_role" | "not_logged_in" | "dn_in_use" | "no_such_record" | "access_denied" | "read_only" | "already_final" | "record_busy" | "overloaded" | "unavailable" | "dn_not_allowed" | (string & {});
+export type ErrorCode = "bad_frame" | "hello_required" | "auth_failed" | "protocol_mismatch" | "unknown_type" | "bad_request" | "wrong_role" | "not_logged_in" | "dn_in_use" | "no_such_record" | "access_denied" | "read_only" | "already_final" | "record_busy" | "overloaded" | "unavailable" | "dn_not_allowed" | "not_active" | (string & {});
 export type LogoutCause = "desktop" | "phone" | "replaced" | "server";
 export type DncScope = "record" | "chain";
 export type Callback = "personal" | "campaign";
@@ -44,6 +44,8 @@ export interface ErrorMessage extends Reply {
     outcome?: Outcome;
     by?: string;
     retry_after_ms?: number;
+    /** With not_active: the host:port of the cluster's active node, when one is known. */
+    active?: string;
 }
 export interface LoggedIn extends Reply {
     type: "LoggedIn";
@@ -172,6 +174,8 @@ export declare class BatonError extends Error {
     readonly by?: string;
     /** With auth_failed while logins are throttled: how long to wait. */
     readonly retryAfterMs?: number;
+    /** With not_active: where the cluster's active node is. */
+    readonly active?: string;
     constructor(frame: ErrorMessage);
 }
 /**
@@ -264,6 +268,12 @@ export interface StorageLike {
 export interface ConnectOptions {
     /** The WebSocket endpoint, e.g. "wss://baton.example:7380/ws". */
     url: string;
+    /**
+     * A cluster: the WebSocket endpoints of its other nodes. The desk goes to whichever node is
+     * active: a standby's `not_active` answer names the active node, which is tried next; a node
+     * that cannot be reached is passed over for the next one. `url` is tried first.
+     */
+    nodes?: string[];
     agent: string;
     dn: string;
     /** directory mode: the agent's password. Kept in memory only, for logging in again. */
@@ -320,6 +330,12 @@ export declare class Desk {
     private reconnectTimer;
     private attempt;
     private ended;
+    /** `url`, then the other nodes of a cluster. */
+    private readonly urls;
+    /** Which of `urls` the next connection tries. */
+    private urlIndex;
+    /** Where a standby said the active node is: the next connection goes there first. */
+    private redirect;
     constructor(options: ConnectOptions);
     get agent(): string;
     get dn(): string;
@@ -355,8 +371,15 @@ export declare class Desk {
     /** Sends one request and settles with its answer. */
     private request;
     private finishedByMe;
-    /** Opens the first connection and logs in; rejects if that fails. */
+    /**
+     * Opens the first connection and logs in; rejects if that fails. In a cluster it goes round the
+     * nodes (following a standby's pointer to the active node) three times before giving up.
+     */
     start(): Promise<void>;
+    /** The endpoint the next connection tries: where a standby pointed, or the next node. */
+    private nextUrl;
+    /** A connection to `url` did not get a session: note where to go next. */
+    private passOver;
     /** One connection: WebSocket, Hello, Login. Resolves once logged in. */
     private open;
     private hasCredential;

@@ -122,6 +122,8 @@ export class BatonError extends Error {
     by;
     /** With auth_failed while logins are throttled: how long to wait. */
     retryAfterMs;
+    /** With not_active: where the cluster's active node is. */
+    active;
     constructor(frame) {
         super(frame.message);
         this.code = frame.code;
@@ -135,6 +137,8 @@ export class BatonError extends Error {
             this.by = frame.by;
         if (frame.retry_after_ms !== undefined)
             this.retryAfterMs = frame.retry_after_ms;
+        if (frame.active !== undefined)
+            this.active = frame.active;
     }
 }
 /**
@@ -207,6 +211,12 @@ export class Desk {
     reconnectTimer = null;
     attempt = 0;
     ended = false;
+    /** `url`, then the other nodes of a cluster. */
+    urls;
+    /** Which of `urls` the next connection tries. */
+    urlIndex = 0;
+    /** Where a standby said the active node is: the next connection goes there first. */
+    redirect = null;
     constructor(options) {
         this.opts = options;
         this.storage = options.storage ?? defaultStorage();
@@ -215,6 +225,7 @@ export class Desk {
             throw new Error("no WebSocket implementation: pass one as options.WebSocket");
         }
         this.WS = WS;
+        this.urls = [options.url, ...(options.nodes ?? []).filter((u) => u !== options.url)];
         this.token = options.token;
         const saved = this.storage.getItem(STORAGE_KEY);
         if (saved !== null) {
@@ -361,24 +372,59 @@ export class Desk {
     // -------------------------------------------------------------------------------------------
     // The connection
     // -------------------------------------------------------------------------------------------
-    /** Opens the first connection and logs in; rejects if that fails. */
+    /**
+     * Opens the first connection and logs in; rejects if that fails. In a cluster it goes round the
+     * nodes (following a standby's pointer to the active node) three times before giving up.
+     */
     async start() {
-        try {
-            await this.open();
+        const tries = this.urls.length > 1 ? 3 * this.urls.length : 1;
+        for (let attempt = 1;; attempt++) {
+            try {
+                await this.open();
+                return;
+            }
+            catch (e) {
+                const moveOn = e instanceof ConnectionLostError || (e instanceof BatonError && e.code === "not_active");
+                if (!moveOn || attempt >= tries + (this.redirect !== null ? 1 : 0)) {
+                    this.ended = true;
+                    this.setState("closed");
+                    throw e;
+                }
+                if (this.redirect === null)
+                    await new Promise((r) => setTimeout(r, 200));
+            }
         }
-        catch (e) {
-            this.ended = true;
-            this.setState("closed");
-            throw e;
+    }
+    /** The endpoint the next connection tries: where a standby pointed, or the next node. */
+    nextUrl() {
+        if (this.redirect !== null) {
+            const url = this.redirect;
+            this.redirect = null;
+            return url;
+        }
+        return this.urls[this.urlIndex % this.urls.length];
+    }
+    /** A connection to `url` did not get a session: note where to go next. */
+    passOver(url, active) {
+        if (active !== undefined) {
+            // The active node's HTTP address, with this endpoint's scheme and path.
+            const next = new URL(url);
+            next.host = active;
+            this.redirect = next.toString();
+        }
+        else {
+            this.urlIndex++;
         }
     }
     /** One connection: WebSocket, Hello, Login. Resolves once logged in. */
     open() {
         return new Promise((resolve, reject) => {
             let loggedIn = false;
+            let passedOver = false;
             let socket;
+            const url = this.nextUrl();
             try {
-                socket = new this.WS(this.opts.url);
+                socket = new this.WS(url);
             }
             catch (e) {
                 reject(e instanceof Error ? e : new Error(String(e)));
@@ -399,6 +445,15 @@ export class Desk {
                     // The stored session is gone (grace expired): log in afresh with the credential.
                     this.forgetSession();
                     socket.send(JSON.stringify(this.loginFrame()));
+                }
+                else if (frame.type === "Error" && frame.code === "not_active") {
+                    // A standby of a cluster: go to the active node it names, or to the next node.
+                    passedOver = true;
+                    this.passOver(url, frame.active);
+                    // Done with this socket now (not at its close), so the next connection may start.
+                    this.socket = null;
+                    reject(new BatonError(frame));
+                    socket.close(1000, "standby");
                 }
                 else if (frame.type === "Error") {
                     if (frame.code === "auth_failed" && this.session !== null)
@@ -441,6 +496,8 @@ export class Desk {
                 this.stopTimers();
                 this.failPending();
                 if (!loggedIn) {
+                    if (!passedOver)
+                        this.passOver(url);
                     reject(new ConnectionLostError(`connection closed before login (${ev.code} ${ev.reason})`));
                     return;
                 }
@@ -485,18 +542,23 @@ export class Desk {
         this.emit("session", frame);
         this.emit("change", undefined);
     }
-    reconnect() {
+    reconnect(immediate = false) {
         this.setState("reconnecting");
         const max = this.opts.maxBackoffMs ?? 10_000;
         const base = Math.min(max, 250 * 2 ** Math.min(this.attempt, 10));
-        const delay = base / 2 + Math.random() * (base / 2);
+        const delay = immediate ? 0 : base / 2 + Math.random() * (base / 2);
         this.attempt++;
         this.reconnectTimer = setTimeout(() => {
             this.reconnectTimer = null;
             if (this.ended)
                 return;
             this.open().catch((e) => {
-                if (e instanceof BatonError) {
+                if (e instanceof BatonError && e.code === "not_active") {
+                    // A standby: straight to the active node it named, or on round the nodes.
+                    if (!this.ended && this.socket === null)
+                        this.reconnect(this.redirect !== null);
+                }
+                else if (e instanceof BatonError) {
                     // Refused for good (a password changed, the session expired with no credential).
                     this.ended = true;
                     this.setState("closed");

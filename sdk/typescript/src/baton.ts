@@ -50,6 +50,7 @@ export type ErrorCode =
   | "overloaded"
   | "unavailable"
   | "dn_not_allowed"
+  | "not_active"
   | (string & {});
 export type LogoutCause = "desktop" | "phone" | "replaced" | "server";
 export type DncScope = "record" | "chain";
@@ -94,6 +95,8 @@ export interface ErrorMessage extends Reply {
   outcome?: Outcome;
   by?: string;
   retry_after_ms?: number;
+  /** With not_active: the host:port of the cluster's active node, when one is known. */
+  active?: string;
 }
 export interface LoggedIn extends Reply {
   type: "LoggedIn";
@@ -346,6 +349,8 @@ export class BatonError extends Error {
   readonly by?: string;
   /** With auth_failed while logins are throttled: how long to wait. */
   readonly retryAfterMs?: number;
+  /** With not_active: where the cluster's active node is. */
+  readonly active?: string;
 
   constructor(frame: ErrorMessage) {
     super(frame.message);
@@ -355,6 +360,7 @@ export class BatonError extends Error {
     if (frame.outcome !== undefined) this.outcome = frame.outcome;
     if (frame.by !== undefined) this.by = frame.by;
     if (frame.retry_after_ms !== undefined) this.retryAfterMs = frame.retry_after_ms;
+    if (frame.active !== undefined) this.active = frame.active;
   }
 }
 
@@ -443,6 +449,12 @@ export interface StorageLike {
 export interface ConnectOptions {
   /** The WebSocket endpoint, e.g. "wss://baton.example:7380/ws". */
   url: string;
+  /**
+   * A cluster: the WebSocket endpoints of its other nodes. The desk goes to whichever node is
+   * active: a standby's `not_active` answer names the active node, which is tried next; a node
+   * that cannot be reached is passed over for the next one. `url` is tried first.
+   */
+  nodes?: string[];
   agent: string;
   dn: string;
   /** directory mode: the agent's password. Kept in memory only, for logging in again. */
@@ -550,6 +562,12 @@ export class Desk {
   private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   private attempt = 0;
   private ended = false;
+  /** `url`, then the other nodes of a cluster. */
+  private readonly urls: string[];
+  /** Which of `urls` the next connection tries. */
+  private urlIndex = 0;
+  /** Where a standby said the active node is: the next connection goes there first. */
+  private redirect: string | null = null;
 
   constructor(options: ConnectOptions) {
     this.opts = options;
@@ -559,6 +577,7 @@ export class Desk {
       throw new Error("no WebSocket implementation: pass one as options.WebSocket");
     }
     this.WS = WS;
+    this.urls = [options.url, ...(options.nodes ?? []).filter((u) => u !== options.url)];
     this.token = options.token;
     const saved = this.storage.getItem(STORAGE_KEY);
     if (saved !== null) {
@@ -728,14 +747,47 @@ export class Desk {
   // The connection
   // -------------------------------------------------------------------------------------------
 
-  /** Opens the first connection and logs in; rejects if that fails. */
+  /**
+   * Opens the first connection and logs in; rejects if that fails. In a cluster it goes round the
+   * nodes (following a standby's pointer to the active node) three times before giving up.
+   */
   async start(): Promise<void> {
-    try {
-      await this.open();
-    } catch (e) {
-      this.ended = true;
-      this.setState("closed");
-      throw e;
+    const tries = this.urls.length > 1 ? 3 * this.urls.length : 1;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.open();
+        return;
+      } catch (e) {
+        const moveOn = e instanceof ConnectionLostError || (e instanceof BatonError && e.code === "not_active");
+        if (!moveOn || attempt >= tries + (this.redirect !== null ? 1 : 0)) {
+          this.ended = true;
+          this.setState("closed");
+          throw e;
+        }
+        if (this.redirect === null) await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  }
+
+  /** The endpoint the next connection tries: where a standby pointed, or the next node. */
+  private nextUrl(): string {
+    if (this.redirect !== null) {
+      const url = this.redirect;
+      this.redirect = null;
+      return url;
+    }
+    return this.urls[this.urlIndex % this.urls.length] as string;
+  }
+
+  /** A connection to `url` did not get a session: note where to go next. */
+  private passOver(url: string, active?: string): void {
+    if (active !== undefined) {
+      // The active node's HTTP address, with this endpoint's scheme and path.
+      const next = new URL(url);
+      next.host = active;
+      this.redirect = next.toString();
+    } else {
+      this.urlIndex++;
     }
   }
 
@@ -743,9 +795,11 @@ export class Desk {
   private open(): Promise<void> {
     return new Promise((resolve, reject) => {
       let loggedIn = false;
+      let passedOver = false;
       let socket: WebSocketLike;
+      const url = this.nextUrl();
       try {
-        socket = new this.WS(this.opts.url);
+        socket = new this.WS(url);
       } catch (e) {
         reject(e instanceof Error ? e : new Error(String(e)));
         return;
@@ -763,6 +817,14 @@ export class Desk {
           // The stored session is gone (grace expired): log in afresh with the credential.
           this.forgetSession();
           socket.send(JSON.stringify(this.loginFrame()));
+        } else if (frame.type === "Error" && frame.code === "not_active") {
+          // A standby of a cluster: go to the active node it names, or to the next node.
+          passedOver = true;
+          this.passOver(url, frame.active);
+          // Done with this socket now (not at its close), so the next connection may start.
+          this.socket = null;
+          reject(new BatonError(frame));
+          socket.close(1000, "standby");
         } else if (frame.type === "Error") {
           if (frame.code === "auth_failed" && this.session !== null) this.forgetSession();
           reject(new BatonError(frame));
@@ -799,6 +861,7 @@ export class Desk {
         this.stopTimers();
         this.failPending();
         if (!loggedIn) {
+          if (!passedOver) this.passOver(url);
           reject(new ConnectionLostError(`connection closed before login (${ev.code} ${ev.reason})`));
           return;
         }
@@ -842,17 +905,20 @@ export class Desk {
     this.emit("change", undefined);
   }
 
-  private reconnect(): void {
+  private reconnect(immediate = false): void {
     this.setState("reconnecting");
     const max = this.opts.maxBackoffMs ?? 10_000;
     const base = Math.min(max, 250 * 2 ** Math.min(this.attempt, 10));
-    const delay = base / 2 + Math.random() * (base / 2);
+    const delay = immediate ? 0 : base / 2 + Math.random() * (base / 2);
     this.attempt++;
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       if (this.ended) return;
       this.open().catch((e: unknown) => {
-        if (e instanceof BatonError) {
+        if (e instanceof BatonError && e.code === "not_active") {
+          // A standby: straight to the active node it named, or on round the nodes.
+          if (!this.ended && this.socket === null) this.reconnect(this.redirect !== null);
+        } else if (e instanceof BatonError) {
           // Refused for good (a password changed, the session expired with no credential).
           this.ended = true;
           this.setState("closed");

@@ -244,3 +244,32 @@ export async function proxy(port) {
     },
   };
 }
+
+/**
+ * A standby node of a cluster as a desktop meets it: it answers every Hello with `not_active`,
+ * naming `active` (the active node's host:port) when given, and closes, as PROTOCOL.md section 20
+ * says. `hellos` counts the Hellos it answered.
+ */
+export async function standby(active) {
+  const { WebSocketServer } = await import("ws");
+  const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+  await new Promise((r) => wss.once("listening", r));
+  const node = { hellos: 0 };
+  wss.on("connection", (ws) => {
+    ws.on("message", (data) => {
+      const hello = JSON.parse(String(data));
+      node.hellos++;
+      const error = { ref: hello.ref, type: "Error", code: "not_active" };
+      error.message = active
+        ? `this node is a standby; the active node is ${active}`
+        : "this node is a standby and no node is active yet; try again shortly";
+      if (active) error.active = active;
+      ws.send(JSON.stringify(error));
+      ws.close(1013, "standby");
+    });
+  });
+  return Object.assign(node, {
+    url: `ws://127.0.0.1:${wss.address().port}/ws`,
+    close: () => new Promise((r) => wss.close(r)),
+  });
+}

@@ -16,7 +16,7 @@ import {
   ProtocolError,
   DESKTOP_MESSAGE_TYPES,
 } from "../dist/baton.js";
-import { startServer, centre, proxy, repo, sleep } from "./centre.mjs";
+import { startServer, centre, proxy, repo, sleep, standby } from "./centre.mjs";
 
 /** An in-memory sessionStorage, shared by the "pages" of one test as a browser tab's is. */
 class TabStorage {
@@ -246,6 +246,64 @@ test("a reloaded page resumes its session from sessionStorage with the record an
   } finally {
     page.close();
     c.close();
+  }
+});
+
+test("a cluster's standby sends the desk to the active node it names", async () => {
+  const node = await standby(`127.0.0.1:${server.http}`);
+  const c = await centre(server);
+  const desk = await open({ url: node.url, agent: "6001", dn: "7601" });
+  try {
+    assert.equal(desk.state, "open");
+    assert.equal(node.hellos, 1, "the standby was asked once, then the active node");
+    await c.answered("C6", "R6", "7601");
+    await until(desk, () => desk.records.get("R6")?.access === "full");
+  } finally {
+    desk.close();
+    c.close();
+    await node.close();
+  }
+});
+
+test("with a node list, the desk passes over a standby that knows no active node, also when it reconnects", async () => {
+  const node = await standby(undefined);
+  const net = await proxy(server.http);
+  const c = await centre(server);
+  const desk = await open({ url: node.url, nodes: [net.url], agent: "6002", dn: "7602", maxBackoffMs: 300 });
+  try {
+    assert.equal(desk.state, "open");
+    assert.equal(node.hellos, 1);
+    await c.answered("C7", "R7", "7602");
+    await until(desk, () => desk.records.get("R7")?.access === "full");
+
+    // The active node goes away for a while: the desk goes round the nodes, the standby among
+    // them, and resumes where the active node is again.
+    net.cut(true);
+    await next(desk, "state", (st) => st === "reconnecting");
+    const deadline = Date.now() + 10000;
+    while (node.hellos < 2 && Date.now() < deadline) await sleep(50);
+    assert.ok(node.hellos >= 2, "the standby was tried while the active node was away");
+    const session = next(desk, "session");
+    net.heal();
+    assert.equal((await session).resumed, true);
+    assert.equal(desk.records.get("R7").access, "full");
+  } finally {
+    desk.close();
+    net.close();
+    c.close();
+    await node.close();
+  }
+});
+
+test("a standby alone is refused with not_active once the nodes have been tried", async () => {
+  const node = await standby(undefined);
+  try {
+    await assert.rejects(
+      connect({ url: node.url, agent: "6003", dn: "7603", token: "desk-secret", WebSocket, storage: new TabStorage() }),
+      (e) => e instanceof BatonError && e.code === "not_active" && e.active === undefined,
+    );
+  } finally {
+    await node.close();
   }
 });
 
