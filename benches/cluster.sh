@@ -44,7 +44,7 @@ for i in 0 1 2; do
         --listen-peer-urls http://127.0.0.1:${PP[$i]} --initial-advertise-peer-urls http://127.0.0.1:${PP[$i]} \
         --initial-cluster "$INITIAL" --initial-cluster-state new --initial-cluster-token bench \
         --max-txn-ops 4096 --max-request-bytes 10485760 --logger zap --log-level error 2>/dev/null &
-    PIDS+=($!)
+    PIDS+=($!); disown $!
 done
 ENDPOINTS="[\"http://127.0.0.1:${CP[0]}\", \"http://127.0.0.1:${CP[1]}\", \"http://127.0.0.1:${CP[2]}\"]"
 dbsize() { curl -s -X POST "http://127.0.0.1:${CP[0]}/v3/maintenance/status" -d '{}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["dbSize"])'; }
@@ -65,7 +65,7 @@ node_id = "node$i"
 advertise = "127.0.0.1:${BP[$i]}"
 EOF
 done
-start_node() { $BATON serve --config "$WORK/node$1.toml" 2>>"$WORK/node$1.log" & NODEPID[$1]=$!; PIDS+=(${NODEPID[$1]}); }
+start_node() { $BATON serve --config "$WORK/node$1.toml" 2>>"$WORK/node$1.log" & NODEPID[$1]=$!; PIDS+=(${NODEPID[$1]}); disown "${NODEPID[$1]}"; }
 start_node 0; start_node 1
 NODES="127.0.0.1:${BP[0]},127.0.0.1:${BP[1]}"
 until $BATON status --config "$WORK/node0.toml" --nodes "$NODES" >/dev/null 2>&1; do sleep 0.1; done
@@ -78,7 +78,7 @@ $BATON load --config "$WORK/node0.toml" --nodes "$NODES" --quiet --server-pid ${
     --scenario processed --agents 50 --records "$RECORDS"
 DB1=$(dbsize); REV1=$(revision)
 DECISIONS=$((RECORDS * 4))   # attach, two events, RecordProcessed: four acknowledged changes a record
-echo "== etcd database: $DB0 -> $DB1 bytes over $((REV1 - REV0)) revisions, $(( (DB1 - DB0) / DECISIONS )) bytes per acknowledged change"
+echo "== etcd database: $DB0 -> $DB1 bytes over $((REV1 - REV0)) revisions: $(( (DB1 - DB0) / RECORDS )) bytes per record worked, $(( (DB1 - DB0) / DECISIONS )) per acknowledged change"
 curl -s -X POST "http://127.0.0.1:${CP[0]}/v3/kv/compaction" -d "{\"revision\":\"$REV1\",\"physical\":true}" >/dev/null
 for i in 0 1 2; do curl -s -X POST "http://127.0.0.1:${CP[$i]}/v3/maintenance/defragment" -d '{}' >/dev/null; done
 echo "== after compaction to revision $REV1 and defragmentation: $(dbsize) bytes (the live state and audit log)"
