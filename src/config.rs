@@ -156,7 +156,8 @@ pub struct ClusterConfig {
     #[serde(default = "ClusterConfig::default_prefix")]
     pub prefix: String,
     /// Operations etcd takes in one transaction: its `--max-txn-ops`. One group-commit batch is
-    /// one transaction, so batches are kept below this.
+    /// one transaction, so batches are kept below this; a bigger one is committed whole as one
+    /// value and then folded into the state keys.
     #[serde(default = "ClusterConfig::default_max_txn_ops")]
     pub max_txn_ops: u64,
     /// How long a commit may wait for etcd before its requests are answered `unavailable`.

@@ -54,13 +54,19 @@ struct Cluster {
 
 impl Cluster {
     async fn start(nodes: usize) -> Cluster {
+        Cluster::start_with(nodes, "", "").await
+    }
+
+    /// As [`Cluster::start`], with `top` among each node's top-level keys and `extra` in its
+    /// `[cluster]` section.
+    async fn start_with(nodes: usize, top: &str, extra: &str) -> Cluster {
         let etcd = EtcdCluster::start(3).await;
         let mut list = Vec::new();
         for i in 0..nodes {
             let dir = tempfile::tempdir().unwrap();
             let addr = free_addr();
             let extra = format!(
-                "[cluster]\netcd = {}\nnode_id = \"node{i}\"\nadvertise = \"{addr}\"\nlease_ms = {LEASE_MS}\n",
+                "{top}[cluster]\netcd = {}\nnode_id = \"node{i}\"\nadvertise = \"{addr}\"\nlease_ms = {LEASE_MS}\n{extra}",
                 etcd.toml_endpoints()
             );
             let config = config_file(dir.path(), addr, &extra);
@@ -669,4 +675,71 @@ async fn losing_the_etcd_quorum_refuses_every_change_and_recovers() {
         "recovered {:?} after the quorum came back",
         started.elapsed()
     );
+}
+
+/// A batch too big for one etcd transaction (here 150 sessions whose resume grace ends in the same
+/// tick, with `max_txn_ops` at etcd's default of 128) is committed whole and folded: every session
+/// ends, the standby has it all when it takes over, and the audit log stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_too_big_for_one_transaction_is_committed_whole() {
+    const AGENTS: usize = 150;
+    let mut cluster =
+        Cluster::start_with(2, "resume_grace_ms = 2000\n", "max_txn_ops = 128\n").await;
+    let addrs = cluster.addrs();
+    let first = cluster.active().await;
+    let mut desks = Vec::new();
+    for k in 0..AGENTS {
+        let mut desk = connect(&addrs, Role::Desktop).await;
+        log_in(&mut desk, &format!("bulk{k}"), &format!("6{k:03}"))
+            .await
+            .unwrap();
+        desks.push(desk);
+    }
+    // Every desktop goes at once; their sessions end together 2 s later.
+    drop(desks);
+    let mut admin = connect(&addrs, Role::Admin).await;
+    let started = Instant::now();
+    loop {
+        let ServerMsg::StatusReport { agents, .. } = admin.request(Request::Status).await.unwrap()
+        else {
+            panic!("no status");
+        };
+        if agents == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{agents} sessions never ended\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        cluster.nodes[first]
+            .process()
+            .log()
+            .contains("committed whole and folded"),
+        "no batch needed folding\n{}",
+        cluster.logs()
+    );
+    let ledger: Ledger = Arc::default();
+    let before = verify(&addrs, &ledger).await;
+    // The standby takes over with every session ended and every entry of the audit log.
+    cluster.nodes[first].kill();
+    let mut admin = cluster.connect(Role::Admin).await;
+    let ServerMsg::StatusReport { agents, .. } = admin.request(Request::Status).await.unwrap()
+    else {
+        panic!("no status");
+    };
+    assert_eq!(agents, 0, "sessions ended before the takeover are back");
+    let after = verify(&addrs, &ledger).await;
+    assert_eq!(after, before, "the audit log changed across the takeover");
+    let logouts = admin
+        .request_stream(audit_tail(Some(1), false))
+        .await
+        .unwrap()
+        .iter()
+        .filter(|m| matches!(m, ServerMsg::Audit(e) if e.kind == AuditKind::Logout))
+        .count();
+    assert_eq!(logouts, AGENTS);
 }

@@ -87,6 +87,14 @@ async fn follow_once(
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
             reached = reached.max(kv.mod_revision());
+            if kv.key() == keys.fold().as_bytes() {
+                // A batch too big for one transaction, whole: its keys, atomically. The writes
+                // that fold it into the state keys afterwards write the same values again.
+                if event.event_type() == EventType::Put {
+                    ops.extend(super::fold::decode(kv.value())?);
+                }
+                continue;
+            }
             let Some(key) = keys.store_key(kv.key()) else {
                 continue;
             };
@@ -163,7 +171,16 @@ async fn copy_whole(
             break;
         }
     }
-    blocking(local, move |l| l.apply_mirror(&[], at)).await?;
+    // A big batch committed but not yet folded into the state keys goes over them.
+    let fold = client
+        .get(keys.fold(), Some(GetOptions::new().with_revision(at)))
+        .await
+        .map_err(|e| format!("cannot read the cluster's state: {e}"))?;
+    let ops = match fold.kvs().first() {
+        Some(kv) => super::fold::decode(kv.value())?,
+        None => Vec::new(),
+    };
+    blocking(local, move |l| l.apply_mirror(&ops, at)).await?;
     info!(keys = copied, revision = at, "copied the cluster's state");
     Ok(at)
 }

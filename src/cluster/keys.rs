@@ -6,6 +6,8 @@
 //!   audit entries, the index of final records);
 //! - `<prefix>/head`: rewritten by every transaction of the active node (which node, when): its
 //!   revision is the revision of the last write;
+//! - `<prefix>/fold`: a batch too big for one transaction, committed whole (one transaction)
+//!   and then written into the state keys in several, the last deleting it;
 //! - `<prefix>/nodes/<node_id>`: each node's own report (role, how far its copy has followed), on
 //!   its lease, for `baton cluster status`.
 
@@ -27,6 +29,10 @@ impl Keys {
 
     pub(crate) fn head(&self) -> String {
         format!("{}/head", self.prefix)
+    }
+
+    pub(crate) fn fold(&self) -> String {
+        format!("{}/fold", self.prefix)
     }
 
     pub(crate) fn node(&self, node_id: &str) -> String {

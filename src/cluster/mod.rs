@@ -13,6 +13,7 @@
 //! Where the data lives in etcd is in [`keys`]; why it is laid out so, and its limits, are in
 //! PROTOCOL.md ("Running as a cluster").
 
+mod fold;
 mod follow;
 mod keys;
 pub mod status;
@@ -332,7 +333,22 @@ impl Node {
             self.cluster.max_txn_ops as usize,
         );
         let taking_over = Instant::now();
-        let server = match self.start_phase(Some(Arc::new(store)), None).await {
+        let store = Arc::new(store);
+        let folding = store.clone();
+        match tokio::task::spawn_blocking(move || folding.finish_fold()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!("cannot fold the previous active node's last batch: {e}; giving up the election");
+                self.resign(leader).await;
+                return Ok(());
+            }
+            Err(e) => {
+                error!("folding task failed: {e}; giving up the election");
+                self.resign(leader).await;
+                return Ok(());
+            }
+        }
+        let server = match self.start_phase(Some(store), None).await {
             Ok(s) => s,
             Err(e) => {
                 error!("cannot serve as the active node: {e}; giving up the election");

@@ -78,37 +78,108 @@ impl ClusterStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One fenced transaction: `ops` (and `extra`, already in etcd's terms) and the head key,
-    /// only if this node still holds the election and nobody wrote since its last write. Then the
-    /// same keys go to the local copy.
+    /// One batch, atomically: its keys (and `extra`, already in etcd's terms) in one fenced
+    /// transaction, then into the local copy. A batch too big for one transaction is committed
+    /// whole as the fold key (still one transaction, so still atomic), then folded into the state
+    /// keys ([`ClusterStore::fold`]).
     fn write(
         &self,
         written: &mut Written,
         ops: &[RawOp],
         extra: Vec<TxnOp>,
     ) -> Result<i64, StoreError> {
+        if ops.len() + extra.len() < self.max_ops {
+            let mut txn_ops = self.state_ops(ops);
+            txn_ops.extend(extra);
+            let revision = self.txn(written, txn_ops)?;
+            self.apply_locally(ops, revision)?;
+            return Ok(revision);
+        }
+        let fold = TxnOp::put(self.keys.fold(), super::fold::encode(ops), None);
+        let revision = self.txn(written, vec![fold])?;
+        self.apply_locally(ops, revision)?;
+        if let Err(e) = self.fold(written, ops) {
+            // Committed, but not yet in the state keys: the next active node folds it.
+            error!("STEPPING DOWN: a big batch is committed but could not be folded: {e}");
+            self.lost.cancel();
+            return Err(e);
+        }
+        tracing::info!(
+            keys = ops.len(),
+            max_txn_ops = self.max_ops,
+            "a batch too big for one etcd transaction was committed whole and folded"
+        );
+        Ok(revision)
+    }
+
+    /// Writes the keys of a batch committed as the fold key into the state keys, in transactions
+    /// that fit, the last one deleting the fold key.
+    fn fold(&self, written: &mut Written, ops: &[RawOp]) -> Result<(), StoreError> {
+        let per_txn = self.max_ops.saturating_sub(2).max(1);
+        let chunks: Vec<&[RawOp]> = ops.chunks(per_txn).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut txn_ops = self.state_ops(chunk);
+            if i + 1 == chunks.len() {
+                txn_ops.push(TxnOp::delete(self.keys.fold(), None));
+            }
+            let revision = self.txn(written, txn_ops)?;
+            self.apply_locally(&[], revision)?;
+        }
+        Ok(())
+    }
+
+    /// Folds a batch that the node active before this one committed but did not fold (it died
+    /// in between); called once, before this node serves.
+    pub(crate) fn finish_fold(&self) -> Result<(), StoreError> {
+        let mut client = self.etcd.clone();
+        let got = self
+            .rt
+            .block_on(async {
+                tokio::time::timeout(self.timeout, client.get(self.keys.fold(), None)).await
+            })
+            .map_err(|_| StoreError::Cluster("etcd did not answer in time".into()))?
+            .map_err(|e| StoreError::Cluster(format!("cannot read the fold key: {e}")))?;
+        let Some(kv) = got.kvs().first() else {
+            return Ok(());
+        };
+        let ops = super::fold::decode(kv.value()).map_err(StoreError::Corrupt)?;
+        tracing::info!(
+            keys = ops.len(),
+            "folding a big batch the previous active node left"
+        );
+        let mut written = self.lock();
+        self.fold(&mut written, &ops)
+    }
+
+    fn state_ops(&self, ops: &[RawOp]) -> Vec<TxnOp> {
+        ops.iter()
+            .map(|(k, v)| match v {
+                Some(v) => TxnOp::put(self.keys.state(k), v.clone(), None),
+                None => TxnOp::delete(self.keys.state(k), None),
+            })
+            .collect()
+    }
+
+    fn apply_locally(&self, ops: &[RawOp], revision: i64) -> Result<(), StoreError> {
+        if let Err(e) = self.local.apply_mirror(ops, revision) {
+            // etcd has the batch and this copy does not: only a reload can make them agree.
+            error!("STEPPING DOWN: the local copy refused a batch etcd committed: {e}");
+            self.lost.cancel();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// One transaction of `txn_ops` and the head key, only if this node still holds the election
+    /// and nobody wrote since its last write. Returns its revision.
+    fn txn(&self, written: &mut Written, mut txn_ops: Vec<TxnOp>) -> Result<i64, StoreError> {
         if self.lost.is_cancelled() {
             return Err(StoreError::Cluster(
                 "this node is no longer the active one; nothing was written".into(),
             ));
         }
-        let mut txn_ops: Vec<TxnOp> = ops
-            .iter()
-            .map(|(k, v)| match v {
-                Some(v) => TxnOp::put(self.keys.state(k), v.clone(), None),
-                None => TxnOp::delete(self.keys.state(k), None),
-            })
-            .collect();
-        txn_ops.extend(extra);
         let head = serde_json::json!({ "node": self.node_id, "at_ms": crate::server::now_ms() });
         txn_ops.push(TxnOp::put(self.keys.head(), head.to_string(), None));
-        if txn_ops.len() > self.max_ops {
-            return Err(StoreError::Cluster(format!(
-                "this batch needs {} etcd operations in one transaction, over `[cluster] max_txn_ops` = {}: raise etcd's --max-txn-ops and max_txn_ops together",
-                txn_ops.len(),
-                self.max_ops
-            )));
-        }
         let txn = Txn::new()
             .when(vec![
                 Compare::create_revision(
@@ -177,12 +248,6 @@ impl ClusterStore {
         }
         let revision = response.header().map_or(0, |h| h.revision());
         written.head_rev = revision;
-        if let Err(e) = self.local.apply_mirror(ops, revision) {
-            // etcd has the batch and this copy does not: only a reload can make them agree.
-            error!("STEPPING DOWN: the local copy refused a batch etcd committed: {e}");
-            self.lost.cancel();
-            return Err(e);
-        }
         Ok(revision)
     }
 
