@@ -300,8 +300,9 @@ impl SledStore {
         Ok(())
     }
 
-    /// Every key of the store's layout with its value, in key order, from `after` (exclusive),
-    /// at most `max` (for `baton cluster` checks and tests comparing two nodes' copies).
+    /// Keys of the store's layout with their values, in key order, from `after` (exclusive), at
+    /// most `max` (a cluster node checks with it that its data directory is not a single node's
+    /// store).
     pub fn raw_range(&self, after: &[u8], max: usize) -> Result<Vec<RawOp>, StoreError> {
         let mut out = Vec::new();
         let start = std::ops::Bound::Excluded(after.to_vec());

@@ -25,7 +25,7 @@ use crate::server::{
     StartOptions, ENGINE_FAILURE_EXIT_CODE,
 };
 use crate::store::{MemoryStore, SledStore, StoreError};
-use etcd_client::{Client, ConnectOptions, GetOptions, ResignOptions};
+use etcd_client::{Client, ConnectOptions, ResignOptions};
 use keys::Keys;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ use tracing::{error, info, warn};
 /// How often each node reports itself under `<prefix>/nodes/` and a standby looks up the active
 /// node.
 const REPORT_EVERY: Duration = Duration::from_millis(500);
+/// How often a node's unchanged report is written again (its `at_ms` shows it is alive).
+const REPORT_AGAIN: Duration = Duration::from_secs(5);
 /// How long an elected node waits for its copy to reach the last write before giving up the
 /// election (its copy is broken; another node may do better).
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
@@ -526,6 +528,9 @@ async fn report(
     stop: CancellationToken,
 ) {
     let mut client = client;
+    // Written when the copy moved on, and at least every REPORT_AGAIN: each put is a revision
+    // in etcd's history.
+    let mut reported: Option<(i64, Instant)> = None;
     loop {
         let l = local.clone();
         let revision = tokio::task::spawn_blocking(move || l.mirror_revision())
@@ -540,12 +545,17 @@ async fn report(
             lease_ms,
             at_ms: crate::server::now_ms(),
         };
-        let put = client.put(
-            keys.node(&me.node),
-            serde_json::to_vec(&report).expect("serializes"),
-            Some(etcd_client::PutOptions::new().with_lease(lease)),
-        );
-        let _ = tokio::time::timeout(REPORT_EVERY, put).await;
+        let due = reported.is_none_or(|(r, at)| r != revision || at.elapsed() >= REPORT_AGAIN);
+        if due {
+            let put = client.put(
+                keys.node(&me.node),
+                serde_json::to_vec(&report).expect("serializes"),
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            );
+            if let Ok(Ok(_)) = tokio::time::timeout(REPORT_EVERY, put).await {
+                reported = Some((revision, Instant::now()));
+            }
+        }
         if let Some(view) = &view {
             let mut election = client.election_client();
             if let Ok(Ok(r)) =
@@ -562,21 +572,4 @@ async fn report(
             _ = tokio::time::sleep(REPORT_EVERY) => {}
         }
     }
-}
-
-/// The keys under the cluster's prefix, for tests that compare etcd with a node's copy.
-pub async fn state_keys(cluster: &ClusterConfig) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
-    let mut client = connect(cluster).await?;
-    let keys = Keys::new(&cluster.prefix);
-    let r = client
-        .get(keys.state_prefix(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(r.kvs()
-        .iter()
-        .filter_map(|kv| {
-            keys.store_key(kv.key())
-                .map(|k| (k.to_vec(), kv.value().to_vec()))
-        })
-        .collect())
 }
