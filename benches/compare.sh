@@ -10,8 +10,21 @@
 #   durable write  Baton `load --scenario processed` (RecordProcessed)  vs  redis-benchmark -t set
 #   read           Baton `load --scenario get`       (GetRecord)        vs  redis-benchmark -t get
 #
-# and prints requests/s, p50 and p99 in ms and the ratio Baton/Redis. It installs nothing: without
-# Redis it says so and prints Baton's figures alone. Both servers are stopped on exit.
+# and prints, for each side, requests/s, p50 and p99 in ms, `server CPU` (the server's CPU time in ms
+# per 1,000 requests) and `client CPU` (the same for its load generator), then the ratios Baton/Redis
+# of each column (for `server CPU`: how much more CPU a Baton request costs the server than a Redis
+# one). It installs nothing: without Redis it says so and prints Baton's figures alone. Both servers
+# are stopped on exit.
+#
+# CPU time is user + system of a whole process (all its threads), taken over the measured phase
+# only and divided by the requests counted in requests/s, so that neither server is judged by its
+# client, which shares the machine:
+#   server CPU  utime + stime from /proc/PID/stat (clock ticks, normally 10 ms). Baton: read by
+#               `baton load --server-pid` when its timed requests start (desktops logged in, records
+#               handed out) and when the last is answered. Redis: read here just before and just
+#               after the redis-benchmark run that gives requests/s (its whole run is measured).
+#   client CPU  `baton load` reads its own /proc/self/stat over the same phase; redis-benchmark's
+#               is the rusage the kernel reports for it when it exits (microseconds).
 #
 # Sizes can be changed through the environment:
 #   CLIENTS (50), BATON_PROCESSED (20000 records), BATON_GETS (200000 requests),
@@ -92,7 +105,7 @@ baton_load() {
     local scenario=$1 count=$2 out=$3
     echo "baton load --scenario $scenario --agents $CLIENTS --records $count ..." >&2
     if ! "$BATON" load --config "$CONFIG" --scenario "$scenario" --agents "$CLIENTS" \
-        --records "$count" --json --quiet >"$out" 2>"$out.err"; then
+        --records "$count" --server-pid "$BATON_PID" --json --quiet >"$out" 2>"$out.err"; then
         echo "warning: baton load --scenario $scenario reported a problem:" >&2
         cat "$out.err" >&2
     fi
@@ -115,13 +128,46 @@ if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; 
     REDIS_PID=$!
     wait_port "$REDIS_PORT" "$REDIS_PID" "redis-server" "$TMP/redis.log"
 
-    # redis_bench TEST OUTPREFIX: --csv for requests/s (and percentiles on Redis >= 7), plus the
-    # full report, whose latency distribution gives percentiles on older versions.
+    # cpu_of SERVER_PID OUT -- COMMAND...: runs COMMAND (its output goes where this function's
+    # goes) and writes to OUT, as JSON, the CPU time in ms SERVER_PID used while it ran
+    # (/proc/PID/stat, before the start and after the exit) and the CPU time COMMAND itself used
+    # (its rusage at exit, all its threads). Exits with COMMAND's status.
+    cpu_of() {
+        python3 -c '
+import json, os, sys
+
+server_pid, out, cmd = sys.argv[1], sys.argv[2], sys.argv[4:]
+
+def server_cpu_ms():
+    try:
+        with open(f"/proc/{server_pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # utime and stime (fields 14 and 15), in clock ticks; fields[0] is field 3.
+        return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+before = server_cpu_ms()
+pid = os.posix_spawnp(cmd[0], cmd, os.environ)
+_, status, usage = os.wait4(pid, 0)
+after = server_cpu_ms()
+with open(out, "w") as f:
+    json.dump({
+        "server_cpu_ms": after - before if before is not None and after is not None else None,
+        "client_cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000.0,
+    }, f)
+sys.exit(os.waitstatus_to_exitcode(status))
+' "$@"
+    }
+
+    # redis_bench TEST OUTPREFIX: --csv for requests/s (and percentiles on Redis >= 7) and the CPU
+    # times of the run, plus the full report, whose latency distribution gives percentiles on older
+    # versions.
     redis_bench() {
         local test=$1 out=$2
         local args=(-h 127.0.0.1 -p "$REDIS_PORT" -c "$CLIENTS" -n "$REDIS_REQUESTS" -d "$REDIS_DATA_BYTES" -t "$test")
         echo "redis-benchmark ${args[*]} --csv ..." >&2
-        redis-benchmark "${args[@]}" --csv >"$out.csv" 2>/dev/null || true
+        cpu_of "$REDIS_PID" "$out.cpu.json" -- redis-benchmark "${args[@]}" --csv >"$out.csv" 2>"$out.err" || true
         if ! grep -qi 'p50' "$out.csv"; then
             echo "redis-benchmark ${args[*]} --precision 3 (for percentiles) ..." >&2
             redis-benchmark "${args[@]}" --precision 3 >"$out.txt" 2>/dev/null || true
@@ -137,10 +183,11 @@ fi
 
 # ----- Report ----------------------------------------------------------------------------------
 
-python3 - "$TMP" "$HAVE_REDIS" "$CLIENTS" "$REDIS_VERSION" <<'PY'
+python3 - "$TMP" "$HAVE_REDIS" "$CLIENTS" "$REDIS_VERSION" "$REDIS_REQUESTS" <<'PY'
 import csv, json, os, re, sys
 
 tmp, have_redis, clients, redis_version = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4]
+redis_requests = int(sys.argv[5])
 notes = []
 
 def baton(name, request):
@@ -154,10 +201,28 @@ def baton(name, request):
         return None
     if summary.get("errors"):
         notes.append(f"Baton {request}: errors during the run: {summary['errors']}")
-    return {"rps": t["per_second"], "p50": t["p50_us"] / 1000.0, "p99": t["p99_us"] / 1000.0}
+    # CPU per 1,000 requests of the measured phase, as `baton load` reports it; its requests are
+    # those counted in requests/s (the scenario sends one type only).
+    if summary.get("measured_requests") != t["count"]:
+        notes.append(f"Baton {request}: CPU divided by {summary.get('measured_requests')} "
+                     f"requests, requests/s counts {t['count']}")
+    if summary.get("server_cpu_ms_per_1k") is None:
+        notes.append(f"Baton {request}: the load tool could not read the server's CPU time")
+    return {"rps": t["per_second"], "p50": t["p50_us"] / 1000.0, "p99": t["p99_us"] / 1000.0,
+            "server_cpu": summary.get("server_cpu_ms_per_1k"),
+            "client_cpu": summary.get("client_cpu_ms_per_1k")}
 
 def redis(prefix, test):
-    res = {"rps": None, "p50": None, "p99": None}
+    res = {"rps": None, "p50": None, "p99": None, "server_cpu": None, "client_cpu": None}
+    # CPU of the --csv run, whose requests/s is shown: ms in all, per 1,000 of its requests.
+    try:
+        with open(os.path.join(tmp, f"redis-{prefix}.cpu.json")) as f:
+            cpu = json.load(f)
+        for side in ("server", "client"):
+            if cpu[f"{side}_cpu_ms"] is not None:
+                res[f"{side}_cpu"] = cpu[f"{side}_cpu_ms"] * 1000.0 / redis_requests
+    except (OSError, ValueError, KeyError) as e:
+        notes.append(f"Redis {test}: no CPU figures ({e})")
     try:
         with open(os.path.join(tmp, f"redis-{prefix}.csv")) as f:
             rows = [r for r in csv.reader(f) if r]
@@ -208,6 +273,16 @@ def fmt(v, spec):
 def ratio(a, b):
     return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
+# One line of the table: label, then requests/s, p50, p99, server and client CPU per 1k requests,
+# each already a string.
+def line(label, rps, p50, p99, server_cpu, client_cpu):
+    text = f"{label:<34} {rps:>11} {p50:>9} {p99:>9} {server_cpu:>11} {client_cpu:>11}"
+    print(text.rstrip())
+
+def figures(label, x):
+    line(label, fmt(x["rps"], ".0f"), fmt(x["p50"], ".3f"), fmt(x["p99"], ".3f"),
+         fmt(x["server_cpu"], ".2f"), fmt(x["client_cpu"], ".2f"))
+
 rows = [
     ("durable write", "Baton RecordProcessed", baton("processed", "RecordProcessed"),
      "Redis SET (appendfsync always)", "set", "SET"),
@@ -215,19 +290,20 @@ rows = [
 ]
 print()
 print(f"{clients} clients each side" + (f", Redis {redis_version}" if redis_version else ""))
-print(f"{'':<34} {'requests/s':>11} {'p50 ms':>9} {'p99 ms':>9}")
+line("", "requests/s", "p50 ms", "p99 ms", "server CPU", "client CPU")
+line("", "", "", "", "ms/1k req", "ms/1k req")
 for title, bname, b, rname, prefix, test in rows:
     print(f"-- {title}")
     if b:
-        print(f"{bname:<34} {b['rps']:>11.0f} {b['p50']:>9.3f} {b['p99']:>9.3f}")
+        figures(bname, b)
     else:
-        print(f"{bname:<34} {'n/a':>11}")
+        line(bname, "n/a", "", "", "", "")
     if have_redis:
         r = redis(prefix, test)
-        print(f"{rname:<34} {fmt(r['rps'], '11.0f'):>11} {fmt(r['p50'], '9.3f'):>9} {fmt(r['p99'], '9.3f'):>9}")
+        figures(rname, r)
         if b:
-            print(f"{'  Baton/Redis':<34} {ratio(b['rps'], r['rps']):>11} "
-                  f"{ratio(b['p50'], r['p50']):>9} {ratio(b['p99'], r['p99']):>9}")
+            line("  Baton/Redis", *(ratio(b[k], r[k])
+                                   for k in ("rps", "p50", "p99", "server_cpu", "client_cpu")))
 if not have_redis:
     notes.append("Redis not installed: no comparison (sudo apt-get install redis-server)")
 for n in notes:

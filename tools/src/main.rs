@@ -61,7 +61,8 @@ enum Command {
             default_value = "straight=55,transfer=15,consult=15,conference=15"
         )]
         mix: Mix,
-        /// PID of a local server, to report its resident memory.
+        /// PID of a local server, to report its resident memory and its CPU time over the measured
+        /// phase.
         #[arg(long)]
         server_pid: Option<u32>,
         /// Requests each connection keeps in flight (get, denied, processed, attach): it writes N

@@ -102,9 +102,11 @@ pub(crate) async fn run_idle(opts: LoadOptions) -> Result<Summary, ClientError> 
     }
     // Measure the steady state only.
     hist.lock().unwrap_or_else(|p| p.into_inner()).reset();
+    let cpu = CpuMark::take(opts.server_pid);
     let start = Instant::now();
     tokio::time::sleep(opts.duration.unwrap_or(Duration::from_secs(30))).await;
     let elapsed = start.elapsed();
+    let phase_cpu = cpu.used(hist.lock().unwrap_or_else(|p| p.into_inner()).len());
     let rss = opts.server_pid.and_then(rss_kib);
     stop.store(true, Ordering::Relaxed);
     if let Some(b) = bar {
@@ -122,6 +124,7 @@ pub(crate) async fn run_idle(opts: LoadOptions) -> Result<Summary, ClientError> 
         elapsed,
         logged_in.load(Ordering::Relaxed),
         None,
+        phase_cpu,
     );
     summary.server_rss_kib = rss;
     let done = logged_in.load(Ordering::Relaxed);

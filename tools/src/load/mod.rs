@@ -18,6 +18,11 @@
 //! A request's latency is then from the write of its burst to its reply.
 //!
 //! Latencies go into HDR histograms per request type (microseconds).
+//!
+//! The measured phase starts once the setup is done (desktops logged in, records handed out) and
+//! ends when the last worker has its last reply; throughput and latency count its requests only.
+//! Over that phase the run also reads the CPU time of the server (`--server-pid`) and its own, and
+//! reports both per 1,000 requests.
 
 use baton::client::{Client, ClientError, ClientTls};
 use baton::config::Tokens;
@@ -36,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod conn;
+mod cpu;
 mod idle;
 mod mix;
 mod report;
@@ -44,6 +50,7 @@ mod tail;
 mod workers;
 
 use conn::*;
+use cpu::*;
 use idle::*;
 use mix::*;
 pub use report::*;
@@ -168,6 +175,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
     let mut verification = None;
     let run;
     let elapsed;
+    let phase_cpu;
     match opts.scenario {
         Scenario::Mix => {
             let groups = opts.agents.div_ceil(3).max(1);
@@ -210,6 +218,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
                     }
                 }
             });
+            let cpu = CpuMark::take(opts.server_pid);
             let start = Instant::now();
             run = Arc::new(Run::new(opts.clone(), start, deadline_from(start)));
             let ticker = spawn_progress(run.clone(), bar.clone());
@@ -219,6 +228,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
                 .collect();
             join_workers(handles, &mut stats).await;
             elapsed = start.elapsed();
+            phase_cpu = cpu.used(stats.requests());
             ticker.abort();
             run.rss_mark_catch_up();
             let done = run
@@ -280,6 +290,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
             } else {
                 None
             };
+            let cpu = CpuMark::take(opts.server_pid);
             let start = Instant::now();
             let mut o = opts.clone();
             if o.scenario == Scenario::Processed {
@@ -298,6 +309,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
                 .collect();
             join_workers(handles, &mut stats).await;
             elapsed = start.elapsed();
+            phase_cpu = cpu.used(stats.requests());
             ticker.abort();
             run.rss_mark_catch_up();
             if let Some(t) = tail {
@@ -309,6 +321,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
             for _ in 0..opts.agents.max(1) {
                 dialers.push(side_conn(&opts, Role::Dialer).await?);
             }
+            let cpu = CpuMark::take(opts.server_pid);
             let start = Instant::now();
             run = Arc::new(Run::new(opts.clone(), start, deadline_from(start)));
             let ticker = spawn_progress(run.clone(), bar.clone());
@@ -318,6 +331,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
                 .collect();
             join_workers(handles, &mut stats).await;
             elapsed = start.elapsed();
+            phase_cpu = cpu.used(stats.requests());
             ticker.abort();
             run.rss_mark_catch_up();
         }
@@ -327,7 +341,7 @@ pub async fn run(opts: LoadOptions) -> Result<Summary, ClientError> {
         b.finish_and_clear();
     }
     let completed = run.completed.load(Ordering::Relaxed);
-    let mut summary = summarize(&opts, &stats, elapsed, completed, verification);
+    let mut summary = summarize(&opts, &stats, elapsed, completed, verification, phase_cpu);
     summary.server_rss_at =
         std::mem::take(&mut *run.rss_marks.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(summary)

@@ -1,5 +1,6 @@
 //! What a load run measured: latency histograms per request type, the summary and how it is
-//! printed, the progress bar, and the server's memory read from /proc.
+//! printed, the progress bar, and the server's memory read from /proc (CPU times are read in
+//! `cpu`).
 
 use super::*;
 
@@ -43,6 +44,17 @@ pub struct Summary {
     pub server_rss_at: Vec<RssMark>,
     /// `idle`: how long the desktops took to connect and log in, all at once.
     pub login_storm: Option<LoginStorm>,
+    /// Requests answered in the measured phase, all types: what the CPU figures per 1,000
+    /// requests divide by.
+    pub measured_requests: u64,
+    /// With `--server-pid`: the server's CPU time (user + system) over the measured phase.
+    pub server_cpu_ms: Option<f64>,
+    /// The load tool's own CPU time over the measured phase: what the client side cost.
+    pub client_cpu_ms: Option<f64>,
+    /// `server_cpu_ms` per 1,000 measured requests.
+    pub server_cpu_ms_per_1k: Option<f64>,
+    /// `client_cpu_ms` per 1,000 measured requests.
+    pub client_cpu_ms_per_1k: Option<f64>,
 }
 
 /// The logins of the `idle` scenario: every desktop connects and logs in at once (at most 256 in
@@ -139,6 +151,18 @@ impl Summary {
         if let Some(rss) = self.server_rss_kib {
             s.push_str(&format!("server RSS: {:.1} MiB\n", rss as f64 / 1024.0));
         }
+        let sides = [
+            ("server", self.server_cpu_ms, self.server_cpu_ms_per_1k),
+            ("load tool", self.client_cpu_ms, self.client_cpu_ms_per_1k),
+        ];
+        for (who, ms, per_1k) in sides {
+            let Some(ms) = ms else { continue };
+            let per_1k = per_1k.map_or(String::new(), |p| format!(", {p:.2} ms per 1k requests"));
+            s.push_str(&format!(
+                "{who} CPU over the {} measured requests: {ms:.0} ms{per_1k}\n",
+                self.measured_requests
+            ));
+        }
         s
     }
 }
@@ -165,6 +189,11 @@ impl Stats {
             .entry(name)
             .or_insert_with(|| Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"));
         let _ = h.record((elapsed.as_micros() as u64).clamp(1, 60_000_000));
+    }
+
+    /// Requests timed so far, all types.
+    pub(crate) fn requests(&self) -> u64 {
+        self.hists.values().map(|h| h.len()).sum()
     }
 
     pub(crate) fn error(&mut self, what: impl Into<String>) {
@@ -239,7 +268,9 @@ pub(crate) fn summarize(
     elapsed: Duration,
     completed: u64,
     verification: Option<Verification>,
+    cpu: PhaseCpu,
 ) -> Summary {
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
     let secs = elapsed.as_secs_f64().max(1e-9);
     let requests = stats
         .hists
@@ -273,6 +304,11 @@ pub(crate) fn summarize(
         server_rss_kib: opts.server_pid.and_then(rss_kib),
         server_rss_at: Vec::new(),
         login_storm: None,
+        measured_requests: cpu.requests,
+        server_cpu_ms: ms(cpu.server),
+        client_cpu_ms: ms(cpu.client),
+        server_cpu_ms_per_1k: cpu.per_1k(cpu.server),
+        client_cpu_ms_per_1k: cpu.per_1k(cpu.client),
     }
 }
 
