@@ -1,16 +1,21 @@
 //! Durable state behind a small trait: sled on disk, or memory for tests.
 //!
-//! The engine decides; the store only keeps. What it keeps is opaque bytes under three key spaces
-//! of one sled tree, so that a batch touching records, agents and the audit log is one atomic sled
-//! batch followed by one flush (group commit):
+//! The engine decides; the store only keeps. What it keeps is opaque bytes (see [`format`]) under
+//! a few key spaces of one sled tree, so that a batch touching records, agents and the audit log is
+//! one atomic sled batch followed by one flush (group commit):
 //!
-//! - `r/<record id>`: a record with its data, context, version, final outcome and holders;
+//! - `r/<record id>`: a live record with its data, context, version and holders;
+//! - `d/<record id>`: a final record ("done"), with its final outcome. Final records are kept
+//!   apart so that a start reads only the live ones, however long the history;
+//! - `m/finals`: how many final records there are (8 big-endian bytes), written with every batch
+//!   that writes records, so that a start need not count them;
 //! - `a/<agent id>`: a logged-in agent's DN and resume token, so desktops can resume after a restart;
 //! - `l/<seq as 8 big-endian bytes>`: one audit entry; big-endian keys iterate in `seq` order;
 //! - `f/<final time in ms, 8 big-endian bytes><record id>`: empty; one per final record, in the
 //!   order records became final, so that final-record retention deletes the oldest without
 //!   scanning every record.
 
+pub mod format;
 pub mod records;
 
 use std::collections::BTreeMap;
@@ -19,6 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 const RECORD: &[u8] = b"r/";
+const DONE: &[u8] = b"d/";
+const FINALS_COUNT: &[u8] = b"m/finals";
 const AGENT: &[u8] = b"a/";
 const AUDIT: &[u8] = b"l/";
 const FINAL: &[u8] = b"f/";
@@ -49,6 +56,9 @@ pub struct WriteBatch {
     pub finals_add: Vec<(u64, String)>,
     /// Entries of that index to delete (the record was deleted, or the entry is stale).
     pub finals_remove: Vec<(u64, String)>,
+    /// How many final records there are once this batch is applied; set by every batch that
+    /// writes records.
+    pub finals_total: Option<u64>,
 }
 
 /// One key of the store's layout written (`Some`) or deleted (`None`): what a [`WriteBatch`]
@@ -63,7 +73,23 @@ impl WriteBatch {
     pub fn raw_ops(&self) -> Vec<RawOp> {
         let mut ops = Vec::with_capacity(self.op_count());
         for (id, value) in &self.records {
-            ops.push((key(RECORD, id.as_bytes()), value.clone()));
+            // A record lives under `r/` or `d/`, never both: writing it under one deletes it
+            // from the other (it became final, or a final record was attached anew).
+            let (live, done) = (key(RECORD, id.as_bytes()), key(DONE, id.as_bytes()));
+            match value {
+                Some(v) if records::stored_record_is_final(v).unwrap_or(false) => {
+                    ops.push((done, Some(v.clone())));
+                    ops.push((live, None));
+                }
+                Some(v) => {
+                    ops.push((live, Some(v.clone())));
+                    ops.push((done, None));
+                }
+                None => {
+                    ops.push((live, None));
+                    ops.push((done, None));
+                }
+            }
         }
         for (id, value) in &self.agents {
             ops.push((key(AGENT, id.as_bytes()), value.clone()));
@@ -77,16 +103,20 @@ impl WriteBatch {
         for (at, id) in &self.finals_remove {
             ops.push((final_key(*at, id), None));
         }
+        if let Some(n) = self.finals_total {
+            ops.push((FINALS_COUNT.to_vec(), Some(n.to_be_bytes().to_vec())));
+        }
         ops
     }
 
     /// How many keys the batch writes or deletes.
     pub fn op_count(&self) -> usize {
-        self.records.len()
+        2 * self.records.len()
             + self.agents.len()
             + self.audit.len()
             + self.finals_add.len()
             + self.finals_remove.len()
+            + usize::from(self.finals_total.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -212,25 +242,42 @@ impl SledStore {
 
     /// Opens the store with a page cache of at most `cache_bytes` (`store_cache_bytes`).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(|e| match e {
-                // sled reports a lock held by another process as a bare I/O error on `db`.
-                sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
-                    let owner = std::fs::read_to_string(dir.join(OWNER_FILE))
-                        .ok()
-                        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
-                        .filter(|s| !s.is_empty());
-                    StoreError::InUse {
-                        lock: dir.join("db").display().to_string(),
-                        owner: owner.map_or_else(String::new, |o| format!(" ({o})")),
-                    }
+        let open = || {
+            sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::HighThroughput)
+                .cache_capacity(cache_bytes)
+                .open()
+        };
+        let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"));
+        let mut opened = open();
+        // A store this process closed a moment ago may still be held by sled's background
+        // writes finishing: give them a little time before calling the directory taken.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while opened.as_ref().is_err_and(locked) && std::time::Instant::now() < deadline {
+            let ours = std::fs::read_to_string(dir.join(OWNER_FILE)).is_ok_and(|s| {
+                s.split_whitespace().nth(1) == Some(&std::process::id().to_string())
+            });
+            if !ours {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            opened = open();
+        }
+        let db = opened.map_err(|e| match e {
+            // sled reports a lock held by another process as a bare I/O error on `db`.
+            sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                let owner = std::fs::read_to_string(dir.join(OWNER_FILE))
+                    .ok()
+                    .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .filter(|s| !s.is_empty());
+                StoreError::InUse {
+                    lock: dir.join("db").display().to_string(),
+                    owner: owner.map_or_else(String::new, |o| format!(" ({o})")),
                 }
-                other => other.into(),
-            })?;
+            }
+            other => other.into(),
+        })?;
         // Best effort: it only makes the message a second server gets more precise.
         let _ = std::fs::write(
             dir.join(OWNER_FILE),
@@ -240,10 +287,12 @@ impl SledStore {
                 crate::messages::rfc3339(crate::server::now_ms())
             ),
         );
-        Ok(SledStore {
+        let store = SledStore {
             db,
             flush_observer: std::sync::OnceLock::new(),
-        })
+        };
+        store.separate_finals()?;
+        Ok(store)
     }
 
     /// Flushes sled, telling the observer how long it took.
@@ -323,46 +372,102 @@ impl SledStore {
 
 impl SledStore {
     /// The batch that puts back what `batch` is about to replace.
-    fn undo_of(&self, batch: &WriteBatch) -> Result<sled::Batch, StoreError> {
+    fn undo_of(&self, ops: &[RawOp]) -> Result<sled::Batch, StoreError> {
         let mut undo = sled::Batch::default();
-        let keys = batch
-            .records
-            .iter()
-            .map(|(id, _)| key(RECORD, id.as_bytes()))
-            .chain(batch.agents.iter().map(|(id, _)| key(AGENT, id.as_bytes())));
-        for k in keys {
-            match self.db.get(&k)? {
-                Some(old) => undo.insert(k, old),
-                None => undo.remove(k),
+        for (k, _) in ops {
+            // Audit entries are always new keys: nothing to read back.
+            if k.starts_with(AUDIT) {
+                undo.remove(k.as_slice());
+                continue;
             }
-        }
-        for (seq, _) in &batch.audit {
-            undo.remove(audit_key(*seq));
-        }
-        let index = batch.finals_add.iter().chain(&batch.finals_remove);
-        for (at, id) in index {
-            let k = final_key(*at, id);
-            match self.db.get(&k)? {
-                Some(old) => undo.insert(k, old),
-                None => undo.remove(k),
+            match self.db.get(k)? {
+                Some(old) => undo.insert(k.as_slice(), old),
+                None => undo.remove(k.as_slice()),
             }
         }
         Ok(undo)
+    }
+
+    /// Moves the final records of a store written before final records were kept apart (all
+    /// under `r/`, no `m/finals`) to `d/`, and writes their count. Done once, at the first open
+    /// by a server that keeps them apart; later starts then read only the live records. Values
+    /// are moved as they are (JSON stays JSON until the record is written again).
+    fn separate_finals(&self) -> Result<(), StoreError> {
+        if self.db.contains_key(FINALS_COUNT)? || self.is_mirror()? {
+            return Ok(());
+        }
+        if self.db.scan_prefix(RECORD).next().is_none() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        tracing::info!(
+            "this store was written by an older Baton: moving its final records apart from the \
+             live ones (once; later starts read only the live records)"
+        );
+        let mut finals: u64 = 0;
+        let mut after: Option<sled::IVec> = None;
+        loop {
+            let from = match &after {
+                Some(k) => std::ops::Bound::Excluded(k.to_vec()),
+                None => std::ops::Bound::Included(RECORD.to_vec()),
+            };
+            let mut b = sled::Batch::default();
+            let mut seen = 0;
+            for item in self
+                .db
+                .range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded))
+                .take(4096)
+            {
+                let (k, v) = item?;
+                if !k.starts_with(RECORD) {
+                    break;
+                }
+                seen += 1;
+                let id = id_of(RECORD, &k)?;
+                if is_final(&id, &v)? {
+                    b.insert(key(DONE, id.as_bytes()), v);
+                    b.remove(k.clone());
+                    finals += 1;
+                }
+                after = Some(k);
+            }
+            if seen == 0 {
+                break;
+            }
+            self.db.apply_batch(b)?;
+        }
+        self.db.insert(FINALS_COUNT, &finals.to_be_bytes())?;
+        self.flush_timed()?;
+        tracing::info!(
+            finals,
+            ms = started.elapsed().as_millis() as u64,
+            "final records moved apart"
+        );
+        Ok(())
     }
 }
 
 impl Store for SledStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let mut snap = Snapshot::default();
+        // Only a store not yet separated (a cluster's copy of an older state) has final records
+        // under `r/`; they are skipped, and counted if the count is not kept.
+        let mut finals_seen = 0;
         for item in self.db.scan_prefix(RECORD) {
             let (k, v) = item?;
             let id = id_of(RECORD, &k)?;
             if is_final(&id, &v)? {
-                snap.records_final += 1;
+                finals_seen += 1;
             } else {
                 snap.records.push((id, v));
             }
         }
+        snap.records_final = match self.db.get(FINALS_COUNT)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                StoreError::Corrupt("the count of final records is not 8 bytes".into())
+            })?),
+            None => finals_seen,
+        };
         for item in self.db.scan_prefix(AGENT) {
             let (k, v) = item?;
             snap.agents.push((id_of(AGENT, &k)?, v));
@@ -378,20 +483,21 @@ impl Store for SledStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let ops = batch.raw_ops();
+        // If the flush fails, the batch is already in sled's tree: put back what it replaced, so
+        // that reads (a final record read back) never see a batch nobody was told about.
+        let undo = if flush {
+            Some(self.undo_of(&ops)?)
+        } else {
+            None
+        };
         let mut b = sled::Batch::default();
-        for (k, value) in batch.raw_ops() {
+        for (k, value) in ops {
             match value {
                 Some(v) => b.insert(k, v),
                 None => b.remove(k),
             }
         }
-        // If the flush fails, the batch is already in sled's tree: put back what it replaced, so
-        // that reads (a final record read back) never see a batch nobody was told about.
-        let undo = if flush {
-            Some(self.undo_of(batch)?)
-        } else {
-            None
-        };
         self.db.apply_batch(b)?;
         if let Some(undo) = undo {
             if let Err(e) = self.flush_timed() {
@@ -426,7 +532,12 @@ impl Store for SledStore {
     }
 
     fn record(&self, id: &str) -> Result<Option<Stored>, StoreError> {
-        Ok(self.db.get(key(RECORD, id.as_bytes()))?)
+        // Asked for records that left memory: final ones, under `d/` (or `r/` in a store not
+        // yet separated).
+        match self.db.get(key(DONE, id.as_bytes()))? {
+            Some(v) => Ok(Some(v)),
+            None => Ok(self.db.get(key(RECORD, id.as_bytes()))?),
+        }
     }
 
     fn finals_before(&self, before_ms: u64, max: usize) -> Result<Vec<(u64, String)>, StoreError> {
@@ -631,6 +742,7 @@ mod tests {
                 (3000, "R9".into()),
             ],
             finals_remove: vec![],
+            finals_total: Some(1),
         };
         store.commit(&batch, true).unwrap();
         store
@@ -641,6 +753,7 @@ mod tests {
                     audit: vec![],
                     finals_add: vec![],
                     finals_remove: vec![(1000, "R0".into())],
+                    finals_total: Some(1),
                 },
                 true,
             )
@@ -687,6 +800,54 @@ mod tests {
         let snap = store.load().unwrap();
         assert_eq!(snap.records.len(), 1);
         assert_eq!((snap.audit_first_seq, snap.audit_last_seq), (101, 300));
+    }
+
+    #[test]
+    fn final_records_are_kept_apart_from_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        exercise(&store);
+        assert!(store.db.contains_key(b"d/R3").unwrap());
+        assert!(!store.db.contains_key(b"r/R3").unwrap());
+        // Attached anew: back under `r/`, and gone from `d/`.
+        let again = WriteBatch {
+            records: vec![("R3".into(), Some(LIVE.to_vec()))],
+            finals_total: Some(0),
+            ..WriteBatch::default()
+        };
+        store.commit(&again, true).unwrap();
+        assert!(!store.db.contains_key(b"d/R3").unwrap());
+        let snap = store.load().unwrap();
+        assert_eq!(snap.records.len(), 2);
+        assert_eq!(snap.records_final, 0);
+    }
+
+    /// A store written before final records were kept apart: every record under `r/`, no count.
+    #[test]
+    fn an_older_store_has_its_final_records_moved_apart_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            for i in 0..5000 {
+                let value = if i % 10 == 0 { LIVE } else { FINAL };
+                db.insert(format!("r/R{i:05}"), value).unwrap();
+            }
+            db.insert(b"a/A", b"{}".as_slice()).unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let snap = store.load().unwrap();
+        assert_eq!(snap.records.len(), 500);
+        assert!(snap.records.iter().all(|(_, v)| v.as_ref() == LIVE));
+        assert_eq!(snap.records_final, 4500);
+        assert_eq!(store.db.scan_prefix(b"d/").count(), 4500);
+        assert_eq!(store.db.scan_prefix(b"r/").count(), 500);
+        assert_eq!(store.record("R00001").unwrap(), Some(Stored::from(FINAL)));
+        assert_eq!(store.record("R00010").unwrap(), Some(Stored::from(LIVE)));
+        drop(store);
+        // Once only: the count is kept from now on.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap().records_final, 4500);
     }
 
     #[test]

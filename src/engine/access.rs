@@ -41,6 +41,70 @@ impl Engine {
         self.cfg.heartbeat_ms.saturating_mul(3) + 1000
     }
 
+    /// Remembers that `agent` lost `record` now, for a resume's replay. For a connected agent,
+    /// what is older than the window is forgotten (its oldest first, so each entry is looked at
+    /// once): a later drop replays only what came within the window before it.
+    pub(super) fn note_lost(
+        &mut self,
+        agent: &AgentId,
+        record: &RecordId,
+        previous: Access,
+        call: &CallId,
+    ) {
+        self.forget_lost(agent, record);
+        let now_ms = self.now_ms;
+        self.lost.insert(
+            (agent.clone(), record.clone()),
+            Lost {
+                previous,
+                at_ms: now_ms,
+                call: call.clone(),
+            },
+        );
+        self.lost_order
+            .insert((agent.clone(), now_ms, record.clone()));
+        if self.agents.get(agent).is_some_and(|a| a.conn.is_some()) {
+            let cutoff = now_ms.saturating_sub(self.lost_window_ms());
+            let from = (agent.clone(), 0, RecordId::from(""));
+            while let Some((a, at, r)) = self.lost_order.range(&from..).next().cloned() {
+                if &a != agent || at >= cutoff {
+                    break;
+                }
+                self.lost_order.remove(&(a.clone(), at, r.clone()));
+                self.lost.remove(&(a, r));
+            }
+        }
+    }
+
+    /// Forgets a revocation `agent` no longer needs to hear of (it holds the record again).
+    pub(super) fn forget_lost(&mut self, agent: &AgentId, record: &RecordId) {
+        let key = (agent.clone(), record.clone());
+        if let Some(l) = self.lost.remove(&key) {
+            let (a, r) = key;
+            self.lost_order.remove(&(a, l.at_ms, r));
+        }
+    }
+
+    /// Takes every revocation remembered for `agent` (at a login, a resume or a logout).
+    pub(super) fn take_lost(&mut self, agent: &AgentId) -> BTreeMap<RecordId, Lost> {
+        let from = (agent.clone(), 0, RecordId::from(""));
+        let keys: Vec<(AgentId, u64, RecordId)> = self
+            .lost_order
+            .range(&from..)
+            .take_while(|(a, _, _)| a == agent)
+            .cloned()
+            .collect();
+        let mut taken = BTreeMap::new();
+        for key in keys {
+            self.lost_order.remove(&key);
+            let (a, _, r) = key;
+            if let Some(l) = self.lost.remove(&(a, r.clone())) {
+                taken.insert(r, l);
+            }
+        }
+        taken
+    }
+
     /// The access `agent` has to `record`, if it ever held it (for a record in memory).
     pub(super) fn access_to(&self, record: &RecordId, agent: &AgentId) -> Option<Access> {
         self.records.get(record)?.holders.get(agent).copied()
@@ -79,7 +143,7 @@ impl Engine {
         // copying only for someone who will receive them.
         let desk = self.agents.get(agent).and_then(|a| a.conn);
         let (data, context) = if access.is_granted() && desk.is_some() {
-            (Some(rec.data.clone()), Some(rec.context.clone()))
+            (Some((*rec.data).clone()), Some(rec.context.clone()))
         } else {
             (None, None)
         };
@@ -98,13 +162,11 @@ impl Engine {
             "agent_records lists exactly the records an agent holds"
         );
         self.mark_dirty(record);
-        let now_ms = self.now_ms;
-        let window_ms = self.lost_window_ms();
-        if let Some(a) = self.agents.get_mut(agent) {
+        if self.agents.contains_key(agent) {
             if access == Access::Revoked {
-                a.note_lost(record, previous, &call, now_ms, window_ms);
+                self.note_lost(agent, record, previous, &call);
             } else {
-                a.lost_while_away.remove(record);
+                self.forget_lost(agent, record);
             }
         }
         if let Some(conn) = desk {
@@ -220,9 +282,8 @@ impl Engine {
         });
         for (h, previous) in holders {
             self.agent_records.remove(&(h.clone(), record.clone()));
-            let window_ms = self.lost_window_ms();
-            if let Some(a) = self.agents.get_mut(&h) {
-                a.note_lost(record, previous, &call, now_ms, window_ms);
+            if self.agents.contains_key(&h) {
+                self.note_lost(&h, record, previous, &call);
             }
             if finisher.agent() != Some(&h) {
                 self.push_agent(

@@ -2,6 +2,7 @@
 //! answered on an agent's DN) and cancelling a record. Never touches calls or sessions.
 
 use super::*;
+use std::sync::Arc;
 
 impl Engine {
     pub(super) fn attach(
@@ -82,8 +83,8 @@ impl Engine {
             campaign: a.campaign,
             chain_n,
             phone: a.phone.clone(),
-            data: a.data,
-            chain: a.chain,
+            data: Arc::new(a.data),
+            chain: Arc::new(a.chain),
             context: Context::default(),
             version: 0,
             final_: None,

@@ -33,6 +33,7 @@ mod persist;
 mod records;
 mod session;
 mod state;
+mod stored;
 mod telephony;
 mod timers;
 
@@ -171,6 +172,13 @@ pub struct Engine {
     /// per agent, so that the undo journal notes the one pair a change adds or removes, not the
     /// whole set of an agent who holds many.
     agent_records: JSet<(AgentId, RecordId)>,
+    /// Revocations an agent's desktop may not have heard of (frames sent just before a drop may
+    /// never have arrived), replayed as `revoked` on resume: by (agent, record), and by (agent,
+    /// when, record) so that one agent's are found, oldest first, without looking at the
+    /// others'. Kept apart from the agent so that the undo journal notes the one entry a change
+    /// adds or removes, not every recent revocation of a busy agent.
+    lost: JMap<(AgentId, RecordId), Lost>,
+    lost_order: JSet<(AgentId, u64, RecordId)>,
     grace_deadlines: JSet<(u64, AgentId)>,
     orphan_deadlines: JSet<(u64, RecordId)>,
     audit_seq: u64,
@@ -226,6 +234,8 @@ impl Engine {
             switches: JSet::default(),
             dialers: JSet::default(),
             agents: JMap::default(),
+            lost: JMap::default(),
+            lost_order: JSet::default(),
             dn_agent: JMap::default(),
             monitored: Vec::new(),
             calls: JMap::default(),
@@ -384,6 +394,8 @@ impl Engine {
         self.records.begin();
         self.call_record.begin();
         self.agent_records.begin();
+        self.lost.begin();
+        self.lost_order.begin();
         self.grace_deadlines.begin();
         self.orphan_deadlines.begin();
         self.pending_logouts.begin();
@@ -405,6 +417,8 @@ impl Engine {
         self.records.commit();
         self.call_record.commit();
         self.agent_records.commit();
+        self.lost.commit();
+        self.lost_order.commit();
         self.grace_deadlines.commit();
         self.orphan_deadlines.commit();
         self.pending_logouts.commit();
@@ -437,6 +451,8 @@ impl Engine {
         self.records.rollback();
         self.call_record.rollback();
         self.agent_records.rollback();
+        self.lost.rollback();
+        self.lost_order.rollback();
         self.grace_deadlines.rollback();
         self.orphan_deadlines.rollback();
         self.pending_logouts.rollback();

@@ -101,6 +101,9 @@ impl Engine {
             }
             batch.finals_remove.push((at, id.into()));
         }
+        if !batch.records.is_empty() {
+            batch.finals_total = Some(self.finals);
+        }
         for id in std::mem::take(&mut self.dirty_agents) {
             let value = self.agents.get(&id).map(|a| {
                 let state = AgentState {
@@ -142,6 +145,8 @@ impl Engine {
         self.final_queue.clear();
         self.call_record.replace_all(FastMap::default());
         self.agent_records.clear();
+        self.lost.replace_all(FastMap::default());
+        self.lost_order.clear();
         self.orphan_deadlines.clear();
         for (id, rec) in self.records.iter() {
             if rec.final_.is_none() {
@@ -186,7 +191,6 @@ impl Engine {
                     session: a.session,
                     away_since_ms,
                     logout_pending: false,
-                    lost_while_away: BTreeMap::new(),
                 },
             );
         }

@@ -32,7 +32,7 @@ impl Engine {
         let reply = ServerMsg::Record {
             record: String::from(&record),
             access: asked.access,
-            data: rec.data.clone(),
+            data: (*rec.data).clone(),
             context: rec.context.clone(),
             final_: rec.final_.clone(),
         };

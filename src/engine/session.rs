@@ -268,14 +268,14 @@ impl Engine {
             }
         }
         let session = self.new_session_token();
+        let remembered = self.take_lost(agent);
         let lost: BTreeMap<RecordId, Lost> = if resumed {
             // What was revoked since shortly before the desktop could have stopped hearing us.
             let since = existing
                 .away_since_ms
                 .unwrap_or(self.now_ms)
                 .saturating_sub(self.lost_window_ms());
-            existing
-                .lost_while_away
+            remembered
                 .into_iter()
                 .filter(|(_, lost)| lost.at_ms >= since)
                 .collect()
@@ -286,7 +286,6 @@ impl Engine {
             a.conn = Some(conn);
             a.away_since_ms = None;
             a.session = session.clone();
-            a.lost_while_away.clear();
         }
         self.dirty_agents.insert(agent.clone());
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -345,7 +344,7 @@ impl Engine {
                         previous: access,
                         cause: AccessCause::Resume,
                         call: Some(String::from(&rec.call)),
-                        data: Some(rec.data.clone()),
+                        data: Some((*rec.data).clone()),
                         context: Some(rec.context.clone()),
                     },
                 );
@@ -420,7 +419,6 @@ impl Engine {
                 session: session.clone(),
                 away_since_ms: None,
                 logout_pending: false,
-                lost_while_away: BTreeMap::new(),
             },
         );
         self.monitor_dn(dn, agent);
@@ -486,6 +484,7 @@ impl Engine {
             self.set_access(out, &record, agent, Access::Revoked, AccessCause::Logout);
         }
         self.agents.remove(agent);
+        self.take_lost(agent);
         self.dirty_agents.insert(agent.clone());
         if self.dn_agent.get(&a.dn) == Some(agent) {
             self.unmonitor_dn(&a.dn);

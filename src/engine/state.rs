@@ -3,6 +3,7 @@
 //! decide, these types only hold the result).
 
 use super::*;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PartyState {
@@ -97,10 +98,6 @@ pub(super) struct Agent {
     /// When the desktop dropped; `None` while connected.
     pub(super) away_since_ms: Option<u64>,
     pub(super) logout_pending: bool,
-    /// Records revoked recently (record -> access before, when, the record's call), replayed as
-    /// `revoked` on resume. Kept while connected too: frames sent just before a drop may never
-    /// have arrived. The call is kept here because the record may have left memory by then.
-    pub(super) lost_while_away: BTreeMap<RecordId, Lost>,
 }
 
 /// A revocation the desktop may not have heard of: the access it had, when, the record's call.
@@ -111,31 +108,6 @@ pub(super) struct Lost {
     pub(super) call: CallId,
 }
 
-impl Agent {
-    /// Remembers a revocation for a possible resume, forgetting ones too old to matter.
-    pub(super) fn note_lost(
-        &mut self,
-        record: &RecordId,
-        previous: Access,
-        call: &CallId,
-        now_ms: u64,
-        window_ms: u64,
-    ) {
-        self.lost_while_away.insert(
-            record.clone(),
-            Lost {
-                previous,
-                at_ms: now_ms,
-                call: call.clone(),
-            },
-        );
-        if self.conn.is_some() && self.lost_while_away.len() > 64 {
-            let cutoff = now_ms.saturating_sub(window_ms);
-            self.lost_while_away.retain(|_, lost| lost.at_ms >= cutoff);
-        }
-    }
-}
-
 /// A record as it is kept, in memory and on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Record {
@@ -143,8 +115,10 @@ pub(super) struct Record {
     pub(super) campaign: String,
     pub(super) chain_n: u32,
     pub(super) phone: Option<String>,
-    pub(super) data: Object,
-    pub(super) chain: Vec<ChainEntry>,
+    /// The customer data and the chain never change after the attach: shared, so that the
+    /// batch journal's copy of a record (taken before each change) does not copy them.
+    pub(super) data: Arc<Object>,
+    pub(super) chain: Arc<Vec<ChainEntry>>,
     pub(super) context: Context,
     pub(super) version: u64,
     pub(super) final_: Option<FinalInfo>,

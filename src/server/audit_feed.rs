@@ -182,7 +182,7 @@ pub(super) async fn audit_tail(
                     return;
                 }
                 cursor = seq + 1;
-                let entry: AuditEntry = match serde_json::from_slice(&bytes) {
+                let entry: AuditEntry = match crate::store::format::decode(&bytes) {
                     Ok(e) => e,
                     Err(e) => {
                         error!(seq, "audit entry cannot be read back: {e}");

@@ -1,38 +1,65 @@
-//! How records and agents are written in the store, and read back: JSON, under the keys of
-//! [`super`]. The engine hands its values over and gets them back; only this file knows the
-//! format, including the probes that read a record's final outcome without building it. Never
+//! How records, agents and audit entries are written in the store and read back: format 1
+//! (binary, see [`super::format`]) for everything written now, JSON for what older servers wrote.
+//! The engine hands its values over and gets them back; only this file and `format` know the
+//! encoding, including the probes that read a record's final outcome without building it. Never
 //! decides anything about a record: it only encodes and decodes.
 
+use super::format::{self, Persist, Reader, VERSION_1};
 use crate::messages::parse_rfc3339;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::Stored;
 
-/// A record, agent or audit entry as the store keeps it.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("stored values serialize")
+/// A record, agent or audit entry as the store keeps it (format 1).
+pub fn encode<T: Persist>(value: &T) -> Vec<u8> {
+    format::encode(value)
 }
 
-/// Reads back a record or agent the store kept; `what` names it in the error ("record R1").
-pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("{what} cannot be read back: {e}"))
+/// Reads back a record, agent or audit entry the store kept, in either format; `what` names it
+/// in the error ("record R1").
+pub fn decode<T: Persist + DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, String> {
+    format::decode(bytes).map_err(|e| format!("{what} cannot be read back: {e}"))
 }
 
-/// Whether a record as stored is final, read without building it (at start every stored record
-/// is looked at, and most are final: their data need not be allocated).
-pub fn stored_record_is_final(bytes: &[u8]) -> Result<bool, String> {
-    #[derive(Deserialize)]
-    struct Probe {
-        final_: Option<serde::de::IgnoredAny>,
+/// A format-1 record starts with its version byte, then its final outcome (tag 0 for none).
+fn binary_final(bytes: &[u8]) -> Option<Reader<'_>> {
+    match bytes {
+        [VERSION_1, 1, ..] => Some(Reader::new(&bytes[2..])),
+        _ => None,
     }
-    serde_json::from_slice::<Probe>(bytes)
-        .map(|p| p.final_.is_some())
-        .map_err(|e| e.to_string())
+}
+
+/// Whether a record as stored is final, read without building it.
+pub fn stored_record_is_final(bytes: &[u8]) -> Result<bool, String> {
+    match bytes.first() {
+        Some(&VERSION_1) => match bytes.get(1) {
+            Some(0) => Ok(false),
+            Some(1) => Ok(true),
+            _ => Err("a record whose final tag is damaged".into()),
+        },
+        _ => {
+            #[derive(Deserialize)]
+            struct Probe {
+                final_: Option<serde::de::IgnoredAny>,
+            }
+            serde_json::from_slice::<Probe>(bytes)
+                .map(|p| p.final_.is_some())
+                .map_err(|e| e.to_string())
+        }
+    }
 }
 
 /// When a record as stored became final (milliseconds since the epoch), if it is final.
 pub fn stored_record_final_ms(bytes: &[u8]) -> Result<Option<u64>, String> {
+    if bytes.first() == Some(&VERSION_1) {
+        let Some(mut r) = binary_final(bytes) else {
+            return Ok(None);
+        };
+        format::get_outcome(&mut r)?;
+        r.opt_string()?;
+        return Ok(parse_rfc3339(r.str()?));
+    }
     #[derive(Deserialize)]
     struct At {
         at: String,
@@ -47,14 +74,13 @@ pub fn stored_record_final_ms(bytes: &[u8]) -> Result<Option<u64>, String> {
 
 /// Parses stored records on every core: at start this is most of the work for a big store.
 /// The records come back in the order given, each with its id.
-pub fn parse_records<T: DeserializeOwned + Send>(
+pub fn parse_records<T: Persist + DeserializeOwned + Send>(
     stored: Vec<(String, Stored)>,
 ) -> Result<Vec<(String, T)>, String> {
-    fn parse<T: DeserializeOwned>(part: &[(String, Stored)]) -> Result<Vec<T>, String> {
+    fn parse<T: Persist + DeserializeOwned>(part: &[(String, Stored)]) -> Result<Vec<T>, String> {
         part.iter()
             .map(|(id, bytes)| {
-                serde_json::from_slice(bytes)
-                    .map_err(|e| format!("record {id} cannot be read back: {e}"))
+                format::decode(bytes).map_err(|e| format!("record {id} cannot be read back: {e}"))
             })
             .collect()
     }
