@@ -32,6 +32,11 @@ pub(super) struct Durability {
     /// batch that changes state.
     pub(super) deferred: Vec<(u64, Vec<u8>)>,
     pub(super) lazy_since: Option<tokio::time::Instant>,
+    /// The lazy write under way, off the engine's thread (sled may take milliseconds to take a
+    /// batch while it writes out the last one, and reads must not wait for that), with how many
+    /// entries it carries. At most one at a time, and a batch that changes state waits for it
+    /// ([`Durability::settle_lazy`]), so that the store takes the entries in `seq` order.
+    pub(super) lazy_inflight: Option<(tokio::task::JoinHandle<LazyOutcome>, usize)>,
     /// The last write or flush failed: until one succeeds again, reads are written through
     /// (and refused with `unavailable` if that fails too) instead of deferred.
     pub(super) failing: Arc<AtomicBool>,
@@ -39,55 +44,88 @@ pub(super) struct Durability {
     pub(super) last_probe: Option<tokio::time::Instant>,
 }
 
+/// How a lazy write ended: the last `seq` it made durable (`None`: it only flushed), or the
+/// error and the entries it could not write, to be tried again.
+pub(super) type LazyOutcome = Result<Option<u64>, (String, Vec<(u64, Vec<u8>)>)>;
+
 impl Durability {
-    /// Hands the deferred entries to the store and flushes in the background: the engine goes on
-    /// while the disk works. If the store refuses them they stay deferred and are tried again.
+    /// Hands the deferred entries to the store and flushes, on a blocking thread: the engine goes
+    /// on while the disk works, and learns how it went from [`Durability::lazy_done`]. Does
+    /// nothing while the previous lazy write is under way (the entries wait for the next one).
     pub(super) fn flush_lazy(&mut self, store: &Arc<dyn Store>) {
+        if self.lazy_inflight.is_some() {
+            return;
+        }
         self.lazy_since = None;
-        if !self.deferred.is_empty() {
+        let audit = std::mem::take(&mut self.deferred);
+        let carried = audit.len();
+        let s = store.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let last = audit.last().map(|(seq, _)| *seq);
             let batch = WriteBatch {
-                audit: std::mem::take(&mut self.deferred),
+                audit,
                 ..WriteBatch::default()
             };
-            // Without a flush, sled only appends to its in-memory log: cheap enough to do inline,
-            // and done here so that store batches keep `seq` order.
-            match store.commit(&batch, false) {
-                Ok(()) => {
-                    if let Some((seq, _)) = batch.audit.last() {
-                        self.written = *seq;
-                    }
+            if let Err(e) = s.commit(&batch, false) {
+                return Err((
+                    format!("writing audit entries of reads failed: {e}"),
+                    batch.audit,
+                ));
+            }
+            match s.flush() {
+                Ok(()) => Ok(last),
+                // Written but not flushed: the next flush that succeeds makes them durable.
+                Err(e) => Err((format!("flushing the store failed: {e}"), Vec::new())),
+            }
+        });
+        self.lazy_inflight = Some((job, carried));
+    }
+
+    /// Entries of reads waiting for the disk, deferred or being written.
+    pub(super) fn waiting(&self) -> usize {
+        self.deferred.len() + self.lazy_inflight.as_ref().map_or(0, |(_, n)| *n)
+    }
+
+    /// Takes the outcome of the lazy write that just ended (see the engine loop).
+    pub(super) fn lazy_done(&mut self, outcome: Result<LazyOutcome, tokio::task::JoinError>) {
+        self.lazy_inflight = None;
+        let outcome =
+            outcome.unwrap_or_else(|e| Err((format!("store task failed: {e}"), Vec::new())));
+        match outcome {
+            Ok(last) => {
+                if let Some(seq) = last {
+                    self.written = self.written.max(seq);
                 }
-                Err(e) => {
-                    error!(
-                        "STORAGE FAILURE: writing audit entries of reads failed, will retry: {e}"
-                    );
-                    self.failing.store(true, Ordering::Relaxed);
-                    self.deferred = batch.audit;
+                self.announcer.durable_up_to(self.written);
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    info!("storage works again");
+                }
+            }
+            Err((why, mut unwritten)) => {
+                self.failing.store(true, Ordering::Relaxed);
+                if unwritten.is_empty() {
+                    error!("STORAGE FAILURE: {why}");
+                } else {
+                    error!("STORAGE FAILURE: {why}, will retry");
+                    // Older than anything deferred since: they go first.
+                    unwritten.append(&mut self.deferred);
+                    self.deferred = unwritten;
+                }
+                if !self.deferred.is_empty() && self.lazy_since.is_none() {
                     self.lazy_since = Some(tokio::time::Instant::now());
-                    return;
                 }
             }
         }
-        let (s, announcer, written) = (store.clone(), self.announcer.clone(), self.written);
-        let failing = self.failing.clone();
-        tokio::spawn(async move {
-            match tokio::task::spawn_blocking(move || s.flush()).await {
-                Ok(Ok(())) => {
-                    announcer.durable_up_to(written);
-                    if failing.swap(false, Ordering::Relaxed) {
-                        info!("storage works again");
-                    }
-                }
-                Ok(Err(e)) => {
-                    failing.store(true, Ordering::Relaxed);
-                    error!("STORAGE FAILURE: flushing the store failed: {e}")
-                }
-                Err(e) => {
-                    failing.store(true, Ordering::Relaxed);
-                    error!("STORAGE FAILURE: flush task failed: {e}")
-                }
-            }
-        });
+    }
+
+    /// Waits for the lazy write under way, if any, and takes its outcome: a batch that writes
+    /// goes to the store only after it, so that entries reach the store in `seq` order and a
+    /// refused lazy write's entries can go first into the batch.
+    pub(super) async fn settle_lazy(&mut self) {
+        if let Some((job, _)) = self.lazy_inflight.as_mut() {
+            let outcome = job.await;
+            self.lazy_done(outcome);
+        }
     }
 
     /// While the store is failing and nothing else writes, tries a flush now and then (see
@@ -172,12 +210,12 @@ pub(super) async fn commit(
         && batch.finals_add.is_empty()
         && batch.finals_remove.is_empty();
     if read_only && !durable.failing.load(Ordering::Relaxed) {
-        if durable.deferred.len() + batch.audit.len() > durable.max_deferred {
+        if durable.waiting() + batch.audit.len() > durable.max_deferred {
             // The disk has not taken the entries of earlier reads: answering more reads would
             // only grow memory. Refuse them until it catches up.
             let why = format!(
                 "{} audit entries of reads are waiting for the disk (max_deferred_audit_entries)",
-                durable.deferred.len()
+                durable.waiting()
             );
             error!("STORAGE FAILURE: {why}; refusing this batch's requests with `unavailable`");
             metrics.commit_failed();
@@ -201,6 +239,7 @@ pub(super) async fn commit(
         }
         return true;
     }
+    durable.settle_lazy().await;
     let deferred = durable.deferred.len();
     if deferred > 0 {
         let mut audit = std::mem::take(&mut durable.deferred);
@@ -354,6 +393,7 @@ mod tests {
             deferred: Vec::new(),
             max_deferred: 3,
             lazy_since: None,
+            lazy_inflight: None,
             failing: Arc::new(AtomicBool::new(false)),
         };
         let batch = |engine: &mut Engine, refs: std::ops::Range<u64>| {

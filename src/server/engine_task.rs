@@ -146,6 +146,7 @@ pub(super) async fn engine_loop(
         deferred: Vec::new(),
         max_deferred,
         lazy_since: None,
+        lazy_inflight: None,
         failing: Arc::new(AtomicBool::new(false)),
         last_probe: None,
     };
@@ -175,8 +176,11 @@ pub(super) async fn engine_loop(
                 durable.probe_if_failing(&store);
             }
             _ = purge.tick(), if final_retention_ms > 0 && !shutting_down => purge_due = true,
-            _ = tokio::time::sleep_until(durable.lazy_since.map_or_else(tokio::time::Instant::now, |t| t + LAZY_FLUSH)), if durable.lazy_since.is_some() => {
+            _ = tokio::time::sleep_until(durable.lazy_since.map_or_else(tokio::time::Instant::now, |t| t + LAZY_FLUSH)), if durable.lazy_since.is_some() && durable.lazy_inflight.is_none() => {
                 durable.flush_lazy(&store);
+            }
+            outcome = async { (&mut durable.lazy_inflight.as_mut().expect("guarded").0).await }, if durable.lazy_inflight.is_some() => {
+                durable.lazy_done(outcome);
             }
         }
         if fault.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
@@ -331,6 +335,7 @@ pub(super) async fn engine_loop(
         }
     }
     // The last entries of reads go to disk before the store is closed.
+    durable.settle_lazy().await;
     if !durable.deferred.is_empty() {
         let batch = WriteBatch {
             audit: std::mem::take(&mut durable.deferred),
