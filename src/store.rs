@@ -10,7 +10,10 @@
 //! - `m/finals`: how many final records there are (8 big-endian bytes), written with every batch
 //!   that writes records, so that a start need not count them;
 //! - `a/<agent id>`: a logged-in agent's DN and resume token, so desktops can resume after a restart;
-//! - `l/<seq as 8 big-endian bytes>`: one audit entry; big-endian keys iterate in `seq` order;
+//! - `l/<seq as 8 big-endian bytes>`: the audit entries a batch wrote, from that `seq` on, as one
+//!   block (see [`audit_block`]; a store written before blocks holds one entry per key). One value
+//!   per batch rather than one per entry: reads are audited too, and a key per entry made sled's
+//!   inserts a fifth of the cost of a read. Big-endian keys iterate in `seq` order;
 //! - `f/<final time in ms, 8 big-endian bytes><record id>`: empty; one per final record, in the
 //!   order records became final, so that final-record retention deletes the oldest without
 //!   scanning every record.
@@ -65,6 +68,84 @@ pub struct WriteBatch {
 /// becomes on disk, and what cluster mode copies to etcd and back.
 pub type RawOp = (Vec<u8>, Option<Vec<u8>>);
 
+/// The first byte of a block of audit entries (an entry on its own starts with its format byte,
+/// `0x01`, or with `{` if written as JSON).
+const AUDIT_BLOCK: u8 = 0xB1;
+
+/// Entries in one block at most, so that reading from inside a block never decodes many.
+const AUDIT_BLOCK_MAX: usize = 1024;
+
+/// Runs of consecutive `seq`s (of at most [`AUDIT_BLOCK_MAX`]), each as one value under its first `seq`: the block byte, how
+/// many entries, then each entry with its length.
+pub(crate) fn audit_block(audit: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
+    let mut blocks = Vec::new();
+    let mut at = 0;
+    while at < audit.len() {
+        let first = audit[at].0;
+        let mut end = at + 1;
+        while end < audit.len()
+            && end - at < AUDIT_BLOCK_MAX
+            && audit[end].0 == first + (end - at) as u64
+        {
+            end += 1;
+        }
+        let run = &audit[at..end];
+        let mut w = format::Writer(Vec::with_capacity(
+            4 + run.iter().map(|(_, v)| v.len() + 2).sum::<usize>(),
+        ));
+        w.u8(AUDIT_BLOCK);
+        w.varint(run.len() as u64);
+        for (_, entry) in run {
+            w.bytes(entry);
+        }
+        blocks.push((first, w.0));
+        at = end;
+    }
+    blocks
+}
+
+/// How many blocks [`audit_block`] makes of these entries.
+fn audit_block_count(audit: &[(u64, Vec<u8>)]) -> usize {
+    let mut blocks = 0;
+    let mut run = 0;
+    for (i, (seq, _)) in audit.iter().enumerate() {
+        if i == 0 || run == AUDIT_BLOCK_MAX || *seq != audit[i - 1].0 + 1 {
+            blocks += 1;
+            run = 0;
+        }
+        run += 1;
+    }
+    blocks
+}
+
+/// The entries stored under the audit key of `first`: a block, or one entry on its own.
+fn audit_entries(first: u64, value: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    if value.first() != Some(&AUDIT_BLOCK) {
+        return Ok(vec![(first, value.to_vec())]);
+    }
+    let corrupt = |e: String| StoreError::Corrupt(format!("audit block at seq {first}: {e}"));
+    let mut r = format::Reader::new(&value[1..]);
+    let n = r.varint().map_err(corrupt)?;
+    let mut out = Vec::with_capacity(n.min(65_536) as usize);
+    for i in 0..n {
+        out.push((first + i, r.bytes().map_err(corrupt)?.to_vec()));
+    }
+    if !r.is_empty() {
+        return Err(corrupt("bytes left over".into()));
+    }
+    Ok(out)
+}
+
+/// How many entries, and so the last `seq`, a stored audit value holds, without copying them.
+fn audit_count(first: u64, value: &[u8]) -> Result<u64, StoreError> {
+    if value.first() != Some(&AUDIT_BLOCK) {
+        return Ok(1);
+    }
+    format::Reader::new(&value[1..])
+        .varint()
+        .map_err(|e| StoreError::Corrupt(format!("audit block at seq {first}: {e}")))
+}
+
 /// The key under which a node of a cluster keeps the etcd revision its copy has reached.
 const MIRROR_REVISION: &[u8] = b"m/revision";
 
@@ -94,8 +175,8 @@ impl WriteBatch {
         for (id, value) in &self.agents {
             ops.push((key(AGENT, id.as_bytes()), value.clone()));
         }
-        for (seq, v) in &self.audit {
-            ops.push((audit_key(*seq), Some(v.clone())));
+        for (first, block) in audit_block(&self.audit) {
+            ops.push((audit_key(first), Some(block)));
         }
         for (at, id) in &self.finals_add {
             ops.push((final_key(*at, id), Some(Vec::new())));
@@ -113,7 +194,7 @@ impl WriteBatch {
     pub fn op_count(&self) -> usize {
         2 * self.records.len()
             + self.agents.len()
-            + self.audit.len()
+            + audit_block_count(&self.audit)
             + self.finals_add.len()
             + self.finals_remove.len()
             + usize::from(self.finals_total.is_some())
@@ -371,6 +452,21 @@ impl SledStore {
 }
 
 impl SledStore {
+    /// The first `seq` of the stored block that holds `seq` (`seq` itself if none does): where
+    /// a range read from `seq` starts, and where trimming below `seq` stops.
+    pub(crate) fn audit_block_start(&self, seq: u64) -> Result<u64, StoreError> {
+        let Some(item) = self.db.range(audit_key(0)..=audit_key(seq)).next_back() else {
+            return Ok(seq);
+        };
+        let (k, v) = item?;
+        let first = seq_of(&k)?;
+        Ok(if first + audit_count(first, &v)? > seq {
+            first
+        } else {
+            seq
+        })
+    }
+
     /// The batch that puts back what `batch` is about to replace.
     fn undo_of(&self, ops: &[RawOp]) -> Result<sled::Batch, StoreError> {
         let mut undo = sled::Batch::default();
@@ -473,7 +569,9 @@ impl Store for SledStore {
             snap.agents.push((id_of(AGENT, &k)?, v));
         }
         if let Some(item) = self.db.scan_prefix(AUDIT).next_back() {
-            snap.audit_last_seq = seq_of(&item?.0)?;
+            let (k, v) = item?;
+            let first = seq_of(&k)?;
+            snap.audit_last_seq = first + audit_count(first, &v)? - 1;
         }
         snap.audit_first_seq = self.audit_first_seq()?.unwrap_or(0);
         Ok(snap)
@@ -524,9 +622,18 @@ impl Store for SledStore {
     fn audit_range(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         let end = key(b"l0", b""); // the first key after every "l/..." key
-        for item in self.db.range(audit_key(from)..end).take(max) {
+                                   // `from` may be inside the block that starts before it.
+        let start = self.audit_block_start(from)?;
+        for item in self.db.range(audit_key(start)..end) {
+            if out.len() >= max {
+                break;
+            }
             let (k, v) = item?;
-            out.push((seq_of(&k)?, v.to_vec()));
+            for (seq, entry) in audit_entries(seq_of(&k)?, &v)? {
+                if seq >= from && out.len() < max {
+                    out.push((seq, entry));
+                }
+            }
         }
         Ok(out)
     }
@@ -557,16 +664,22 @@ impl Store for SledStore {
     }
 
     fn trim_audit(&self, below: u64) -> Result<u64, StoreError> {
+        // Whole blocks only: the one that holds `below` stays, with the entries before it.
+        let below = self.audit_block_start(below)?;
         let mut removed = 0;
         loop {
-            let keys: Vec<sled::IVec> = self
+            let items: Vec<(sled::IVec, sled::IVec)> = self
                 .db
                 .range(audit_key(0)..audit_key(below))
-                .keys()
                 .take(4096)
                 .collect::<Result<_, _>>()?;
-            if keys.is_empty() {
+            if items.is_empty() {
                 break;
+            }
+            let mut keys = Vec::with_capacity(items.len());
+            for (k, v) in items {
+                removed += audit_count(seq_of(&k)?, &v)? - 1;
+                keys.push(k);
             }
             let mut b = sled::Batch::default();
             for k in &keys {
@@ -733,7 +846,7 @@ mod tests {
                 ("R3".into(), Some(FINAL.to_vec())),
             ],
             agents: vec![("A".into(), Some(b"a".to_vec()))],
-            audit: (1..=300)
+            audit: (1..=100)
                 .map(|s| (s, format!("e{s}").into_bytes()))
                 .collect(),
             finals_add: vec![
@@ -750,7 +863,9 @@ mod tests {
                 &WriteBatch {
                     records: vec![("R2".into(), None)],
                     agents: vec![("A".into(), None)],
-                    audit: vec![],
+                    audit: (101..=300)
+                        .map(|s| (s, format!("e{s}").into_bytes()))
+                        .collect(),
                     finals_add: vec![],
                     finals_remove: vec![(1000, "R0".into())],
                     finals_total: Some(1),
@@ -800,6 +915,74 @@ mod tests {
         let snap = store.load().unwrap();
         assert_eq!(snap.records.len(), 1);
         assert_eq!((snap.audit_first_seq, snap.audit_last_seq), (101, 300));
+    }
+
+    /// Each batch's audit entries are one value; ranges start inside blocks, and trimming keeps
+    /// the block that holds its bound. Entries written one per key by an older server are read
+    /// alongside.
+    #[test]
+    fn audit_blocks_are_read_by_entry_and_trimmed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            for seq in 1..=5u64 {
+                db.insert(audit_key(seq), format!("{{\"seq\":{seq}}}").as_bytes())
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let entries = |from: u64, to: u64| -> Vec<(u64, Vec<u8>)> {
+            (from..=to)
+                .map(|s| (s, format!("e{s}").into_bytes()))
+                .collect()
+        };
+        for (from, to) in [(6, 9), (10, 10), (11, 40)] {
+            let batch = WriteBatch {
+                audit: entries(from, to),
+                ..WriteBatch::default()
+            };
+            assert_eq!(batch.op_count(), 1);
+            store.commit(&batch, true).unwrap();
+        }
+        assert_eq!(store.db.scan_prefix(AUDIT).count(), 5 + 3);
+        let snap = store.load().unwrap();
+        assert_eq!((snap.audit_first_seq, snap.audit_last_seq), (1, 40));
+        let all = store.audit_range(1, 100).unwrap();
+        assert_eq!(
+            all.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (1..=40).collect::<Vec<_>>()
+        );
+        assert_eq!(all[4].1, br#"{"seq":5}"#.to_vec());
+        assert_eq!(all[20], (21, b"e21".to_vec()));
+        let mid = store.audit_range(8, 3).unwrap();
+        assert_eq!(
+            mid.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
+        // 20 is inside the block 11..=40: it stays whole, everything before it goes.
+        assert_eq!(store.trim_audit(20).unwrap(), 10);
+        assert_eq!(store.audit_first_seq().unwrap(), Some(11));
+        assert_eq!(store.audit_range(1, 1).unwrap()[0].0, 11);
+        // A batch whose entries are not one run (never made by the engine) still keeps them all.
+        let gaps = WriteBatch {
+            audit: vec![
+                (41, b"a".to_vec()),
+                (42, b"b".to_vec()),
+                (50, b"c".to_vec()),
+            ],
+            ..WriteBatch::default()
+        };
+        assert_eq!(gaps.op_count(), 2);
+        let long = WriteBatch {
+            audit: entries(1000, 1000 + 2 * AUDIT_BLOCK_MAX as u64),
+            ..WriteBatch::default()
+        };
+        assert_eq!(long.op_count(), 3);
+        assert_eq!(audit_block(&long.audit).len(), 3);
+        store.commit(&gaps, true).unwrap();
+        assert_eq!(store.load().unwrap().audit_last_seq, 50);
+        assert_eq!(store.audit_range(42, 10).unwrap().len(), 2);
     }
 
     #[test]

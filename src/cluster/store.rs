@@ -320,6 +320,8 @@ impl Store for ClusterStore {
     }
 
     fn trim_audit(&self, below: u64) -> Result<u64, StoreError> {
+        // Whole blocks only, as the local copy trims them.
+        let below = self.local.audit_block_start(below)?;
         let first = self.local.audit_first_seq()?;
         if first.is_none_or(|f| f >= below) {
             return Ok(0);
