@@ -22,7 +22,7 @@ frame() {
     cat "$1"
 }
 
-mkdir -p "$corpus/request_parser" "$corpus/frame_decoder" "$corpus/config_parser"
+mkdir -p "$corpus/request_parser" "$corpus/frame_decoder" "$corpus/config_parser" "$corpus/stored_value"
 
 # frame_decoder input: [piece size (0 = all at once)] [limit - 1, big-endian u16] [stream].
 for f in "$root"/protocol/examples/*/*.json; do
@@ -44,3 +44,10 @@ printf 'listen = "[::1]:7300"\nmax_frame_bytes = 4096\n[tokens]\nadmin = "a"\n' 
 for t in request_parser frame_decoder config_parser; do
     echo "$t: $(ls "$corpus/$t" | wc -l) files in fuzz/$corpus/$t"
 done
+
+# Stored values: an audit entry in format 1 (seq 5, its time, kind denied, record R1), the same
+# entry as a one-entry block, and a record as an older server wrote it (JSON).
+entry='\001\005\0302026-12-02T06:34:06.123Z\004\001\002R1'
+printf "$entry" >"$corpus/stored_value/seed-entry"
+printf "\261\001\037$entry" >"$corpus/stored_value/seed-block"
+printf '{"call":"C1","campaign":"c","chain_n":1,"phone":null,"data":{},"chain":[],"context":{"fields":{}},"version":1,"final_":{"outcome":"processed","at":"2026-12-02T06:34:06.123Z"},"holders":{},"orphaned_since":null}' >"$corpus/stored_value/seed-json-record"

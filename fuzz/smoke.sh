@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 secs=${FUZZ_SMOKE_SECONDS:-10}
-targets=(frame_decoder request_parser config_parser)
+targets=(frame_decoder request_parser config_parser stored_value)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz@0.13.2

@@ -136,6 +136,26 @@ fn audit_entries(first: u64, value: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreE
     Ok(out)
 }
 
+/// The store's readers of what is on disk, for the fuzz targets (hidden from the docs; not an
+/// API).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The entries stored under the audit key of `first` (see [`super::audit_block`]).
+    pub fn audit_entries(first: u64, value: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
+        super::audit_entries(first, value).map_err(|e| e.to_string())
+    }
+
+    /// How many entries that value holds, read from its header alone.
+    pub fn audit_count(first: u64, value: &[u8]) -> Result<u64, String> {
+        super::audit_count(first, value).map_err(|e| e.to_string())
+    }
+
+    /// The blocks a batch's entries are stored as (see [`super::audit_block`]).
+    pub fn audit_block(audit: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
+        super::audit_block(audit)
+    }
+}
+
 /// How many entries, and so the last `seq`, a stored audit value holds, without copying them.
 fn audit_count(first: u64, value: &[u8]) -> Result<u64, StoreError> {
     if value.first() != Some(&AUDIT_BLOCK) {
