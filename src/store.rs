@@ -75,12 +75,14 @@ const AUDIT_BLOCK: u8 = 0xB1;
 /// Entries in one block at most, so that reading from inside a block never decodes many.
 const AUDIT_BLOCK_MAX: usize = 1024;
 
-/// Runs of consecutive `seq`s (of at most [`AUDIT_BLOCK_MAX`]), each as one value under its first `seq`: the block byte, how
-/// many entries, then each entry with its length.
-pub(crate) fn audit_block(audit: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
-    let mut blocks = Vec::new();
+/// Where each block of these entries ends: runs of consecutive `seq`s of at most
+/// [`AUDIT_BLOCK_MAX`] entries.
+fn audit_runs(audit: &[(u64, Vec<u8>)]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
     let mut at = 0;
-    while at < audit.len() {
+    std::iter::from_fn(move || {
+        if at == audit.len() {
+            return None;
+        }
         let first = audit[at].0;
         let mut end = at + 1;
         while end < audit.len()
@@ -89,33 +91,29 @@ pub(crate) fn audit_block(audit: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
         {
             end += 1;
         }
-        let run = &audit[at..end];
-        let mut w = format::Writer(Vec::with_capacity(
-            4 + run.iter().map(|(_, v)| v.len() + 2).sum::<usize>(),
-        ));
-        w.u8(AUDIT_BLOCK);
-        w.varint(run.len() as u64);
-        for (_, entry) in run {
-            w.bytes(entry);
-        }
-        blocks.push((first, w.0));
+        let run = at..end;
         at = end;
-    }
-    blocks
+        Some(run)
+    })
 }
 
-/// How many blocks [`audit_block`] makes of these entries.
-fn audit_block_count(audit: &[(u64, Vec<u8>)]) -> usize {
-    let mut blocks = 0;
-    let mut run = 0;
-    for (i, (seq, _)) in audit.iter().enumerate() {
-        if i == 0 || run == AUDIT_BLOCK_MAX || *seq != audit[i - 1].0 + 1 {
-            blocks += 1;
-            run = 0;
-        }
-        run += 1;
-    }
-    blocks
+/// Each run of [`audit_runs`] as one value under its first `seq`: the block byte, how many
+/// entries, then each entry with its length.
+pub(crate) fn audit_block(audit: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
+    audit_runs(audit)
+        .map(|range| {
+            let run = &audit[range];
+            let mut w = format::Writer(Vec::with_capacity(
+                4 + run.iter().map(|(_, v)| v.len() + 2).sum::<usize>(),
+            ));
+            w.u8(AUDIT_BLOCK);
+            w.varint(run.len() as u64);
+            for (_, entry) in run {
+                w.bytes(entry);
+            }
+            (run[0].0, w.0)
+        })
+        .collect()
 }
 
 /// The entries stored under the audit key of `first`: a block, or one entry on its own.
@@ -214,7 +212,7 @@ impl WriteBatch {
     pub fn op_count(&self) -> usize {
         2 * self.records.len()
             + self.agents.len()
-            + audit_block_count(&self.audit)
+            + audit_runs(&self.audit).count()
             + self.finals_add.len()
             + self.finals_remove.len()
             + usize::from(self.finals_total.is_some())
@@ -356,9 +354,12 @@ impl SledStore {
         // writes finishing: give them a little time before calling the directory taken.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while opened.as_ref().is_err_and(locked) && std::time::Instant::now() < deadline {
-            let ours = std::fs::read_to_string(dir.join(OWNER_FILE)).is_ok_and(|s| {
-                s.split_whitespace().nth(1) == Some(&std::process::id().to_string())
-            });
+            // No owner file: no Baton server claimed the directory (sled alone, perhaps in
+            // this process); another server's pid: it is taken, say so at once.
+            let ours = match std::fs::read_to_string(dir.join(OWNER_FILE)) {
+                Ok(s) => s.split_whitespace().nth(1) == Some(&std::process::id().to_string()),
+                Err(_) => true,
+            };
             if !ours {
                 break;
             }
