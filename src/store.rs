@@ -488,7 +488,7 @@ impl SledStore {
         })
     }
 
-    /// The batch that puts back what `batch` is about to replace.
+    /// The batch that puts back what `batch` (as `ops`) is about to replace.
     fn undo_of(&self, ops: &[RawOp]) -> Result<sled::Batch, StoreError> {
         let mut undo = sled::Batch::default();
         for (k, _) in ops {
@@ -915,6 +915,64 @@ mod tests {
         assert_eq!(store.trim_audit(101).unwrap(), 100);
         assert_eq!(store.audit_first_seq().unwrap(), Some(101));
         assert_eq!(store.audit_range(1, 1).unwrap()[0].0, 101);
+    }
+
+    /// The batch that takes a refused one back puts every key as it was, whatever the batch did
+    /// to it: a new record, a live record made final, a final record written again at the same
+    /// or another final time, an agent changed and one added, audit blocks, the index and count.
+    #[test]
+    fn the_undo_of_a_batch_puts_every_key_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let live = |call: &str| format!(r#"{{"call":"{call}","final_":null}}"#).into_bytes();
+        let fin = |call: &str, at: &str| {
+            format!(
+                r#"{{"call":"{call}","final_":{{"outcome":"processed","by":"A","at":"{at}"}}}}"#
+            )
+            .into_bytes()
+        };
+        let (t1, t2) = ("2026-01-01T00:00:01.000Z", "2026-01-01T00:00:02.000Z");
+        let ms = |t: &str| crate::messages::parse_rfc3339(t).unwrap();
+        store
+            .commit(
+                &WriteBatch {
+                    records: vec![
+                        ("LIVE".into(), Some(live("C1"))),
+                        ("SAME".into(), Some(fin("C2", t1))),
+                        ("MOVED".into(), Some(fin("C3", t1))),
+                    ],
+                    agents: vec![("A".into(), Some(b"a".to_vec()))],
+                    audit: vec![(1, b"e1".to_vec())],
+                    finals_add: vec![(ms(t1), "SAME".into()), (ms(t1), "MOVED".into())],
+                    finals_remove: vec![],
+                    finals_total: Some(2),
+                },
+                true,
+            )
+            .unwrap();
+        let before = store.raw_range(b"", 100).unwrap();
+        let batch = WriteBatch {
+            records: vec![
+                ("LIVE".into(), Some(fin("C1", t2))),
+                ("SAME".into(), Some(fin("C2x", t1))),
+                ("MOVED".into(), Some(fin("C3", t2))),
+                ("NEW".into(), Some(live("C4"))),
+            ],
+            agents: vec![("A".into(), None), ("B".into(), Some(b"b".to_vec()))],
+            audit: vec![(2, b"e2".to_vec()), (3, b"e3".to_vec())],
+            finals_add: vec![
+                (ms(t2), "LIVE".into()),
+                (ms(t1), "SAME".into()),
+                (ms(t2), "MOVED".into()),
+            ],
+            finals_remove: vec![(ms(t1), "MOVED".into())],
+            finals_total: Some(3),
+        };
+        let undo = store.undo_of(&batch.raw_ops()).unwrap();
+        store.commit(&batch, false).unwrap();
+        assert_ne!(store.raw_range(b"", 100).unwrap(), before);
+        store.db.apply_batch(undo).unwrap();
+        assert_eq!(store.raw_range(b"", 100).unwrap(), before);
     }
 
     const LIVE: &[u8] = br#"{"call":"C1","final_":null}"#;

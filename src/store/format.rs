@@ -27,7 +27,7 @@ pub trait Persist: Sized {
 
 /// Encodes a value in format 1, with its version byte.
 pub fn encode<T: Persist>(value: &T) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(128));
+    let mut w = Writer::new();
     w.u8(VERSION_1);
     value.put(&mut w);
     w.0
@@ -57,6 +57,15 @@ pub fn decode<T: Persist + DeserializeOwned>(bytes: &[u8]) -> Result<T, String> 
 pub struct Writer(pub(crate) Vec<u8>);
 
 impl Writer {
+    /// An empty buffer (the version byte is the caller's to write first).
+    pub fn new() -> Writer {
+        Writer(Vec::with_capacity(128))
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
     pub fn u8(&mut self, b: u8) {
         self.0.push(b);
     }
