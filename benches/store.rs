@@ -1,8 +1,9 @@
 //! The sled store alone: what one engine batch of decisions costs to write.
 //!
 //! A store holding 20,000 live records takes batches of 50 `RecordProcessed` decisions, as the
-//! engine hands them over: each decision turns a live record final (state under `d/`, gone from
-//! `r/`), files it in the index of final records, and adds two audit entries. The batch is
+//! engine hands them over: each decision turns a live record final (its state under `d/`, gone
+//! from `r/`; its body, written at the attach, stays), files it in the index of final records,
+//! and adds two audit entries. The batch is
 //! committed with its flush, as an acknowledged batch is. Run on tmpfs when it exists (the flush
 //! is then nearly free), so that the figure is the CPU of the write path, not the disk's.
 //!
@@ -10,6 +11,7 @@
 //! calling list with many fields.
 
 use baton::store::format::{Writer, VERSION_1};
+use baton::store::records::{RECORD_FINAL, RECORD_SPLIT};
 use baton::store::{SledStore, Store, WriteBatch};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::path::PathBuf;
@@ -18,20 +20,35 @@ const LIVE: usize = 20_000;
 const DECISIONS: usize = 50;
 const START_MS: u64 = 1_700_000_000_000;
 
-/// A record value in the store's format 1: the final outcome first (tag 0: live), then the rest
-/// of the record; the store itself only ever reads the final outcome.
-fn record(id: &str, data_bytes: usize, final_at: Option<&str>) -> Vec<u8> {
+/// A record's state in the store's format 1 (split: the body is under its own key): flags, the
+/// final outcome if final, then context, version, holders; the store itself only ever reads the
+/// flags and the final outcome.
+fn state(final_at: Option<&str>) -> Vec<u8> {
     let mut w = Writer::new();
     w.u8(VERSION_1);
     match final_at {
         Some(at) => {
-            w.u8(1);
+            w.u8(RECORD_SPLIT | RECORD_FINAL);
             w.u8(0);
             w.opt_str(Some("1042"));
             w.str(at);
         }
-        None => w.u8(0),
+        None => w.u8(RECORD_SPLIT),
     }
+    w.opt_str(Some("answered"));
+    w.varint(0);
+    w.varint(2);
+    w.varint(1);
+    w.str("1042");
+    w.u8(2);
+    w.opt_varint(None);
+    w.into_bytes()
+}
+
+/// A record's body: call, campaign, phone, then `data_bytes` of customer data.
+fn body(id: &str, data_bytes: usize) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(VERSION_1);
     w.str(&format!("call-{id}"));
     w.str("spring");
     w.varint(0);
@@ -83,11 +100,11 @@ impl Centre {
             let batch = WriteBatch {
                 records: part
                     .iter()
-                    .map(|i| {
-                        let id = format!("R{i}");
-                        let v = record(&id, data_bytes, None);
-                        (id, Some(v))
-                    })
+                    .map(|i| (format!("R{i}"), Some(state(None))))
+                    .collect(),
+                bodies: part
+                    .iter()
+                    .map(|i| (format!("R{i}"), body(&format!("R{i}"), data_bytes)))
                     .collect(),
                 finals_total: Some(0),
                 ..WriteBatch::default()
@@ -108,7 +125,11 @@ impl Centre {
         let attach = WriteBatch {
             records: ids
                 .iter()
-                .map(|id| (id.clone(), Some(record(id, self.data_bytes, None))))
+                .map(|id| (id.clone(), Some(state(None))))
+                .collect(),
+            bodies: ids
+                .iter()
+                .map(|id| (id.clone(), body(id, self.data_bytes)))
                 .collect(),
             finals_total: Some(self.finals),
             ..WriteBatch::default()
@@ -120,9 +141,7 @@ impl Centre {
         let at = baton::messages::rfc3339(at_ms);
         let mut batch = WriteBatch::default();
         for id in ids {
-            batch
-                .records
-                .push((id.clone(), Some(record(&id, self.data_bytes, Some(&at)))));
+            batch.records.push((id.clone(), Some(state(Some(&at)))));
             batch.finals_add.push((at_ms, id));
             for _ in 0..2 {
                 self.seq += 1;

@@ -46,8 +46,12 @@ for t in request_parser frame_decoder config_parser; do
 done
 
 # Stored values: an audit entry in format 1 (seq 5, its time, kind denied, record R1), the same
-# entry as a one-entry block, and a record as an older server wrote it (JSON).
+# entry as a one-entry block, a final record as the store reads it back (its state: flags final
+# and split, processed by 1042, version 1, 1042 revoked; then its body: call C1, campaign c), and a
+# record as an older server wrote it (JSON).
 entry='\001\005\0302026-12-02T06:34:06.123Z\004\001\002R1'
 printf "$entry" >"$corpus/stored_value/seed-entry"
 printf "\261\001\037$entry" >"$corpus/stored_value/seed-block"
+printf '\001\003\000\001\0041042\0302026-12-02T06:34:06.123Z\000\000\001\001\0041042\000\000\001\002C1\001c\000\000\000\000' \
+    >"$corpus/stored_value/seed-split-record"
 printf '{"call":"C1","campaign":"c","chain_n":1,"phone":null,"data":{},"chain":[],"context":{"fields":{}},"version":1,"final_":{"outcome":"processed","at":"2026-12-02T06:34:06.123Z"},"holders":{},"orphaned_since":null}' >"$corpus/stored_value/seed-json-record"

@@ -32,6 +32,8 @@ const FINALS_COUNT: &[u8] = b"m/finals";
 const AGENT: &[u8] = b"a/";
 const AUDIT: &[u8] = b"l/";
 const FINAL: &[u8] = b"f/";
+/// A record's body (what its attach gave it), apart from its state under `r/` or `d/`.
+const BODY: &[u8] = b"b/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,7 +54,10 @@ pub enum StoreError {
 /// Everything written by one engine batch. `None` deletes the key.
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
+    /// Records' states (`None`: the record is deleted, its body with it).
     pub records: Vec<(String, Option<Vec<u8>>)>,
+    /// Records' bodies, written once, with the record's first change.
+    pub bodies: Vec<(String, Vec<u8>)>,
     pub agents: Vec<(String, Option<Vec<u8>>)>,
     pub audit: Vec<(u64, Vec<u8>)>,
     /// (final time in ms, record): records that became final, for retention to find.
@@ -187,8 +192,12 @@ impl WriteBatch {
                 None => {
                     ops.push((live, None));
                     ops.push((done, None));
+                    ops.push((key(BODY, id.as_bytes()), None));
                 }
             }
+        }
+        for (id, body) in &self.bodies {
+            ops.push((key(BODY, id.as_bytes()), Some(body.clone())));
         }
         for (id, value) in &self.agents {
             ops.push((key(AGENT, id.as_bytes()), value.clone()));
@@ -210,7 +219,11 @@ impl WriteBatch {
 
     /// How many keys the batch writes or deletes.
     pub fn op_count(&self) -> usize {
-        2 * self.records.len()
+        self.records
+            .iter()
+            .map(|(_, v)| if v.is_some() { 2 } else { 3 })
+            .sum::<usize>()
+            + self.bodies.len()
             + self.agents.len()
             + audit_runs(&self.audit).count()
             + self.finals_add.len()
@@ -220,6 +233,7 @@ impl WriteBatch {
 
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+            && self.bodies.is_empty()
             && self.agents.is_empty()
             && self.audit.is_empty()
             && self.finals_add.is_empty()
@@ -259,6 +273,12 @@ pub trait Store: Send + Sync {
     /// Has `observer` told how long each flush to disk takes (for the metrics); the first
     /// observer set stays. A store that never touches a disk ignores it.
     fn observe_flushes(&self, _observer: FlushObserver) {}
+    /// Whether `commit` may be called from inside an async runtime (the engine's thread): true
+    /// for a store that only blocks on its disk; false for one that drives async work of the
+    /// server's runtime to commit (cluster mode), and must be called from a blocking thread.
+    fn commits_in_place(&self) -> bool {
+        true
+    }
     /// Up to `max` audit entries with `seq >= from`, in order.
     fn audit_range(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// Lowest `seq` still kept, `None` when the log is empty.
@@ -488,6 +508,20 @@ impl SledStore {
         })
     }
 
+    /// A record as the engine reads it: its stored state, with its body appended if it is kept
+    /// apart.
+    fn with_body(&self, id: &str, state: Stored) -> Result<Stored, StoreError> {
+        if !records::stored_record_is_split(&state) {
+            return Ok(state);
+        }
+        match self.db.get(key(BODY, id.as_bytes()))? {
+            Some(body) => Ok(records::join_record(&state, &body)),
+            None => Err(StoreError::Corrupt(format!(
+                "record {id}: its body is missing from the store"
+            ))),
+        }
+    }
+
     /// The batch that puts back what `batch` (as `ops`) is about to replace.
     fn undo_of(&self, ops: &[RawOp]) -> Result<sled::Batch, StoreError> {
         let mut undo = sled::Batch::default();
@@ -576,7 +610,8 @@ impl Store for SledStore {
             if is_final(&id, &v)? {
                 finals_seen += 1;
             } else {
-                snap.records.push((id, v));
+                let whole = self.with_body(&id, v)?;
+                snap.records.push((id, whole));
             }
         }
         snap.records_final = match self.db.get(FINALS_COUNT)? {
@@ -662,10 +697,14 @@ impl Store for SledStore {
     fn record(&self, id: &str) -> Result<Option<Stored>, StoreError> {
         // Asked for records that left memory: final ones, under `d/` (or `r/` in a store not
         // yet separated).
-        match self.db.get(key(DONE, id.as_bytes()))? {
-            Some(v) => Ok(Some(v)),
-            None => Ok(self.db.get(key(RECORD, id.as_bytes()))?),
-        }
+        let state = match self.db.get(key(DONE, id.as_bytes()))? {
+            Some(v) => v,
+            None => match self.db.get(key(RECORD, id.as_bytes()))? {
+                Some(v) => v,
+                None => return Ok(None),
+            },
+        };
+        self.with_body(id, state).map(Some)
     }
 
     fn finals_before(&self, before_ms: u64, max: usize) -> Result<Vec<(u64, String)>, StoreError> {
@@ -719,9 +758,24 @@ impl Store for SledStore {
 #[derive(Default)]
 struct MemoryInner {
     records: BTreeMap<String, Vec<u8>>,
+    bodies: BTreeMap<String, Vec<u8>>,
     agents: BTreeMap<String, Vec<u8>>,
     audit: BTreeMap<u64, Vec<u8>>,
     finals: std::collections::BTreeSet<(u64, String)>,
+}
+
+impl MemoryInner {
+    fn with_body(&self, id: &str, state: &[u8]) -> Result<Stored, StoreError> {
+        if !records::stored_record_is_split(state) {
+            return Ok(Stored::from(state));
+        }
+        match self.bodies.get(id) {
+            Some(body) => Ok(records::join_record(state, body)),
+            None => Err(StoreError::Corrupt(format!(
+                "record {id}: its body is missing from the store"
+            ))),
+        }
+    }
 }
 
 /// An in-memory store for tests, with a fault switch that makes every commit fail.
@@ -756,7 +810,7 @@ impl Store for MemoryStore {
             if is_final(k, v)? {
                 records_final += 1;
             } else {
-                records.push((k.clone(), Stored::from(v.as_slice())));
+                records.push((k.clone(), inner.with_body(k, v)?));
             }
         }
         Ok(Snapshot {
@@ -789,8 +843,14 @@ impl Store for MemoryStore {
         for (id, value) in &batch.records {
             match value {
                 Some(v) => inner.records.insert(id.clone(), v.clone()),
-                None => inner.records.remove(id),
+                None => {
+                    inner.bodies.remove(id);
+                    inner.records.remove(id)
+                }
             };
+        }
+        for (id, body) in &batch.bodies {
+            inner.bodies.insert(id.clone(), body.clone());
         }
         for (id, value) in &batch.agents {
             match value {
@@ -828,11 +888,11 @@ impl Store for MemoryStore {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Injected("I/O error reading (injected)".into()));
         }
-        Ok(self
-            .lock()
-            .records
-            .get(id)
-            .map(|v| Stored::from(v.as_slice())))
+        let inner = self.lock();
+        match inner.records.get(id) {
+            Some(v) => inner.with_body(id, v).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn finals_before(&self, before_ms: u64, max: usize) -> Result<Vec<(u64, String)>, StoreError> {
@@ -866,6 +926,7 @@ mod tests {
                 ("R2".into(), Some(b"{}".to_vec())),
                 ("R3".into(), Some(FINAL.to_vec())),
             ],
+            bodies: vec![],
             agents: vec![("A".into(), Some(b"a".to_vec()))],
             audit: (1..=100)
                 .map(|s| (s, format!("e{s}").into_bytes()))
@@ -883,6 +944,7 @@ mod tests {
             .commit(
                 &WriteBatch {
                     records: vec![("R2".into(), None)],
+                    bodies: vec![],
                     agents: vec![("A".into(), None)],
                     audit: (101..=300)
                         .map(|s| (s, format!("e{s}").into_bytes()))
@@ -941,6 +1003,7 @@ mod tests {
                         ("SAME".into(), Some(fin("C2", t1))),
                         ("MOVED".into(), Some(fin("C3", t1))),
                     ],
+                    bodies: vec![],
                     agents: vec![("A".into(), Some(b"a".to_vec()))],
                     audit: vec![(1, b"e1".to_vec())],
                     finals_add: vec![(ms(t1), "SAME".into()), (ms(t1), "MOVED".into())],
@@ -958,6 +1021,7 @@ mod tests {
                 ("MOVED".into(), Some(fin("C3", t2))),
                 ("NEW".into(), Some(live("C4"))),
             ],
+            bodies: vec![("NEW".into(), b"body".to_vec())],
             agents: vec![("A".into(), None), ("B".into(), Some(b"b".to_vec()))],
             audit: vec![(2, b"e2".to_vec()), (3, b"e3".to_vec())],
             finals_add: vec![
@@ -973,6 +1037,61 @@ mod tests {
         assert_ne!(store.raw_range(b"", 100).unwrap(), before);
         store.db.apply_batch(undo).unwrap();
         assert_eq!(store.raw_range(b"", 100).unwrap(), before);
+    }
+
+    /// A record's state and its body are kept under their own keys and read back as one; a state
+    /// whose body is missing is reported, and deleting a record deletes its body.
+    #[test]
+    fn a_record_is_read_back_as_its_state_and_its_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let state = |flags: u8| vec![format::VERSION_1, flags, 7];
+        let body = vec![format::VERSION_1, 9, 9];
+        let write = |records, bodies| WriteBatch {
+            records,
+            bodies,
+            finals_total: Some(0),
+            ..WriteBatch::default()
+        };
+        store
+            .commit(
+                &write(
+                    vec![
+                        ("L".into(), Some(state(records::RECORD_SPLIT))),
+                        ("W".into(), Some(state(0))),
+                        ("X".into(), Some(state(records::RECORD_SPLIT))),
+                    ],
+                    vec![("L".into(), body.clone())],
+                ),
+                true,
+            )
+            .unwrap();
+        let joined = records::join_record(&state(records::RECORD_SPLIT), &body);
+        assert_eq!(store.record("L").unwrap(), Some(joined.clone()));
+        assert_eq!(store.record("W").unwrap(), Some(Stored::from(state(0))));
+        let missing = store.record("X").unwrap_err().to_string();
+        assert!(
+            missing.contains("record X: its body is missing"),
+            "{missing}"
+        );
+        assert!(
+            store.load().is_err(),
+            "a start refuses a record without its body"
+        );
+        store
+            .commit(&write(vec![("X".into(), None)], vec![]), true)
+            .unwrap();
+        assert_eq!(store.load().unwrap().records[0], ("L".to_string(), joined));
+        store
+            .commit(&write(vec![("L".into(), None)], vec![]), true)
+            .unwrap();
+        let keys: Vec<Vec<u8>> = store
+            .raw_range(b"", 100)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert!(!keys.iter().any(|k| k.starts_with(BODY)), "{keys:?}");
     }
 
     const LIVE: &[u8] = br#"{"call":"C1","final_":null}"#;

@@ -268,6 +268,11 @@ impl ClusterStore {
 }
 
 impl Store for ClusterStore {
+    /// A commit waits on etcd through the server's runtime: it must not run inside one.
+    fn commits_in_place(&self) -> bool {
+        false
+    }
+
     fn load(&self) -> Result<Snapshot, StoreError> {
         self.local.load()
     }

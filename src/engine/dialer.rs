@@ -91,6 +91,7 @@ impl Engine {
             holders: BTreeMap::new(),
             orphaned_since_ms: None,
             resident_since_ms: 0,
+            body_stored: false,
         };
         let id = RecordId::from(a.record.as_str());
         if let Some(old) = self.records.insert(id.clone(), record) {

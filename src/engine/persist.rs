@@ -84,10 +84,16 @@ impl Engine {
         let mut batch = WriteBatch::default();
         for id in std::mem::take(&mut self.dirty_records) {
             // Records are never deleted, and one with unwritten changes never leaves memory.
-            let Some(rec) = self.records.get(&id) else {
+            let Some(rec) = self.records.get_mut(&id) else {
                 panic!("record {id} changed but is not in memory");
             };
-            let value = encode(rec);
+            // Only the state is written again; the body once, with the first change after the
+            // attach (or after a start on a store that kept the record whole).
+            if !rec.body_stored {
+                batch.bodies.push((String::from(&id), rec.stored_body()));
+                rec.body_stored = true;
+            }
+            let value = rec.stored_state();
             if let Some(at) = rec.final_.as_ref().and_then(|f| parse_rfc3339(&f.at)) {
                 // Filed by the time it became final, for retention (written again if the record
                 // is, which changes nothing).
@@ -221,5 +227,155 @@ impl Engine {
         if !self.dirty_records.contains(record) {
             self.dirty_records.insert(record.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::format::{Writer, VERSION_1};
+    use crate::store::records::join_record;
+    use crate::store::{MemoryStore, Store, Stored};
+
+    const DIALER: ConnId = 9;
+    const NOW: u64 = 1_764_000_000_000;
+
+    fn dialer_engine() -> Engine {
+        let mut engine = Engine::new(EngineConfig::from_config(&Config::default()), [5; 32], NOW);
+        let mut out = Vec::new();
+        engine.handle(
+            NOW,
+            Input::Connected {
+                conn: DIALER,
+                role: Role::Dialer,
+            },
+            &mut out,
+        );
+        engine
+    }
+
+    fn ask(engine: &mut Engine, request: Request) -> WriteBatch {
+        let mut out = Vec::new();
+        engine.begin();
+        let input = Input::Request {
+            conn: DIALER,
+            r#ref: Some(1),
+            request,
+        };
+        engine.handle(NOW, input, &mut out);
+        let batch = engine.take_writes();
+        engine.commit();
+        batch
+    }
+
+    fn attach(record: &str, data: &str) -> Request {
+        let mut fields = Object::new();
+        fields.insert("notes".into(), data.into());
+        Request::AttachRecord(AttachRecord {
+            call: format!("C-{record}"),
+            record: record.into(),
+            campaign: "spring".into(),
+            list: None,
+            chain_id: None,
+            chain_n: None,
+            phone: Some("5550100".into()),
+            data: fields,
+            chain: Vec::new(),
+        })
+    }
+
+    fn cancel(record: &str) -> Request {
+        Request::CancelRecord(RecordRef {
+            record: record.into(),
+        })
+    }
+
+    fn contains(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    /// The body (data, chain, call, phone) is written once, with the attach; a later change writes
+    /// only the state. What the store hands back (state, then body) is the record.
+    #[test]
+    fn a_change_writes_the_state_and_the_body_is_written_once() {
+        let data = "customer notes ".repeat(100);
+        let mut engine = dialer_engine();
+        let attached = ask(&mut engine, attach("R1", &data));
+        assert_eq!(attached.bodies.len(), 1);
+        assert!(contains(&attached.bodies[0].1, &data));
+        let Some(state) = &attached.records[0].1 else {
+            panic!("an attach writes the record's state");
+        };
+        assert!(!contains(state, "customer notes"));
+
+        let cancelled = ask(&mut engine, cancel("R1"));
+        assert!(cancelled.bodies.is_empty(), "the body is not written again");
+        let Some(state) = &cancelled.records[0].1 else {
+            panic!("a cancel writes the record's state");
+        };
+        assert!(state.len() < 100, "{} bytes of state", state.len());
+        assert!(crate::store::records::stored_record_is_final(state).unwrap());
+
+        let store = MemoryStore::new();
+        store.commit(&attached, true).unwrap();
+        store.commit(&cancelled, true).unwrap();
+        let back = store.record("R1").unwrap().expect("the record is stored");
+        let whole: Record = decode("record R1", &back).unwrap();
+        assert_eq!(
+            whole.data.get("notes").and_then(|v| v.as_str()),
+            Some(data.as_str())
+        );
+        assert!(whole.final_.is_some());
+        assert_eq!(
+            back,
+            join_record(state, &attached.bodies[0].1),
+            "state then body"
+        );
+    }
+
+    /// A record an older server wrote whole (no split flag, body fields after the final outcome)
+    /// is read, and has its body written apart with its first change.
+    #[test]
+    fn a_record_written_whole_gets_its_body_apart_at_its_first_change() {
+        let mut w = Writer::new();
+        w.u8(VERSION_1);
+        w.u8(0); // flags: live, whole
+        w.str("C-R2");
+        w.str("spring");
+        w.varint(0);
+        w.opt_str(Some("5550100"));
+        let mut data = Object::new();
+        data.insert("name".into(), "Ada".into());
+        w.object(&data);
+        w.varint(0); // chain
+        w.opt_str(None); // call result
+        w.object(&Object::new());
+        w.varint(3); // version
+        w.varint(0); // holders
+        w.opt_varint(None);
+        let whole = w.into_bytes();
+
+        let mut engine = dialer_engine();
+        engine
+            .restore(
+                Snapshot {
+                    records: vec![("R2".into(), Stored::from(whole))],
+                    ..Snapshot::default()
+                },
+                NOW,
+            )
+            .unwrap();
+        let first = ask(&mut engine, cancel("R2"));
+        assert_eq!(first.bodies.len(), 1, "the body goes apart");
+        let Some(state) = &first.records[0].1 else {
+            panic!("a cancel writes the record's state");
+        };
+        let back: Record = decode("record R2", &join_record(state, &first.bodies[0].1)).unwrap();
+        assert_eq!((back.call.as_str(), back.version), ("C-R2", 3));
+        assert!(back.final_.is_some(), "the cancel made it final");
+        assert_eq!(back.data.get("name").and_then(|v| v.as_str()), Some("Ada"));
     }
 }

@@ -128,6 +128,11 @@ pub(super) struct Record {
     /// For a final record in memory: since when, its key in `final_queue` (not stored).
     #[serde(skip)]
     pub(super) resident_since_ms: u64,
+    /// The store holds this record's body (call, campaign, phone, data, chain) under its own
+    /// key, so that a change writes only the state (not stored: read from how it was stored).
+    /// False for a record just attached, and for one an older server wrote whole.
+    #[serde(skip)]
+    pub(super) body_stored: bool,
 }
 
 impl Record {

@@ -5,56 +5,110 @@
 
 use super::ids::{AgentId, CallId, Dn};
 use super::state::{AgentState, Record};
-use crate::messages::{ChainEntry, Context, FinalInfo};
+use crate::messages::{Access, ChainEntry, Context, FinalInfo};
 use crate::store::format::{
-    get_access, get_outcome, put_access, put_outcome, Persist, Reader, Writer,
+    get_access, get_outcome, put_access, put_outcome, Persist, Reader, Writer, VERSION_1,
 };
+use crate::store::records::{RECORD_FINAL, RECORD_SPLIT};
 use std::collections::BTreeMap;
 
+/// What changes in a record: its final outcome (first, see the module), context, version and
+/// holders. Written on every change, under `r/` or `d/`.
+fn put_state(rec: &Record, w: &mut Writer) {
+    let final_flag = if rec.final_.is_some() {
+        RECORD_FINAL
+    } else {
+        0
+    };
+    w.u8(RECORD_SPLIT | final_flag);
+    if let Some(f) = &rec.final_ {
+        put_outcome(w, f.outcome);
+        w.opt_str(f.by.as_deref());
+        w.str(&f.at);
+    }
+    put_context(rec, w);
+    w.varint(rec.version);
+    w.varint(rec.holders.len() as u64);
+    for (agent, access) in &rec.holders {
+        w.str(agent.as_str());
+        put_access(w, *access);
+    }
+    w.opt_varint(rec.orphaned_since_ms);
+}
+
+fn put_context(rec: &Record, w: &mut Writer) {
+    w.opt_str(rec.context.call_result.as_deref());
+    w.object(&rec.context.fields);
+}
+
+/// What an attach gives a record and nothing changes afterwards: call, campaign, phone, data and
+/// chain. Written once, under `b/`.
+fn put_body(rec: &Record, w: &mut Writer) {
+    w.str(rec.call.as_str());
+    w.str(&rec.campaign);
+    w.varint(u64::from(rec.chain_n));
+    w.opt_str(rec.phone.as_deref());
+    w.object(&rec.data);
+    w.varint(rec.chain.len() as u64);
+    for c in rec.chain.iter() {
+        w.str(&c.record);
+        w.varint(u64::from(c.chain_n));
+        w.opt_str(c.phone.as_deref());
+        w.object(&c.data);
+    }
+}
+
+impl Record {
+    /// The record's state as the store keeps it (format 1, split).
+    pub(super) fn stored_state(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(VERSION_1);
+        put_state(self, &mut w);
+        w.into_bytes()
+    }
+
+    /// The record's body as the store keeps it (format 1), apart from its state.
+    pub(super) fn stored_body(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(VERSION_1);
+        put_body(self, &mut w);
+        w.into_bytes()
+    }
+}
+
+/// A record as the store hands it back: its state followed by its body (see
+/// [`crate::store::records::join_record`]). A record written whole by an older server (no split
+/// flag) is read too, and then has its body written apart the next time it changes.
 impl Persist for Record {
     fn put(&self, w: &mut Writer) {
-        match &self.final_ {
-            Some(f) => {
-                w.u8(1);
-                put_outcome(w, f.outcome);
-                w.opt_str(f.by.as_deref());
-                w.str(&f.at);
-            }
-            None => w.u8(0),
-        }
-        w.str(self.call.as_str());
-        w.str(&self.campaign);
-        w.varint(u64::from(self.chain_n));
-        w.opt_str(self.phone.as_deref());
-        w.object(&self.data);
-        w.varint(self.chain.len() as u64);
-        for c in self.chain.iter() {
-            w.str(&c.record);
-            w.varint(u64::from(c.chain_n));
-            w.opt_str(c.phone.as_deref());
-            w.object(&c.data);
-        }
-        w.opt_str(self.context.call_result.as_deref());
-        w.object(&self.context.fields);
-        w.varint(self.version);
-        w.varint(self.holders.len() as u64);
-        for (agent, access) in &self.holders {
-            w.str(agent.as_str());
-            put_access(w, *access);
-        }
-        w.opt_varint(self.orphaned_since_ms);
+        put_state(self, w);
+        w.u8(VERSION_1);
+        put_body(self, w);
     }
 
     fn get(r: &mut Reader<'_>) -> Result<Self, String> {
-        let final_ = match r.u8()? {
-            0 => None,
-            1 => Some(FinalInfo {
+        let flags = r.u8()?;
+        if flags & !(RECORD_FINAL | RECORD_SPLIT) != 0 {
+            return Err(format!("a record flags byte of {flags:#04x}"));
+        }
+        let final_ = if flags & RECORD_FINAL != 0 {
+            Some(FinalInfo {
                 outcome: get_outcome(r)?,
                 by: r.opt_string()?,
                 at: r.string()?,
-            }),
-            b => return Err(format!("a final tag of {b}")),
+            })
+        } else {
+            None
         };
+        let split = flags & RECORD_SPLIT != 0;
+        let mut state = None;
+        if split {
+            state = Some(get_state(r)?);
+            match r.u8()? {
+                VERSION_1 => {}
+                v => return Err(format!("a record body of version {v:#04x}")),
+            }
+        }
         let call = CallId::from(r.str()?);
         let campaign = r.string()?;
         let chain_n = r.u32()?;
@@ -70,18 +124,10 @@ impl Persist for Record {
                 data: r.object()?,
             });
         }
-        let context = Context {
-            call_result: r.opt_string()?,
-            fields: r.object()?,
+        let (context, version, holders, orphaned_since_ms) = match state {
+            Some(state) => state,
+            None => get_state(r)?,
         };
-        let version = r.varint()?;
-        let n = r.varint()?;
-        let mut holders = BTreeMap::new();
-        for _ in 0..n {
-            let agent = AgentId::from(r.str()?);
-            holders.insert(agent, get_access(r)?);
-        }
-        let orphaned_since_ms = r.opt_varint()?;
         Ok(Record {
             call,
             campaign,
@@ -95,8 +141,27 @@ impl Persist for Record {
             holders,
             orphaned_since_ms,
             resident_since_ms: 0,
+            body_stored: split,
         })
     }
+}
+
+type State = (Context, u64, BTreeMap<AgentId, Access>, Option<u64>);
+
+/// The fields of a record's state after its final outcome, in either layout.
+fn get_state(r: &mut Reader<'_>) -> Result<State, String> {
+    let context = Context {
+        call_result: r.opt_string()?,
+        fields: r.object()?,
+    };
+    let version = r.varint()?;
+    let n = r.varint()?;
+    let mut holders = BTreeMap::new();
+    for _ in 0..n {
+        let agent = AgentId::from(r.str()?);
+        holders.insert(agent, get_access(r)?);
+    }
+    Ok((context, version, holders, r.opt_varint()?))
 }
 
 impl Persist for AgentState {
@@ -149,6 +214,7 @@ mod tests {
             ]),
             orphaned_since_ms: Some(1_764_000_000_000),
             resident_since_ms: 99,
+            body_stored: false,
         }
     }
 
@@ -178,6 +244,16 @@ mod tests {
             json.len()
         );
         same(&decode::<Record>(&json).unwrap(), &live);
+        assert!(!decode::<Record>(&json).unwrap().body_stored);
+        // Stored as state and body; read back as one.
+        assert_eq!(
+            bytes,
+            crate::store::records::join_record(&live.stored_state(), &live.stored_body()).to_vec()
+        );
+        assert!(back.body_stored);
+        assert!(crate::store::records::stored_record_is_split(
+            &live.stored_state()
+        ));
 
         let done = record(Some(FinalInfo {
             outcome: Outcome::DoNotCall,
@@ -193,6 +269,29 @@ mod tests {
         );
         let json = serde_json::to_vec(&done).unwrap();
         assert!(stored_record_is_final(&json).unwrap());
+    }
+
+    /// The layout, byte by byte (the fuzz corpus seeds with the same value): a final record as
+    /// read back, its state then its body.
+    #[test]
+    fn a_split_record_reads_from_known_bytes() {
+        let bytes = b"\x01\x03\x00\x01\x041042\x182026-12-02T06:34:06.123Z\x00\x00\x01\x01\x041042\x00\x00\x01\x02C1\x01c\x00\x00\x00\x00";
+        let r: Record = decode(bytes).unwrap();
+        let f = r.final_.as_ref().unwrap();
+        assert_eq!(
+            (f.outcome, f.by.as_deref()),
+            (Outcome::Processed, Some("1042"))
+        );
+        assert_eq!(
+            (r.call.as_str(), r.campaign.as_str(), r.version),
+            ("C1", "c", 1)
+        );
+        assert_eq!(
+            r.holders.get(&AgentId::from("1042")),
+            Some(&Access::Revoked)
+        );
+        assert!(r.body_stored);
+        assert_eq!(encode(&r), bytes.to_vec());
     }
 
     #[test]

@@ -144,6 +144,42 @@ async fn watch_credentials(shared: Shared, stop: CancellationToken) {
     }
 }
 
+/// Runs the engine loop on a thread of its own, with a single-threaded runtime for its timers
+/// and channels: the engine then never waits behind connection tasks for a worker, and commits
+/// in place. The answer says how it ended: `Err` with the panic's message if it died.
+fn spawn_engine(
+    engine: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+    let (done, ended) = tokio::sync::oneshot::channel();
+    let span = tracing::Span::current();
+    let spawned = std::thread::Builder::new()
+        .name("baton-engine".into())
+        .spawn(move || {
+            let _entered = span.enter();
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = done.send(Err(format!("cannot start the engine's runtime: {e}")));
+                    return;
+                }
+            };
+            let run =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(engine)));
+            // Its lazy writes finish before the runtime goes.
+            drop(runtime);
+            let _ = done.send(run.map_err(|p| panic_message(p.as_ref())));
+        });
+    if let Err(e) = spawned {
+        let (failed, ended) = tokio::sync::oneshot::channel();
+        let _ = failed.send(Err(format!("cannot start the engine's thread: {e}")));
+        return ended;
+    }
+    ended
+}
+
 pub(super) async fn run(
     listener: TcpListener,
     http: Option<TcpListener>,
@@ -154,7 +190,7 @@ pub(super) async fn run(
     opts: StartOptions,
 ) -> Result<(), ServerError> {
     let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
-    let mut engine_task = tokio::spawn(engine_loop(
+    let mut engine_task = spawn_engine(engine_loop(
         engine,
         engine_rx,
         shared.clone(),
@@ -198,9 +234,9 @@ pub(super) async fn run(
             // server that accepts connections nobody answers would look alive to everyone.
             ended = &mut engine_task => {
                 engine_failure = Some(match ended {
-                    Ok(()) => "the engine task ended on its own".to_owned(),
-                    Err(e) if e.is_panic() => panic_message(e.into_panic().as_ref()),
-                    Err(e) => e.to_string(),
+                    Ok(Ok(())) => "the engine task ended on its own".to_owned(),
+                    Ok(Err(why)) => why,
+                    Err(_) => "the engine thread ended without a word".to_owned(),
                 });
                 break;
             }
@@ -252,12 +288,13 @@ pub(super) async fn run(
     if let Some(task) = retention {
         let _ = task.await;
     }
-    if let Err(e) = ended {
+    let failed = match ended {
+        Ok(Ok(())) => None,
+        Ok(Err(why)) => Some(why),
+        Err(_) => Some("the engine thread ended without a word".to_owned()),
+    };
+    if let Some(why) = failed {
         // What it had not yet written (audit entries of the last reads) may be lost.
-        let why = match e.try_into_panic() {
-            Ok(payload) => panic_message(payload.as_ref()),
-            Err(e) => e.to_string(),
-        };
         error!("ENGINE FAILURE during shutdown: {why}");
         return Err(ServerError::EngineFailed(why));
     }

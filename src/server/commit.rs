@@ -247,16 +247,22 @@ pub(super) async fn commit(
         batch.audit = audit;
     }
     let last_seq = batch.audit.last().map(|(seq, _)| *seq);
-    let writer = store.clone();
     let started = std::time::Instant::now();
-    let (result, batch) = tokio::task::spawn_blocking(move || (writer.commit(&batch, true), batch))
-        .await
-        .unwrap_or_else(|e| {
-            (
-                Err(StoreError::Injected(format!("store task failed: {e}"))),
-                WriteBatch::default(),
-            )
-        });
+    // The engine has a thread of its own: it waits for the disk in place, unless the store must
+    // be driven from a blocking thread.
+    let (result, batch) = if store.commits_in_place() {
+        (store.commit(&batch, true), batch)
+    } else {
+        let writer = store.clone();
+        tokio::task::spawn_blocking(move || (writer.commit(&batch, true), batch))
+            .await
+            .unwrap_or_else(|e| {
+                (
+                    Err(StoreError::Injected(format!("store task failed: {e}"))),
+                    WriteBatch::default(),
+                )
+            })
+    };
     metrics.commit(info.requests.len(), started.elapsed());
     match result {
         Ok(()) => {

@@ -2,6 +2,10 @@
 //! arrival order, runs them in batches through the commit pipeline, and pushes each output onto
 //! its connection's outbox. The registry of connections the engine knows lives here.
 //!
+//! It runs on a thread of its own, with a single-threaded runtime for its timers and channels
+//! (see `accept::spawn_engine`), and waits for the disk there: it never queues behind connection
+//! tasks for a worker, and a commit costs no hand-off to a blocking thread and back.
+//!
 //! Never waits for a client: an output is queued on its outbox at once, or the connection is
 //! dropped.
 

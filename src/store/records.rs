@@ -22,22 +22,50 @@ pub fn decode<T: Persist + DeserializeOwned>(what: &str, bytes: &[u8]) -> Result
     format::decode(bytes).map_err(|e| format!("{what} cannot be read back: {e}"))
 }
 
-/// A format-1 record starts with its version byte, then its final outcome (tag 0 for none).
+/// The second byte of a format-1 record holds these flags: the record is final (its final
+/// outcome follows)...
+pub const RECORD_FINAL: u8 = 1;
+/// ...and its value holds only what changes (final outcome, context, version, holders), its body
+/// (call, campaign, phone, data, chain: written once, when the record is attached) being kept under
+/// its own key. Such a value is read back with its body appended ([`join_record`]). Without this
+/// flag the value holds the whole record, as servers before the split wrote it.
+pub const RECORD_SPLIT: u8 = 2;
+
+/// The flags byte of a format-1 record, checked.
+fn record_flags(bytes: &[u8]) -> Result<u8, String> {
+    match bytes.get(1) {
+        Some(&f) if f & !(RECORD_FINAL | RECORD_SPLIT) == 0 => Ok(f),
+        _ => Err("a record whose flags byte is damaged".into()),
+    }
+}
+
+/// A format-1 record starts with its version byte, then its flags, then its final outcome if the
+/// record is final.
 fn binary_final(bytes: &[u8]) -> Option<Reader<'_>> {
     match bytes {
-        [VERSION_1, 1, ..] => Some(Reader::new(&bytes[2..])),
+        [VERSION_1, f, ..] if f & RECORD_FINAL != 0 => Some(Reader::new(&bytes[2..])),
         _ => None,
     }
+}
+
+/// Whether a record's stored value holds only its state, its body being kept apart.
+pub fn stored_record_is_split(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&VERSION_1) && record_flags(bytes).is_ok_and(|f| f & RECORD_SPLIT != 0)
+}
+
+/// A record as read back from its stored state and its stored body: the one value the engine
+/// decodes.
+pub fn join_record(state: &[u8], body: &[u8]) -> Stored {
+    let mut whole = Vec::with_capacity(state.len() + body.len());
+    whole.extend_from_slice(state);
+    whole.extend_from_slice(body);
+    Stored::from(whole)
 }
 
 /// Whether a record as stored is final, read without building it.
 pub fn stored_record_is_final(bytes: &[u8]) -> Result<bool, String> {
     match bytes.first() {
-        Some(&VERSION_1) => match bytes.get(1) {
-            Some(0) => Ok(false),
-            Some(1) => Ok(true),
-            _ => Err("a record whose final tag is damaged".into()),
-        },
+        Some(&VERSION_1) => record_flags(bytes).map(|f| f & RECORD_FINAL != 0),
         _ => {
             #[derive(Deserialize)]
             struct Probe {
