@@ -56,6 +56,12 @@ pub fn decode<T: Persist + DeserializeOwned>(bytes: &[u8]) -> Result<T, String> 
 /// Appends format-1 fields to a buffer.
 pub struct Writer(pub(crate) Vec<u8>);
 
+impl Default for Writer {
+    fn default() -> Self {
+        Writer::new()
+    }
+}
+
 impl Writer {
     /// An empty buffer (the version byte is the caller's to write first).
     pub fn new() -> Writer {
