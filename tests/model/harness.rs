@@ -2,6 +2,7 @@
 //! its outputs; the helpers every step and check use.
 
 use super::*;
+use baton::store::records::{join_record, stored_record_is_split};
 
 /// What a request was, to check its reply.
 #[derive(Debug, Clone)]
@@ -100,6 +101,8 @@ pub(crate) struct Harness {
     /// The records as the store holds them (the writes of every kept batch): where the shell
     /// reads a final record back from once it has left the engine's memory.
     pub(crate) stored: HashMap<String, Vec<u8>>,
+    /// The records' bodies as the store holds them (written once, with a record's first write).
+    pub(crate) bodies: HashMap<String, Vec<u8>>,
     /// Record -> every agent granted access to it in its current life (from the audit).
     pub(crate) ever_held: HashMap<String, BTreeSet<String>>,
     /// Record -> (by, outcome) of its final, from the `finalized` audit entry.
@@ -165,6 +168,7 @@ impl Harness {
             step_facts: Vec::new(),
             rolled_back: false,
             stored: HashMap::new(),
+            bodies: HashMap::new(),
             ever_held: HashMap::new(),
             final_info: HashMap::new(),
         };
@@ -227,9 +231,14 @@ impl Harness {
     /// What the shell does before an input that names a record not in memory: read it back from
     /// the store, if it is there.
     pub(crate) fn load(&mut self, record: &str) {
-        if let Some(bytes) = self.stored.get(record) {
+        if let Some(state) = self.stored.get(record) {
+            // As the store hands a record back: its state, then its body if it is kept apart.
+            let bytes = match self.bodies.get(record) {
+                Some(body) if stored_record_is_split(state) => join_record(state, body).to_vec(),
+                _ => state.clone(),
+            };
             self.engine
-                .admit(record, bytes)
+                .admit(record, &bytes)
                 .expect("a stored record not in memory is final and readable");
             bump(&READ_BACK);
         }
@@ -412,10 +421,12 @@ impl Harness {
         self.engine.begin();
         self.rolled_back = false;
         let result = self.apply_step(inner);
-        for (id, value) in self.engine.take_writes().records {
+        let writes = self.engine.take_writes();
+        for (id, value) in writes.records {
             self.stored
                 .insert(id, value.expect("records are never deleted"));
         }
+        self.bodies.extend(writes.bodies);
         self.engine.commit();
         result?;
         if self.rolled_back {
