@@ -4,9 +4,12 @@
 //! a few key spaces of one sled tree, so that a batch touching records, agents and the audit log is
 //! one atomic sled batch followed by one flush (group commit):
 //!
-//! - `r/<record id>`: a live record with its data, context, version and holders;
-//! - `d/<record id>`: a final record ("done"), with its final outcome. Final records are kept
-//!   apart so that a start reads only the live ones, however long the history;
+//! - `r/<record id>`: a live record's state: context, version, holders (see
+//!   [`records::RECORD_SPLIT`]; a record written before the split holds its body here too);
+//! - `d/<record id>`: a final record's state ("done"), with its final outcome. Final records are
+//!   kept apart so that a start reads only the live ones, however long the history;
+//! - `b/<record id>`: a record's body (call, campaign, phone, data, chain), written once, when it
+//!   is attached, so that a change rewrites only the state;
 //! - `m/finals`: how many final records there are (8 big-endian bytes), written with every batch
 //!   that writes records, so that a start need not count them;
 //! - `a/<agent id>`: a logged-in agent's DN and resume token, so desktops can resume after a restart;
@@ -297,6 +300,24 @@ fn is_final(id: &str, bytes: &[u8]) -> Result<bool, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("record {id}: {e}")))
 }
 
+/// A record as the engine reads it, from its stored state: the state itself for a record written
+/// whole, else the state with its body (read by `body`) appended. Either store reads records so.
+fn whole_record(
+    id: &str,
+    state: Stored,
+    body: impl FnOnce() -> Result<Option<Stored>, StoreError>,
+) -> Result<Stored, StoreError> {
+    if !records::stored_record_is_split(&state) {
+        return Ok(state);
+    }
+    match body()? {
+        Some(body) => Ok(records::join_record(&state, &body)),
+        None => Err(StoreError::Corrupt(format!(
+            "record {id}: its body is missing from the store"
+        ))),
+    }
+}
+
 fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + id.len());
     k.extend_from_slice(prefix);
@@ -511,15 +532,7 @@ impl SledStore {
     /// A record as the engine reads it: its stored state, with its body appended if it is kept
     /// apart.
     fn with_body(&self, id: &str, state: Stored) -> Result<Stored, StoreError> {
-        if !records::stored_record_is_split(&state) {
-            return Ok(state);
-        }
-        match self.db.get(key(BODY, id.as_bytes()))? {
-            Some(body) => Ok(records::join_record(&state, &body)),
-            None => Err(StoreError::Corrupt(format!(
-                "record {id}: its body is missing from the store"
-            ))),
-        }
+        whole_record(id, state, || Ok(self.db.get(key(BODY, id.as_bytes()))?))
     }
 
     /// The batch that puts back what `batch` (as `ops`) is about to replace.
@@ -766,15 +779,9 @@ struct MemoryInner {
 
 impl MemoryInner {
     fn with_body(&self, id: &str, state: &[u8]) -> Result<Stored, StoreError> {
-        if !records::stored_record_is_split(state) {
-            return Ok(Stored::from(state));
-        }
-        match self.bodies.get(id) {
-            Some(body) => Ok(records::join_record(state, body)),
-            None => Err(StoreError::Corrupt(format!(
-                "record {id}: its body is missing from the store"
-            ))),
-        }
+        whole_record(id, Stored::from(state), || {
+            Ok(self.bodies.get(id).map(|b| Stored::from(b.as_slice())))
+        })
     }
 }
 
